@@ -1,0 +1,572 @@
+//! Configuration: defaults, then a TOML file, then `OPSWIRE_*` environment
+//! variables, then CLI flags — loaded once into typed structs and validated
+//! before anything starts. Every setting and its default is listed in
+//! `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration was refused. The message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    FileNotFound(PathBuf),
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration of `opswire serve`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Allow serving without authentication on a non-loopback address.
+    pub insecure: bool,
+    /// Seconds to wait for connections to close on shutdown.
+    pub shutdown_timeout_s: u64,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    pub sampler: SamplerConfig,
+    pub teams: Vec<TeamConfig>,
+    pub auth: AuthConfig,
+    pub history: HistoryConfig,
+    pub limits: LimitsConfig,
+    pub websocket: WebSocketConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            insecure: false,
+            shutdown_timeout_s: 10,
+            workers: 0,
+            sampler: SamplerConfig::default(),
+            teams: Vec::new(),
+            auth: AuthConfig::default(),
+            history: HistoryConfig::default(),
+            limits: LimitsConfig::default(),
+            websocket: WebSocketConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The local sampler and the metrics tick.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    /// Sample this host at all (off for a hub that only relays agents).
+    pub enabled: bool,
+    /// Milliseconds between metrics frames (and local samples).
+    pub tick_ms: u64,
+    /// Name this host reports; default: the OS host name.
+    pub host_name: Option<String>,
+    /// Team of this host; default: the first team whose `hosts` globs match
+    /// the host name, else the first team.
+    pub team: Option<String>,
+    /// A host missing for this many ticks drops out of its team's frames.
+    pub stale_after_ticks: u32,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            enabled: true,
+            tick_ms: 1000,
+            host_name: None,
+            team: None,
+            stale_after_ticks: 5,
+        }
+    }
+}
+
+/// A team: a name and the host-name globs whose hosts belong to it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub name: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Token verification. With neither key set, opswire runs in dev mode.
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 shared secret (also `OPSWIRE_JWT_SECRET`), at least 32 bytes.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 or ES256 tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// `RS256` or `ES256` with `public_key_file`; default guessed from the key.
+    pub algorithm: Option<String>,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_s: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Log frames kept per team for `resume`.
+    pub logs: usize,
+    /// Alert frames kept per team for `resume`.
+    pub alerts: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            logs: 1000,
+            alerts: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest inbound WebSocket message, bytes; larger → close 1009.
+    pub max_frame_bytes: usize,
+    /// Inbound ops per second per connection (token bucket refill).
+    pub inbound_rate: u32,
+    /// Token bucket size for inbound ops.
+    pub inbound_burst: u32,
+    /// Rate for connections with an `ingest` token.
+    pub ingest_rate: u32,
+    /// Burst for connections with an `ingest` token.
+    pub ingest_burst: u32,
+    /// Ops refused for rate within one second before the connection is closed (1008).
+    pub max_violations: u32,
+    /// Log/alert frames queued per subscriber before it is `lagged` (4008).
+    pub queue_len: usize,
+    /// (team, stream) subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Concurrent WebSocket + SSE connections; default: the fd limit minus a reserve.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 64 * 1024,
+            inbound_rate: 20,
+            inbound_burst: 50,
+            ingest_rate: 2000,
+            ingest_burst: 5000,
+            max_violations: 20,
+            queue_len: 1024,
+            max_subscriptions: 64,
+            max_connections: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Seconds between server pings; a client silent for two intervals is closed.
+    pub heartbeat_s: u64,
+    /// Seconds a client has to send `auth` when it gave no header.
+    pub auth_timeout_s: u64,
+    /// Origins allowed to connect (`*` for any). Empty: same-origin
+    /// browsers and non-browser clients (no `Origin` header).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            heartbeat_s: 20,
+            auth_timeout_s: 5,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive (`RUST_LOG` wins when set).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// File descriptors kept back from `max_connections` for listeners, log
+/// files, outbound HTTP and the sampler's /proc reads.
+pub const FD_RESERVE: usize = 128;
+
+/// The name of the team that holds the local host when no team is configured.
+pub const DEFAULT_TEAM: &str = "default";
+
+impl Config {
+    /// Loads defaults ← `file` (when given) ← `OPSWIRE_*` environment.
+    /// CLI flags are applied by the caller afterwards, then [`Config::validate`].
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::FileNotFound(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // OPSWIRE_LIMITS__QUEUE_LEN=10 sets limits.queue_len; the variables
+        // that are not settings (or need no parsing) are handled below.
+        figment = figment.merge(
+            Env::prefixed("OPSWIRE_")
+                .ignore(&["config", "jwt_secret"])
+                .split("__"),
+        );
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if let Ok(secret) = std::env::var("OPSWIRE_JWT_SECRET") {
+            if !secret.is_empty() {
+                config.auth.jwt_secret = Some(secret);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks every value and fills the defaults that depend on this
+    /// machine (the connection limit from the fd limit).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.sampler.tick_ms < 50 || self.sampler.tick_ms > 60_000 {
+            return Err(invalid(
+                "sampler.tick_ms",
+                format!("{} is out of range 50..=60000", self.sampler.tick_ms),
+            ));
+        }
+        if self.sampler.stale_after_ticks == 0 {
+            return Err(invalid("sampler.stale_after_ticks", "must be at least 1"));
+        }
+        if self.teams.is_empty() {
+            self.teams.push(TeamConfig {
+                name: DEFAULT_TEAM.into(),
+                hosts: vec!["*".into()],
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, team) in self.teams.iter().enumerate() {
+            let field = format!("teams[{i}].name");
+            if !valid_team_name(&team.name) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "`{}` is not a valid team name (1-64 of a-z, 0-9, '-', '_', '.')",
+                        team.name
+                    ),
+                ));
+            }
+            if !seen.insert(team.name.as_str()) {
+                return Err(invalid(field, format!("duplicate team `{}`", team.name)));
+            }
+            for (j, g) in team.hosts.iter().enumerate() {
+                Glob::new(g)
+                    .map_err(|e| invalid(format!("teams[{i}].hosts[{j}]"), e.to_string()))?;
+            }
+        }
+        if let Some(team) = &self.sampler.team {
+            if !self.teams.iter().any(|t| &t.name == team) {
+                return Err(invalid(
+                    "sampler.team",
+                    format!("`{team}` is not one of the configured teams"),
+                ));
+            }
+        }
+        if let Some(h) = &self.sampler.host_name {
+            if h.is_empty() || h.len() > 253 {
+                return Err(invalid("sampler.host_name", "must be 1-253 characters"));
+            }
+        }
+        match (&self.auth.jwt_secret, &self.auth.public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "auth",
+                    "set either jwt_secret or public_key_file, not both",
+                ))
+            }
+            (Some(s), None) if s.len() < 32 => {
+                return Err(invalid(
+                    "auth.jwt_secret",
+                    format!("is {} bytes; an HS256 secret needs at least 32", s.len()),
+                ))
+            }
+            (None, Some(p)) if !p.is_file() => {
+                return Err(invalid(
+                    "auth.public_key_file",
+                    format!("{} is not a readable file", p.display()),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(alg) = &self.auth.algorithm {
+            if !matches!(alg.as_str(), "RS256" | "ES256" | "HS256") {
+                return Err(invalid(
+                    "auth.algorithm",
+                    format!("`{alg}` is not supported (RS256, ES256 or HS256)"),
+                ));
+            }
+        }
+        if self.dev_mode() && !self.bind.ip().is_loopback() && !self.insecure {
+            return Err(invalid(
+                "bind",
+                format!(
+                    "{} is not a loopback address and no auth key is configured; \
+                     set auth.jwt_secret / OPSWIRE_JWT_SECRET or auth.public_key_file, \
+                     or pass --insecure to serve anonymous clients on the network",
+                    self.bind
+                ),
+            ));
+        }
+        if self.history.logs == 0 {
+            return Err(invalid("history.logs", "must be at least 1"));
+        }
+        if self.history.alerts == 0 {
+            return Err(invalid("history.alerts", "must be at least 1"));
+        }
+        let l = &mut self.limits;
+        if l.max_frame_bytes < 256 || l.max_frame_bytes > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must be between 256 and 16777216",
+            ));
+        }
+        for (field, v) in [
+            ("limits.inbound_rate", l.inbound_rate),
+            ("limits.inbound_burst", l.inbound_burst),
+            ("limits.ingest_rate", l.ingest_rate),
+            ("limits.ingest_burst", l.ingest_burst),
+            ("limits.max_violations", l.max_violations),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if l.queue_len == 0 {
+            return Err(invalid("limits.queue_len", "must be at least 1"));
+        }
+        if l.max_subscriptions == 0 {
+            return Err(invalid("limits.max_subscriptions", "must be at least 1"));
+        }
+        let fd_limit = raise_fd_limit();
+        let ceiling = fd_limit.saturating_sub(FD_RESERVE).max(1);
+        match l.max_connections {
+            None => l.max_connections = Some(ceiling),
+            Some(0) => return Err(invalid("limits.max_connections", "must be at least 1")),
+            Some(n) if n > ceiling => {
+                return Err(invalid(
+                    "limits.max_connections",
+                    format!(
+                        "{n} exceeds this process's file descriptor limit ({fd_limit}) minus a reserve of {FD_RESERVE}; at most {ceiling}"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.websocket.heartbeat_s == 0 || self.websocket.heartbeat_s > 3600 {
+            return Err(invalid("websocket.heartbeat_s", "must be 1..=3600"));
+        }
+        if self.websocket.auth_timeout_s == 0 {
+            return Err(invalid("websocket.auth_timeout_s", "must be at least 1"));
+        }
+        for (i, o) in self.websocket.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(invalid(
+                    format!("websocket.allowed_origins[{i}]"),
+                    format!("`{o}` must be `*` or an origin like https://dash.example.com"),
+                ));
+            }
+        }
+        if self.shutdown_timeout_s == 0 {
+            return Err(invalid("shutdown_timeout_s", "must be at least 1"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a valid filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// No key configured: anonymous clients get every team (loopback only).
+    pub fn dev_mode(&self) -> bool {
+        self.auth.jwt_secret.is_none() && self.auth.public_key_file.is_none()
+    }
+
+    /// The connection limit after [`Config::validate`] resolved it.
+    pub fn max_connections(&self) -> usize {
+        self.limits.max_connections.unwrap_or(1024)
+    }
+
+    /// Compiled host globs of each team, in config order.
+    pub fn team_globs(&self) -> Vec<(String, GlobSet)> {
+        self.teams
+            .iter()
+            .map(|t| {
+                let mut b = GlobSetBuilder::new();
+                for g in &t.hosts {
+                    // Validated in `validate`.
+                    if let Ok(glob) = Glob::new(g) {
+                        b.add(glob);
+                    }
+                }
+                (
+                    t.name.clone(),
+                    b.build().unwrap_or_else(|_| GlobSet::empty()),
+                )
+            })
+            .collect()
+    }
+
+    /// The team that holds `host`: the explicit sampler team for the local
+    /// host, else the first team whose globs match, else the first team.
+    pub fn team_for_host(&self, host: &str) -> String {
+        self.team_globs()
+            .into_iter()
+            .find(|(_, set)| set.is_match(host))
+            .map(|(name, _)| name)
+            .unwrap_or_else(|| self.teams[0].name.clone())
+    }
+}
+
+fn valid_team_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (as most servers do)
+/// and returns the resulting soft limit.
+pub fn raise_fd_limit() -> usize {
+    #[cfg(unix)]
+    {
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n as usize,
+            Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft as usize)
+                .unwrap_or(1024),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        8192
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_dev_mode() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        assert!(c.dev_mode());
+        assert_eq!(c.teams[0].name, DEFAULT_TEAM);
+        assert!(c.max_connections() > 0);
+    }
+
+    #[test]
+    fn public_bind_without_key_is_refused_unless_insecure() {
+        let mut c = Config {
+            bind: "0.0.0.0:8080".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("bind:"), "{e}");
+        c.insecure = true;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let mut c = Config::default();
+        c.limits.queue_len = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("limits.queue_len"));
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some("short".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("auth.jwt_secret"));
+        let mut c = Config {
+            teams: vec![TeamConfig {
+                name: "Bad Name".into(),
+                hosts: vec![],
+            }],
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("teams[0].name"));
+        let mut c = Config::default();
+        c.limits.max_connections = Some(10_000_000);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("limits.max_connections"));
+    }
+
+    #[test]
+    fn host_globs_pick_the_team() {
+        let mut c = Config {
+            teams: vec![
+                TeamConfig {
+                    name: "payments".into(),
+                    hosts: vec!["pay-*".into()],
+                },
+                TeamConfig {
+                    name: "search".into(),
+                    hosts: vec!["search-?".into()],
+                },
+            ],
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.team_for_host("pay-1"), "payments");
+        assert_eq!(c.team_for_host("search-2"), "search");
+        assert_eq!(c.team_for_host("other"), "payments");
+    }
+}

@@ -1,0 +1,104 @@
+//! HTTP routes and the request metrics middleware.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::protocol::ErrorCode;
+use crate::transport::{http_error, principal_from_request, sse, ws};
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index))
+        .route("/ws", web::get().to(ws::handler))
+        .route("/sse", web::get().to(sse::handler))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/api/v1/teams", web::get().to(teams));
+}
+
+/// Counts requests and their durations by route pattern (never the raw
+/// path, which would make label values unbounded).
+pub async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let res = next.call(req).await?;
+    if let Some(state) = state {
+        let status = res.status().as_u16().to_string();
+        state
+            .metrics
+            .http_requests
+            .with_label_values(&[&route, &status])
+            .inc();
+        state
+            .metrics
+            .http_duration
+            .with_label_values(&[&route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("web/index.html"))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.not_ready_reason() {
+        None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Some(reason) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "not_ready", "reason": reason})),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
+/// `GET /api/v1/teams`: the caller's teams with live subscriber counts.
+async fn teams(
+    req: HttpRequest,
+    q: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let principal = match principal_from_request(&state, &req, q.access_token.as_deref()) {
+        Ok(Some(p)) => p,
+        Ok(None) => return http_error(ErrorCode::Unauthenticated, "missing token"),
+        Err(e) => return http_error(ErrorCode::Unauthenticated, e.to_string()),
+    };
+    let hub = &state.hub;
+    let teams: Vec<_> = principal
+        .visible_teams(hub.team_names())
+        .into_iter()
+        .filter_map(|name| hub.team_id(name))
+        .map(|id| hub.summary(id))
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "teams": teams,
+        "connections": state.connections.open(),
+        "epoch": hub.epoch(),
+    }))
+}

@@ -1,0 +1,907 @@
+//! The hub: one topic per team, each with three streams (metrics, logs,
+//! alerts), their `seq`/`epoch`, the resume history, the currently firing
+//! alerts, and the subscribers to fan out to.
+//!
+//! The hub knows nothing about WebSocket or SSE. A transport opens a
+//! [`SessionHandle`], subscribes it to streams, and drains its
+//! [`Mailbox`]. Each frame is serialized once, under the team's lock, and
+//! the same [`Frame`] (a reference-counted string) is queued for every
+//! subscriber. Fan-out never waits on a subscriber: a full queue makes that
+//! subscriber lagged (logs, alerts) or replaces its older frame (metrics).
+//! The lock is a std `Mutex`, never held across an `.await`.
+
+mod mailbox;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+pub use mailbox::{Delivery, Lagged, Mailbox, Push};
+
+use crate::metrics::Metrics;
+use crate::protocol::{
+    to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, Frame, HostSnapshot, Level,
+    LogFilter, LogRecord, MetricsData, ResumePoint, Stream,
+};
+
+/// Index of a team in the hub (config order).
+pub type TeamId = usize;
+
+/// Identifies one session (WebSocket or SSE connection) in the hub.
+pub type SessionId = u64;
+
+/// Resolved alerts remembered so a repeated `resolved` is not sent twice.
+const RESOLVED_MEMORY: usize = 4096;
+
+/// Errors of hub operations, mapped to protocol error codes by transports.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HubError {
+    #[error("unknown team `{0}`")]
+    UnknownTeam(String),
+    #[error("subscription limit reached ({0} team streams per connection)")]
+    TooManySubscriptions(usize),
+    #[error("host snapshot: {0}")]
+    BadSnapshot(String),
+}
+
+/// Sizes the hub is built with.
+#[derive(Clone, Debug)]
+pub struct HubSettings {
+    pub history_logs: usize,
+    pub history_alerts: usize,
+    pub queue_len: usize,
+    pub max_subscriptions: usize,
+    /// Hosts not updated for this long drop out of metrics frames.
+    pub host_stale_after: Duration,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    epoch: String,
+    topics: Vec<Topic>,
+    index: HashMap<String, TeamId>,
+    settings: HubSettings,
+    next_session: AtomicU64,
+    sessions: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+struct Topic {
+    name: String,
+    state: Mutex<TeamState>,
+}
+
+struct HistoryEntry {
+    seq: u64,
+    frame: Frame,
+    /// Log level and source, for filtered replay (logs only).
+    level: Level,
+    source: Box<str>,
+}
+
+struct History {
+    seq: u64,
+    cap: usize,
+    ring: VecDeque<HistoryEntry>,
+}
+
+impl History {
+    fn new(cap: usize) -> History {
+        History {
+            seq: 0,
+            cap,
+            ring: VecDeque::with_capacity(cap.min(1024)),
+        }
+    }
+
+    fn push(&mut self, entry: HistoryEntry) {
+        if self.ring.len() == self.cap {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(entry);
+    }
+
+    /// Frames after `after`, or None when the history no longer holds them.
+    fn since(&self, after: u64, filter: Option<&LogFilter>) -> Option<Vec<(u64, Frame)>> {
+        if after > self.seq {
+            return None;
+        }
+        let oldest = self.ring.front().map_or(self.seq + 1, |e| e.seq);
+        if after + 1 < oldest {
+            return None;
+        }
+        Some(
+            self.ring
+                .iter()
+                .filter(|e| e.seq > after)
+                .filter(|e| filter.is_none_or(|f| f.matches(e.level, &e.source)))
+                .map(|e| (e.seq, e.frame.clone()))
+                .collect(),
+        )
+    }
+}
+
+struct HostEntry {
+    raw: Box<RawValue>,
+    seen: Instant,
+}
+
+struct Subscriber {
+    session: SessionId,
+    mailbox: Arc<Mailbox>,
+    streams: u8,
+    log_filter: Option<LogFilter>,
+    /// Last seq queued per stream (index = `Stream as usize`), for `lagged`.
+    last_seq: [u64; 3],
+}
+
+impl Subscriber {
+    fn has(&self, s: Stream) -> bool {
+        self.streams & s.bit() != 0
+    }
+}
+
+struct TeamState {
+    metrics_seq: u64,
+    latest_metrics: Option<(u64, Frame)>,
+    hosts: BTreeMap<String, HostEntry>,
+    logs: History,
+    alerts: History,
+    /// Currently firing alerts by fingerprint: (seq, frame, record).
+    firing: HashMap<String, (u64, Frame, AlertRecord)>,
+    resolved: VecDeque<String>,
+    resolved_set: HashSet<String>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// What a subscribe did: which resumes succeeded, and the frames the
+/// session must send right after `subscribed`, in order.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    pub recovered: BTreeMap<Stream, bool>,
+    pub replay: Vec<Delivery>,
+    /// The seq of each subscribed log/alert stream at subscribe time:
+    /// everything up to it is in `replay` or was not asked for.
+    pub positions: BTreeMap<Stream, u64>,
+}
+
+/// Per-team numbers for `/api/v1/teams`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TeamSummary {
+    pub name: String,
+    pub subscribers: usize,
+    pub hosts: Vec<String>,
+}
+
+impl Hub {
+    pub fn new(teams: &[String], settings: HubSettings, metrics: Arc<Metrics>) -> Hub {
+        let topics: Vec<Topic> = teams
+            .iter()
+            .map(|name| Topic {
+                name: name.clone(),
+                state: Mutex::new(TeamState {
+                    metrics_seq: 0,
+                    latest_metrics: None,
+                    hosts: BTreeMap::new(),
+                    logs: History::new(settings.history_logs),
+                    alerts: History::new(settings.history_alerts),
+                    firing: HashMap::new(),
+                    resolved: VecDeque::new(),
+                    resolved_set: HashSet::new(),
+                    subscribers: Vec::new(),
+                }),
+            })
+            .collect();
+        let index = teams
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
+        Hub {
+            shared: Arc::new(Shared {
+                epoch: new_epoch(),
+                topics,
+                index,
+                settings,
+                next_session: AtomicU64::new(1),
+                sessions: AtomicUsize::new(0),
+                metrics,
+            }),
+        }
+    }
+
+    /// The epoch of every stream of this hub (it changes on restart).
+    pub fn epoch(&self) -> &str {
+        &self.shared.epoch
+    }
+
+    pub fn team_id(&self, name: &str) -> Option<TeamId> {
+        self.shared.index.get(name).copied()
+    }
+
+    pub fn team_name(&self, id: TeamId) -> &str {
+        &self.shared.topics[id].name
+    }
+
+    pub fn team_names(&self) -> impl Iterator<Item = &str> {
+        self.shared.topics.iter().map(|t| t.name.as_str())
+    }
+
+    /// Open sessions (WebSocket and SSE).
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self, team: TeamId) -> MutexGuard<'_, TeamState> {
+        // Team state stays consistent across a panic in fan-out (each step
+        // is a push to a queue), so a poisoned lock is still usable.
+        self.shared.topics[team]
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session; dropping the handle unsubscribes it everywhere.
+    pub fn open_session(&self) -> SessionHandle {
+        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        SessionHandle {
+            hub: self.clone(),
+            id: self.shared.next_session.fetch_add(1, Ordering::Relaxed),
+            mailbox: Arc::new(Mailbox::new(self.shared.settings.queue_len)),
+            subscriptions: BTreeMap::new(),
+        }
+    }
+
+    /// Records the latest snapshot of a host of `team`; it is part of that
+    /// team's next metrics frames until it goes stale.
+    pub fn update_host(&self, team: TeamId, snapshot: &HostSnapshot) -> Result<(), HubError> {
+        let raw = serde_json::value::to_raw_value(snapshot)
+            .map_err(|e| HubError::BadSnapshot(e.to_string()))?;
+        let mut st = self.lock(team);
+        st.hosts.insert(
+            snapshot.host.clone(),
+            HostEntry {
+                raw,
+                seen: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Publishes one metrics frame per team: every fresh host of the team
+    /// and the connection counts. `ts` is the tick time (unix µs).
+    pub fn tick(&self, ts: i64) {
+        for team in 0..self.shared.topics.len() {
+            self.publish_metrics(team, ts);
+        }
+    }
+
+    /// Publishes the metrics frame of one team.
+    pub fn publish_metrics(&self, team: TeamId, ts: i64) {
+        let total = self.session_count();
+        let stale = self.shared.settings.host_stale_after;
+        let name = &self.shared.topics[team].name;
+        let m = &self.shared.metrics;
+        let mut st = self.lock(team);
+        let now = Instant::now();
+        st.hosts.retain(|_, h| now.duration_since(h.seen) <= stale);
+        let hosts: Vec<&RawValue> = st.hosts.values().map(|h| &*h.raw).collect();
+        let seq = st.metrics_seq + 1;
+        let frame = to_frame(&DataFrame {
+            kind: Stream::Metrics.frame_type(),
+            team: name,
+            epoch: &self.shared.epoch,
+            seq,
+            ts,
+            data: &MetricsData {
+                hosts: &hosts,
+                connections: ConnectionCounts {
+                    team: st.subscribers.len(),
+                    total,
+                },
+            },
+        });
+        drop(hosts);
+        st.metrics_seq = seq;
+        st.latest_metrics = Some((seq, frame.clone()));
+        let mut fanout = 0u64;
+        let mut conflated = 0u64;
+        for sub in st.subscribers.iter().filter(|s| s.has(Stream::Metrics)) {
+            fanout += 1;
+            if sub.mailbox.push_metrics(Delivery {
+                team,
+                stream: Stream::Metrics,
+                seq,
+                frame: frame.clone(),
+            }) {
+                conflated += 1;
+            }
+        }
+        let subscribers = st.subscribers.len();
+        drop(st);
+        m.active_connections
+            .with_label_values(&[name])
+            .set(subscribers as i64);
+        m.frames_published.with_label_values(&["metrics"]).inc();
+        m.fanout
+            .with_label_values(&["metrics"])
+            .observe(fanout as f64);
+        if conflated > 0 {
+            m.frames_dropped
+                .with_label_values(&["metrics", "conflated"])
+                .inc_by(conflated);
+        }
+    }
+
+    /// Publishes a log record to `team`; returns its seq.
+    pub fn publish_log(&self, team: TeamId, record: &LogRecord, ts: i64) -> u64 {
+        let name = &self.shared.topics[team].name;
+        let mut st = self.lock(team);
+        let seq = st.logs.seq + 1;
+        let frame = to_frame(&DataFrame {
+            kind: Stream::Logs.frame_type(),
+            team: name,
+            epoch: &self.shared.epoch,
+            seq,
+            ts,
+            data: record,
+        });
+        st.logs.seq = seq;
+        st.logs.push(HistoryEntry {
+            seq,
+            frame: frame.clone(),
+            level: record.level,
+            source: record.source.as_str().into(),
+        });
+        let held = st.logs.ring.len();
+        let fanout = self.fan_out_event(&mut st, team, Stream::Logs, seq, &frame, Some(record));
+        drop(st);
+        self.count_publish(team, Stream::Logs, fanout, held);
+        seq
+    }
+
+    /// Publishes an alert transition to `team`. A repeat of the current
+    /// state of a fingerprint (firing again with the same content, or
+    /// resolved again) is dropped: returns None then, else the new seq.
+    pub fn publish_alert(&self, team: TeamId, record: &AlertRecord, ts: i64) -> Option<u64> {
+        let name = &self.shared.topics[team].name;
+        let mut st = self.lock(team);
+        let fp = &record.fingerprint;
+        match record.status {
+            AlertStatus::Firing => {
+                if st.firing.get(fp).is_some_and(|(_, _, r)| r == record) {
+                    return None;
+                }
+            }
+            AlertStatus::Resolved => {
+                if !st.firing.contains_key(fp) && st.resolved_set.contains(fp) {
+                    return None;
+                }
+            }
+        }
+        let seq = st.alerts.seq + 1;
+        let frame = to_frame(&DataFrame {
+            kind: Stream::Alerts.frame_type(),
+            team: name,
+            epoch: &self.shared.epoch,
+            seq,
+            ts,
+            data: record,
+        });
+        st.alerts.seq = seq;
+        st.alerts.push(HistoryEntry {
+            seq,
+            frame: frame.clone(),
+            level: Level::Info,
+            source: "".into(),
+        });
+        match record.status {
+            AlertStatus::Firing => {
+                if st.resolved_set.remove(fp) {
+                    st.resolved.retain(|f| f != fp);
+                }
+                st.firing
+                    .insert(fp.clone(), (seq, frame.clone(), record.clone()));
+            }
+            AlertStatus::Resolved => {
+                st.firing.remove(fp);
+                if st.resolved_set.insert(fp.clone()) {
+                    st.resolved.push_back(fp.clone());
+                    if st.resolved.len() > RESOLVED_MEMORY {
+                        if let Some(old) = st.resolved.pop_front() {
+                            st.resolved_set.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
+        let held = st.alerts.ring.len();
+        let fanout = self.fan_out_event(&mut st, team, Stream::Alerts, seq, &frame, None);
+        drop(st);
+        self.count_publish(team, Stream::Alerts, fanout, held);
+        Some(seq)
+    }
+
+    /// The alerts of `team` firing now, oldest first.
+    pub fn firing_alerts(&self, team: TeamId) -> Vec<AlertRecord> {
+        let st = self.lock(team);
+        let mut v: Vec<_> = st
+            .firing
+            .values()
+            .map(|(s, _, r)| (*s, r.clone()))
+            .collect();
+        v.sort_by_key(|(s, _)| *s);
+        v.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Teams with their live subscriber counts and fresh hosts.
+    pub fn summary(&self, team: TeamId) -> TeamSummary {
+        let st = self.lock(team);
+        TeamSummary {
+            name: self.shared.topics[team].name.clone(),
+            subscribers: st.subscribers.len(),
+            hosts: st.hosts.keys().cloned().collect(),
+        }
+    }
+
+    fn count_publish(&self, team: TeamId, stream: Stream, fanout: usize, held: usize) {
+        let m = &self.shared.metrics;
+        m.frames_published
+            .with_label_values(&[stream.as_str()])
+            .inc();
+        m.fanout
+            .with_label_values(&[stream.as_str()])
+            .observe(fanout as f64);
+        m.history_frames
+            .with_label_values(&[&self.shared.topics[team].name, stream.as_str()])
+            .set(held as i64);
+    }
+
+    /// Queues a log or alert frame for every subscriber of the stream. A
+    /// subscriber whose queue is full is marked lagged and removed.
+    fn fan_out_event(
+        &self,
+        st: &mut TeamState,
+        team: TeamId,
+        stream: Stream,
+        seq: u64,
+        frame: &Frame,
+        log: Option<&LogRecord>,
+    ) -> usize {
+        let idx = stream as usize;
+        let mut fanout = 0;
+        let mut i = 0;
+        while i < st.subscribers.len() {
+            let sub = &mut st.subscribers[i];
+            let wanted = sub.has(stream)
+                && match (log, &sub.log_filter) {
+                    (Some(rec), Some(f)) => f.matches(rec.level, &rec.source),
+                    _ => true,
+                };
+            if !wanted {
+                i += 1;
+                continue;
+            }
+            let pushed = sub.mailbox.push_event(Delivery {
+                team,
+                stream,
+                seq,
+                frame: frame.clone(),
+            });
+            match pushed {
+                Push::Queued => {
+                    sub.last_seq[idx] = seq;
+                    fanout += 1;
+                    i += 1;
+                }
+                Push::Full => {
+                    sub.mailbox.set_lagged(Lagged {
+                        team,
+                        stream,
+                        last_seq: sub.last_seq[idx],
+                    });
+                    let m = &self.shared.metrics;
+                    m.frames_dropped
+                        .with_label_values(&[stream.as_str(), "lagged"])
+                        .inc();
+                    m.slow_consumer_closes.inc();
+                    st.subscribers.swap_remove(i);
+                }
+                Push::Closed => {
+                    st.subscribers.swap_remove(i);
+                }
+            }
+        }
+        fanout
+    }
+}
+
+/// A session's membership in the hub: its mailbox and subscriptions.
+/// Dropping it unsubscribes everything.
+pub struct SessionHandle {
+    hub: Hub,
+    id: SessionId,
+    mailbox: Arc<Mailbox>,
+    /// Subscribed streams per team (bit set of `Stream::bit`).
+    subscriptions: BTreeMap<TeamId, u8>,
+}
+
+impl SessionHandle {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Teams this session is subscribed to.
+    pub fn teams(&self) -> Vec<TeamId> {
+        self.subscriptions.keys().copied().collect()
+    }
+
+    fn subscription_count(&self) -> usize {
+        self.subscriptions
+            .values()
+            .map(|b| b.count_ones() as usize)
+            .sum()
+    }
+
+    /// Subscribes to `streams` of `team` (adding to what the session has).
+    ///
+    /// Under the team lock, so nothing published concurrently is missed or
+    /// doubled: the replay holds every frame up to now, the mailbox every
+    /// frame after. Replay order: the latest metrics frame, then logs, then
+    /// alerts. Without a `resume` for alerts, the currently firing alerts
+    /// are replayed; with one that cannot be honoured (`recovered:false`)
+    /// too, since the client has to resync.
+    pub fn subscribe(
+        &mut self,
+        team: TeamId,
+        streams: &[Stream],
+        resume: &BTreeMap<Stream, ResumePoint>,
+        log_filter: Option<LogFilter>,
+    ) -> Result<Subscribed, HubError> {
+        let current = self.subscriptions.get(&team).copied().unwrap_or(0);
+        let mut wanted = current;
+        for s in streams {
+            wanted |= s.bit();
+        }
+        let added = (wanted & !current).count_ones() as usize;
+        let max = self.hub.shared.settings.max_subscriptions;
+        if self.subscription_count() + added > max {
+            return Err(HubError::TooManySubscriptions(max));
+        }
+        let epoch = self.hub.shared.epoch.clone();
+        let mut out = Subscribed::default();
+        let mut st = self.hub.lock(team);
+        let pos = st.subscribers.iter().position(|s| s.session == self.id);
+        let filter_for_replay = log_filter
+            .clone()
+            .or_else(|| pos.and_then(|p| st.subscribers[p].log_filter.clone()));
+        let mut last_seq = pos.map_or([0; 3], |p| st.subscribers[p].last_seq);
+        for &stream in streams {
+            match stream {
+                Stream::Metrics => {
+                    if let Some((seq, frame)) = &st.latest_metrics {
+                        out.replay.push(Delivery {
+                            team,
+                            stream,
+                            seq: *seq,
+                            frame: frame.clone(),
+                        });
+                    }
+                }
+                Stream::Logs | Stream::Alerts => {
+                    let hist = if stream == Stream::Logs {
+                        &st.logs
+                    } else {
+                        &st.alerts
+                    };
+                    let filter = if stream == Stream::Logs {
+                        filter_for_replay.as_ref()
+                    } else {
+                        None
+                    };
+                    last_seq[stream as usize] = hist.seq;
+                    out.positions.insert(stream, hist.seq);
+                    let replayed = resume.get(&stream).map(|r| {
+                        if r.epoch == epoch {
+                            hist.since(r.seq, filter)
+                        } else {
+                            None
+                        }
+                    });
+                    match replayed {
+                        Some(Some(frames)) => {
+                            out.recovered.insert(stream, true);
+                            out.replay
+                                .extend(frames.into_iter().map(|(seq, frame)| Delivery {
+                                    team,
+                                    stream,
+                                    seq,
+                                    frame,
+                                }));
+                        }
+                        Some(None) | None => {
+                            if replayed.is_some() {
+                                out.recovered.insert(stream, false);
+                            }
+                            if stream == Stream::Alerts {
+                                let mut firing: Vec<_> = st
+                                    .firing
+                                    .values()
+                                    .map(|(seq, frame, _)| (*seq, frame.clone()))
+                                    .collect();
+                                firing.sort_by_key(|(s, _)| *s);
+                                out.replay.extend(firing.into_iter().map(|(seq, frame)| {
+                                    Delivery {
+                                        team,
+                                        stream,
+                                        seq,
+                                        frame,
+                                    }
+                                }));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match pos {
+            Some(p) => {
+                let sub = &mut st.subscribers[p];
+                sub.streams = wanted;
+                if log_filter.is_some() {
+                    sub.log_filter = log_filter;
+                }
+                sub.last_seq = last_seq;
+            }
+            None => st.subscribers.push(Subscriber {
+                session: self.id,
+                mailbox: self.mailbox.clone(),
+                streams: wanted,
+                log_filter,
+                last_seq,
+            }),
+        }
+        drop(st);
+        self.subscriptions.insert(team, wanted);
+        Ok(out)
+    }
+
+    /// Unsubscribes from `streams` of `team`; returns the streams that
+    /// were subscribed.
+    pub fn unsubscribe(&mut self, team: TeamId, streams: &[Stream]) -> Vec<Stream> {
+        let Some(current) = self.subscriptions.get(&team).copied() else {
+            return Vec::new();
+        };
+        let mut remaining = current;
+        for s in streams {
+            remaining &= !s.bit();
+        }
+        let removed: Vec<Stream> = Stream::ALL
+            .into_iter()
+            .filter(|s| current & s.bit() != 0 && remaining & s.bit() == 0)
+            .collect();
+        {
+            let mut st = self.hub.lock(team);
+            if let Some(p) = st.subscribers.iter().position(|s| s.session == self.id) {
+                if remaining == 0 {
+                    st.subscribers.swap_remove(p);
+                } else {
+                    st.subscribers[p].streams = remaining;
+                }
+            }
+        }
+        if remaining == 0 {
+            self.subscriptions.remove(&team);
+        } else {
+            self.subscriptions.insert(team, remaining);
+        }
+        self.mailbox.purge(team, &removed);
+        removed
+    }
+
+    /// Streams of `team` this session is subscribed to.
+    pub fn streams_of(&self, team: TeamId) -> Vec<Stream> {
+        let bits = self.subscriptions.get(&team).copied().unwrap_or(0);
+        Stream::ALL
+            .into_iter()
+            .filter(|s| bits & s.bit() != 0)
+            .collect()
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.mailbox.close();
+        for &team in self.subscriptions.keys() {
+            let mut st = self.hub.lock(team);
+            st.subscribers.retain(|s| s.session != self.id);
+        }
+        self.hub.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A short random epoch: changes with every hub (every process start).
+fn new_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(queue: usize) -> Hub {
+        Hub::new(
+            &["a".into(), "b".into()],
+            HubSettings {
+                history_logs: 5,
+                history_alerts: 5,
+                queue_len: queue,
+                max_subscriptions: 8,
+                host_stale_after: Duration::from_secs(5),
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn log(msg: &str) -> LogRecord {
+        LogRecord {
+            level: Level::Info,
+            source: "src".into(),
+            host: "h".into(),
+            message: msg.into(),
+            fields: Default::default(),
+            trace_id: None,
+        }
+    }
+
+    fn seqs(out: &[Delivery]) -> Vec<u64> {
+        out.iter().map(|d| d.seq).collect()
+    }
+
+    #[test]
+    fn resume_replays_exactly_the_missed_frames() {
+        let h = hub(100);
+        for i in 0..4 {
+            h.publish_log(0, &log(&i.to_string()), 1);
+        }
+        let mut s = h.open_session();
+        let resume = BTreeMap::from([(
+            Stream::Logs,
+            ResumePoint {
+                epoch: h.epoch().into(),
+                seq: 2,
+            },
+        )]);
+        let r = s.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
+        assert!(r.recovered[&Stream::Logs]);
+        assert_eq!(seqs(&r.replay), vec![3, 4]);
+        // Beyond the history (5 kept): not recoverable.
+        for i in 0..10 {
+            h.publish_log(0, &log(&i.to_string()), 1);
+        }
+        let mut s2 = h.open_session();
+        let r = s2.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
+        assert!(!r.recovered[&Stream::Logs]);
+        assert!(r.replay.is_empty());
+        // A stale epoch: not recoverable.
+        let stale = BTreeMap::from([(
+            Stream::Logs,
+            ResumePoint {
+                epoch: "old".into(),
+                seq: 13,
+            },
+        )]);
+        let mut s3 = h.open_session();
+        assert!(
+            !s3.subscribe(0, &[Stream::Logs], &stale, None)
+                .unwrap()
+                .recovered[&Stream::Logs]
+        );
+    }
+
+    #[test]
+    fn teams_are_isolated_and_overflow_lags() {
+        let h = hub(2);
+        let mut a = h.open_session();
+        let mut b = h.open_session();
+        a.subscribe(0, &[Stream::Logs], &BTreeMap::new(), None)
+            .unwrap();
+        b.subscribe(1, &[Stream::Logs], &BTreeMap::new(), None)
+            .unwrap();
+        for i in 0..3 {
+            h.publish_log(0, &log(&i.to_string()), 1);
+        }
+        let mut out = Vec::new();
+        assert!(b.mailbox().drain(&mut out).is_none());
+        assert!(out.is_empty());
+        let lagged = a.mailbox().drain(&mut out).unwrap();
+        assert_eq!(seqs(&out), vec![1, 2]);
+        assert_eq!(
+            lagged,
+            Lagged {
+                team: 0,
+                stream: Stream::Logs,
+                last_seq: 2
+            }
+        );
+    }
+
+    #[test]
+    fn alerts_dedupe_and_firing_set_is_replayed() {
+        let h = hub(10);
+        let mut rec = AlertRecord {
+            status: AlertStatus::Firing,
+            fingerprint: "f1".into(),
+            alertname: "HighCpu".into(),
+            severity: "critical".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            starts_at: "2026-11-22T10:00:00Z".into(),
+            ends_at: None,
+            generator_url: String::new(),
+        };
+        assert_eq!(h.publish_alert(0, &rec, 1), Some(1));
+        assert_eq!(h.publish_alert(0, &rec, 2), None);
+        let mut s = h.open_session();
+        let r = s
+            .subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+            .unwrap();
+        assert_eq!(seqs(&r.replay), vec![1]);
+        rec.status = AlertStatus::Resolved;
+        assert_eq!(h.publish_alert(0, &rec, 3), Some(2));
+        assert_eq!(h.publish_alert(0, &rec, 4), None);
+        assert!(h.firing_alerts(0).is_empty());
+    }
+
+    #[test]
+    fn filtered_subscribers_skip_and_unsubscribe_purges() {
+        let h = hub(10);
+        let mut s = h.open_session();
+        let f = LogFilter {
+            min_level: Some(Level::Error),
+            source: None,
+        };
+        s.subscribe(
+            0,
+            &[Stream::Logs, Stream::Metrics],
+            &BTreeMap::new(),
+            Some(f),
+        )
+        .unwrap();
+        h.publish_log(0, &log("info"), 1);
+        let mut err = log("boom");
+        err.level = Level::Error;
+        h.publish_log(0, &err, 1);
+        h.tick(1);
+        let mut out = Vec::new();
+        s.mailbox().drain(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].seq, 2);
+        h.tick(2);
+        s.unsubscribe(0, &[Stream::Metrics]);
+        out.clear();
+        s.mailbox().drain(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(s.streams_of(0), vec![Stream::Logs]);
+    }
+}

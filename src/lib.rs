@@ -1,0 +1,32 @@
+//! opswire: a realtime backend for live operations dashboards.
+//!
+//! Every tick it samples this host (and hosts that run `opswire agent`),
+//! and streams metrics, logs and alerts to team-scoped subscribers over
+//! WebSocket and SSE, following the wire protocol in `docs/protocol.md`.
+//!
+//! # Layout
+//!
+//! * [`config`] — typed configuration: file, environment, flags; validated once.
+//! * [`auth`] — JWT verification, teams and scopes, dev mode.
+//! * [`sampler`] — `sysinfo` → [`protocol::HostSnapshot`], off the async runtime.
+//! * [`hub`] — topics per team and stream: seq/epoch, history, fan-out.
+//! * [`transport`] — WebSocket (`/ws`) and SSE (`/sse`) sessions over the hub.
+//! * [`http`] — routes: health, readiness, metrics, team API.
+//! * [`metrics`] — the Prometheus registry.
+//! * [`startup`] — [`startup::Application`]: build, run, shut down.
+//!
+//! The binary (`src/main.rs`) and the integration tests both go through
+//! [`startup::Application`], so the tests run the real server.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod sampler;
+pub mod startup;
+pub mod telemetry;
+pub mod time;
+pub mod transport;

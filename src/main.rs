@@ -1,0 +1,191 @@
+//! The `opswire` command: `serve` (the default), `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use opswire::auth::{mint, now_s, Claims};
+use opswire::config::Config;
+use opswire::startup::Application;
+
+#[derive(Parser)]
+#[command(
+    name = "opswire",
+    version,
+    about = "Realtime backend for live operations dashboards"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the hub (the default when no command is given).
+    Serve(ServeArgs),
+    /// Mint a JWT from the configured key, to try authentication.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "OPSWIRE_BIND")]
+    bind: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "OPSWIRE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Serve anonymous clients on a non-loopback address (no auth key).
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Team the token grants (repeat for several; `*` for every team).
+    #[arg(long = "team", required = true)]
+    teams: Vec<String>,
+    /// Lifetime, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: humantime::Duration,
+    /// Subject (who the token is for).
+    #[arg(long, default_value = "opswire-cli")]
+    sub: String,
+    /// `read` (subscribe) or `ingest` (also publish).
+    #[arg(long, default_value = "read", value_parser = ["read", "ingest"])]
+    scope: String,
+    /// Sign with this RS256/ES256 private key (PEM) instead of the HS256 secret.
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// TOML configuration file (for auth.jwt_secret).
+    #[arg(long, env = "OPSWIRE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(file).map_err(|e| {
+        eprintln!("opswire: configuration error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(bind) = &args.bind {
+        match bind.parse() {
+            Ok(addr) => config.bind = addr,
+            Err(e) => {
+                eprintln!("opswire: configuration error: bind: `{bind}` is not an address like 127.0.0.1:8080 ({e})");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    config.insecure |= args.insecure;
+    if let Err(e) = config.validate() {
+        eprintln!("opswire: configuration error: {e}");
+        return ExitCode::from(2);
+    }
+    opswire::telemetry::init(&config.log);
+    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_s);
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(config)?;
+        if app.state().auth.dev_mode() {
+            tracing::warn!("dev mode: no auth key configured, anonymous clients get every team (loopback only)");
+        }
+        let token = app.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received");
+            token.cancel();
+            // A second signal, or a stuck drain, ends the process.
+            tokio::select! {
+                _ = wait_for_signal() => {}
+                _ = tokio::time::sleep(shutdown_timeout + Duration::from_secs(5)) => {}
+            }
+            tracing::warn!("forced exit");
+            std::process::exit(1);
+        });
+        println!("opswire listening on http://{}", app.addr());
+        app.run_until_stopped().await?;
+        Ok::<(), opswire::startup::StartError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opswire: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let config = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let key = match &args.private_key {
+        Some(p) => match std::fs::read(p) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("opswire: --private-key {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let now = now_s();
+    let claims = Claims {
+        sub: args.sub,
+        teams: args.teams,
+        exp: now + Duration::from(args.ttl).as_secs(),
+        iat: Some(now),
+        scope: Some(args.scope),
+    };
+    match mint(&claims, config.auth.jwt_secret.as_deref(), key.as_deref()) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("opswire: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Building and running the server: `Application::build` binds the port
+//! (port 0 picks a free one, which the tests use), `run_until_stopped`
+//! serves until the shutdown token is cancelled, then drains.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::auth::{Authenticator, KeyError};
+use crate::config::{Config, ConfigError};
+use crate::hub::{Hub, HubSettings};
+use crate::metrics::Metrics;
+use crate::sampler::Sampler;
+use crate::time::now_micros;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Validates `config`, binds its address and builds the server (not
+    /// yet running).
+    pub fn build(mut config: Config) -> Result<Application, StartError> {
+        config.validate()?;
+        let auth = Authenticator::from_config(&config)?;
+        let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let addr = listener.local_addr()?;
+
+        let metrics = Arc::new(Metrics::new());
+        let teams: Vec<String> = config.teams.iter().map(|t| t.name.clone()).collect();
+        let tick = Duration::from_millis(config.sampler.tick_ms);
+        let hub = Hub::new(
+            &teams,
+            HubSettings {
+                history_logs: config.history.logs,
+                history_alerts: config.history.alerts,
+                queue_len: config.limits.queue_len,
+                max_subscriptions: config.limits.max_subscriptions,
+                host_stale_after: tick * config.sampler.stale_after_ticks,
+            },
+            metrics.clone(),
+        );
+        let local_host = config
+            .sampler
+            .host_name
+            .clone()
+            .unwrap_or_else(Sampler::os_host_name);
+        let local_team_name = config
+            .sampler
+            .team
+            .clone()
+            .unwrap_or_else(|| config.team_for_host(&local_host));
+        // Validated: the team exists.
+        let local_team = hub.team_id(&local_team_name).unwrap_or(0);
+
+        let config = Arc::new(config);
+        let state = Arc::new(AppState::new(
+            config.clone(),
+            hub,
+            auth,
+            metrics,
+            local_team,
+            local_host,
+        ));
+        let data = web::Data::from(state.clone());
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.workers
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(middleware::from_fn(crate::http::track))
+                .configure(crate::http::routes)
+        })
+        .workers(workers)
+        .max_connections(config.max_connections().max(1024))
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_s)
+        .listen(listener)?
+        .run();
+
+        Ok(Application {
+            addr,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Cancelling this token shuts the server down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then: `/readyz`
+    /// fails, every session closes with 1012, the listener stops, and
+    /// connections get `shutdown_timeout_s` to finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let ticker = spawn_ticker(state.clone())?;
+        let handle = self.server.handle();
+        let token = state.shutdown.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            state.set_draining();
+            tracing::info!("shutting down: closing sessions with 1012");
+            handle.stop(true).await;
+        });
+        tracing::info!(addr = %self.addr, dev_mode = self.state.auth.dev_mode(), "opswire listening");
+        let result = self.server.await;
+        self.state.shutdown.cancel();
+        let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
+        result
+    }
+}
+
+/// The ticker thread: every tick, sample this host (blocking /proc reads,
+/// kept off the async runtime) and publish one metrics frame per team.
+fn spawn_ticker(state: Arc<AppState>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let tick = Duration::from_millis(state.config.sampler.tick_ms);
+    let mut sampler = if state.config.sampler.enabled {
+        match Sampler::new(state.local_host.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "sampler unavailable; serving without local metrics");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    std::thread::Builder::new()
+        .name("opswire-ticker".into())
+        .spawn(move || {
+            // The first sample needs a CPU delta: take it shortly after the
+            // sampler's baseline, then keep a fixed cadence.
+            let mut next = Instant::now() + tick.min(Duration::from_millis(250));
+            loop {
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                    if state.shutdown.is_cancelled() {
+                        return;
+                    }
+                    continue;
+                }
+                if state.shutdown.is_cancelled() {
+                    return;
+                }
+                if let Some(s) = sampler.as_mut() {
+                    let started = Instant::now();
+                    let snap = s.sample();
+                    state
+                        .metrics
+                        .sampler_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    if let Err(e) = state.hub.update_host(state.local_team, &snap) {
+                        tracing::warn!(error = %e, "local snapshot refused");
+                    }
+                    state
+                        .last_sample_us
+                        .store(snap.sampled_at, Ordering::Relaxed);
+                }
+                state.hub.tick(now_micros());
+                next += tick;
+                // After a stall (suspend, overload) skip missed ticks rather
+                // than bursting them.
+                let now = Instant::now();
+                if next + tick < now {
+                    next = now + tick;
+                }
+            }
+        })
+}

@@ -1,0 +1,644 @@
+//! The WebSocket transport: one task per connection owns its socket.
+//!
+//! The task is a single `select!` over: shutdown, the auth deadline, the
+//! heartbeat, the client's next message, and the session's mailbox. It
+//! never awaits another session. Writes are bounded by a timeout of two
+//! heartbeats, so a client that stops reading can pin its task no longer
+//! than a client that stops answering pings.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
+use bytestring::ByteString;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::app::{AppState, ConnectionGuard};
+use crate::auth::{AuthError, Principal, Scope};
+use crate::hub::{Delivery, HubError, SessionHandle, TeamId};
+use crate::protocol::{
+    parse_op, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op, Reply,
+    Stream, SERVER_NAME, SUBPROTOCOL,
+};
+use crate::time::now_micros;
+use crate::transport::{http_error, origin_allowed, principal_from_request};
+
+/// Close codes of the protocol.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_LARGE: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const RESTART: u16 = 1012;
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// `GET /ws`: checks capacity, the `Authorization` header and origin, then
+/// upgrades and spawns the session task.
+pub async fn handler(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let m = &state.metrics;
+    if state.is_draining() {
+        return Ok(http_error(
+            ErrorCode::Unavailable,
+            "server is shutting down",
+        ));
+    }
+    let Some(guard) = state.connections.try_acquire() else {
+        m.connections_total
+            .with_label_values(&["rejected_limit"])
+            .inc();
+        return Ok(http_error(
+            ErrorCode::Unavailable,
+            format!(
+                "connection limit reached ({} connections)",
+                state.config.max_connections()
+            ),
+        ));
+    };
+    let principal = match principal_from_request(&state, &req, None) {
+        Ok(p) => p,
+        Err(e) => {
+            m.connections_total
+                .with_label_values(&["rejected_auth"])
+                .inc();
+            return Ok(http_error(ErrorCode::Unauthenticated, e.to_string()));
+        }
+    };
+    let origin_ok = origin_allowed(&req, &state.config.websocket.allowed_origins);
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
+    let max = state.config.limits.max_frame_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    m.connections_total
+        .with_label_values(&[if origin_ok {
+            "accepted"
+        } else {
+            "rejected_origin"
+        }])
+        .inc();
+    let conn = Connection::new(state.into_inner(), principal, session, guard);
+    tracing::debug!(session = %conn.name, user_agent, "websocket connected");
+    actix_web::rt::spawn(conn.run(stream, origin_ok));
+    Ok(response)
+}
+
+/// What the loop does after handling a message.
+enum Flow {
+    Continue,
+    Close(u16, String),
+    /// The socket is gone or unwritable: drop it without a close frame.
+    Abort,
+}
+
+struct Connection {
+    state: std::sync::Arc<AppState>,
+    name: String,
+    principal: Option<Principal>,
+    ws: actix_ws::Session,
+    hub: SessionHandle,
+    limiter: DefaultDirectRateLimiter,
+    strikes: u32,
+    last_violation: Instant,
+    last_pong: Instant,
+    write_timeout: Duration,
+    _guard: ConnectionGuard,
+}
+
+fn limiter_for(state: &AppState, scope: Option<Scope>) -> DefaultDirectRateLimiter {
+    let l = &state.config.limits;
+    let (rate, burst) = match scope {
+        Some(Scope::Ingest) => (l.ingest_rate, l.ingest_burst),
+        _ => (l.inbound_rate, l.inbound_burst),
+    };
+    // Validated non-zero in Config::validate.
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+impl Connection {
+    fn new(
+        state: std::sync::Arc<AppState>,
+        principal: Option<Principal>,
+        ws: actix_ws::Session,
+        guard: ConnectionGuard,
+    ) -> Connection {
+        let hub = state.hub.open_session();
+        let name = format!("s-{:x}{:04x}", hub.id(), rand::random::<u16>());
+        let limiter = limiter_for(&state, principal.as_ref().map(|p| p.scope));
+        let write_timeout = Duration::from_secs(2 * state.config.websocket.heartbeat_s);
+        Connection {
+            state,
+            name,
+            principal,
+            ws,
+            hub,
+            limiter,
+            strikes: 0,
+            last_violation: Instant::now(),
+            last_pong: Instant::now(),
+            write_timeout,
+            _guard: guard,
+        }
+    }
+
+    async fn run(mut self, mut stream: AggregatedMessageStream, origin_ok: bool) {
+        let started = Instant::now();
+        let flow = if !origin_ok {
+            self.close_with_error(
+                ErrorCode::Forbidden,
+                "origin not allowed (websocket.allowed_origins)",
+                close::POLICY,
+            )
+            .await
+        } else {
+            self.event_loop(&mut stream).await
+        };
+        let code = match &flow {
+            Flow::Close(code, reason) => {
+                let reason = CloseReason {
+                    code: CloseCode::from(*code),
+                    description: Some(reason.clone()),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.ws.clone().close(Some(reason)),
+                )
+                .await;
+                code.to_string()
+            }
+            Flow::Abort | Flow::Continue => "abnormal".to_string(),
+        };
+        self.state
+            .metrics
+            .disconnections_total
+            .with_label_values(&[&code])
+            .inc();
+        tracing::debug!(
+            session = %self.name,
+            code,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "websocket closed"
+        );
+    }
+
+    async fn event_loop(&mut self, stream: &mut AggregatedMessageStream) -> Flow {
+        let cfg = self.state.config.clone();
+        let shutdown = self.state.shutdown.clone();
+        if self.principal.is_some() {
+            if let Flow::Abort = self.send_welcome().await {
+                return Flow::Abort;
+            }
+        }
+        let auth_deadline =
+            tokio::time::Instant::now() + Duration::from_secs(cfg.websocket.auth_timeout_s);
+        let hb = Duration::from_secs(cfg.websocket.heartbeat_s);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mailbox = self.hub.mailbox().clone();
+        let mut batch: Vec<Delivery> = Vec::new();
+        loop {
+            let flow = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Flow::Close(close::RESTART, "server shutting down".into()),
+                _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
+                    self.close_with_error(
+                        ErrorCode::Unauthenticated,
+                        &format!("no auth op within {} s", cfg.websocket.auth_timeout_s),
+                        close::POLICY,
+                    ).await
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_pong.elapsed() > 2 * hb {
+                        tracing::debug!(session = %self.name, "heartbeat timeout");
+                        Flow::Abort
+                    } else {
+                        match tokio::time::timeout(self.write_timeout, self.ws.ping(b"")).await {
+                            Ok(Ok(())) => Flow::Continue,
+                            _ => Flow::Abort,
+                        }
+                    }
+                }
+                msg = stream.recv() => self.on_message(msg).await,
+                _ = mailbox.ready() => self.flush(&mut batch).await,
+            };
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+    }
+
+    /// Writes everything the mailbox holds; after a lagged marker, sends
+    /// `lagged` and closes with 4008.
+    async fn flush(&mut self, batch: &mut Vec<Delivery>) -> Flow {
+        let lagged = self.hub.mailbox().drain(batch);
+        let n = batch.len() as u64;
+        let mut failed = false;
+        for d in std::mem::take(batch) {
+            if !failed && self.send(d.frame).await.is_err() {
+                failed = true;
+            }
+        }
+        if failed {
+            return Flow::Abort;
+        }
+        if n > 0 {
+            self.state
+                .metrics
+                .messages_total
+                .with_label_values(&["out", "data"])
+                .inc_by(n);
+        }
+        if let Some(l) = lagged {
+            let frame = to_frame(&Reply::Lagged {
+                team: self.state.hub.team_name(l.team),
+                stream: l.stream,
+                last_seq: l.last_seq,
+            });
+            if self.send(frame).await.is_err() {
+                return Flow::Abort;
+            }
+            return Flow::Close(
+                close::SLOW_CONSUMER,
+                format!("slow consumer: {} queue overflowed", l.stream),
+            );
+        }
+        Flow::Continue
+    }
+
+    async fn send(&mut self, frame: impl Into<ByteString>) -> Result<(), ()> {
+        match tokio::time::timeout(self.write_timeout, self.ws.text(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn reply(&mut self, reply: &Reply<'_>) -> Flow {
+        let frame = to_frame(reply);
+        self.count_out("control");
+        match self.send(frame).await {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::Abort,
+        }
+    }
+
+    fn count_out(&self, kind: &str) {
+        self.state
+            .metrics
+            .messages_total
+            .with_label_values(&["out", kind])
+            .inc();
+    }
+
+    async fn error(&mut self, id: Option<i64>, code: ErrorCode, message: &str) -> Flow {
+        self.state
+            .metrics
+            .errors_total
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.count_out("error");
+        match self
+            .send(to_frame(&ErrorFrame::new(id, code, message)))
+            .await
+        {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::Abort,
+        }
+    }
+
+    async fn close_with_error(&mut self, code: ErrorCode, message: &str, close_code: u16) -> Flow {
+        match self.error(None, code, message).await {
+            Flow::Continue => Flow::Close(close_code, message.chars().take(100).collect()),
+            other => other,
+        }
+    }
+
+    async fn send_welcome(&mut self) -> Flow {
+        let Some(p) = &self.principal else {
+            return Flow::Continue;
+        };
+        let frame = to_frame(&Reply::Welcome {
+            session: &self.name,
+            teams: p.visible_teams(self.state.hub.team_names()),
+            streams: Stream::ALL,
+            heartbeat_s: self.state.config.websocket.heartbeat_s,
+            server: SERVER_NAME,
+            sub: Some(&p.sub),
+            scope: p.scope.as_str(),
+        });
+        self.count_out("welcome");
+        match self.send(frame).await {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::Abort,
+        }
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<AggregatedMessage, ProtocolError>>) -> Flow {
+        match msg {
+            None => Flow::Abort,
+            Some(Ok(AggregatedMessage::Text(text))) => {
+                let started = Instant::now();
+                let flow = self.on_text(&text).await;
+                self.state
+                    .metrics
+                    .message_duration
+                    .observe(started.elapsed().as_secs_f64());
+                flow
+            }
+            Some(Ok(AggregatedMessage::Binary(_))) => {
+                if let Some(flow) = self.rate_limit(None).await {
+                    return flow;
+                }
+                self.error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported: send JSON text frames",
+                )
+                .await
+            }
+            Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                self.last_pong = Instant::now();
+                match tokio::time::timeout(self.write_timeout, self.ws.pong(&bytes)).await {
+                    Ok(Ok(())) => Flow::Continue,
+                    _ => Flow::Abort,
+                }
+            }
+            Some(Ok(AggregatedMessage::Pong(_))) => {
+                self.last_pong = Instant::now();
+                Flow::Continue
+            }
+            Some(Ok(AggregatedMessage::Close(reason))) => {
+                let code = reason.map_or(close::NORMAL, |r| u16::from(r.code));
+                Flow::Close(
+                    if code == 1005 { close::NORMAL } else { code },
+                    String::new(),
+                )
+            }
+            Some(Err(ProtocolError::Overflow)) => {
+                let max = self.state.config.limits.max_frame_bytes;
+                self.close_with_error(
+                    ErrorCode::TooLarge,
+                    &format!("frame larger than {max} bytes"),
+                    close::TOO_LARGE,
+                )
+                .await
+            }
+            Some(Err(e)) => {
+                tracing::debug!(session = %self.name, error = %e, "websocket protocol error");
+                Flow::Close(close::PROTOCOL_ERROR, "protocol error".into())
+            }
+        }
+    }
+
+    /// Applies the token bucket. Over budget: a `rate_limited` error, and
+    /// after `max_violations` refusals within a second, close 1008.
+    async fn rate_limit(&mut self, id: Option<i64>) -> Option<Flow> {
+        if self.limiter.check().is_ok() {
+            return None;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_violation) > Duration::from_secs(1) {
+            self.strikes = 0;
+        }
+        self.last_violation = now;
+        self.strikes += 1;
+        if self.strikes > self.state.config.limits.max_violations {
+            return Some(
+                self.close_with_error(
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded repeatedly",
+                    close::POLICY,
+                )
+                .await,
+            );
+        }
+        Some(
+            self.error(id, ErrorCode::RateLimited, "too many ops: slow down")
+                .await,
+        )
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let (id, parsed) = parse_op(text);
+        if let Some(flow) = self.rate_limit(id).await {
+            return flow;
+        }
+        let op = match parsed {
+            Ok(op) => op,
+            Err(e) => {
+                self.count_in("invalid");
+                return self.error(id, e.code(), &e.to_string()).await;
+            }
+        };
+        self.count_in(op.name());
+        if self.principal.is_none() && !matches!(op, Op::Auth(_) | Op::Ping) {
+            return self
+                .close_with_error(
+                    ErrorCode::Unauthenticated,
+                    "authenticate first: {\"op\":\"auth\",\"token\":\"<jwt>\"}",
+                    close::POLICY,
+                )
+                .await;
+        }
+        match op {
+            Op::Auth(a) => self.on_auth(&a.token).await,
+            Op::Ping => {
+                self.reply(&Reply::Pong {
+                    id,
+                    ts: now_micros(),
+                })
+                .await
+            }
+            Op::Subscribe(s) => {
+                let team = match self.authorize(&s.team) {
+                    Ok(t) => t,
+                    Err((code, msg)) => return self.error(id, code, &msg).await,
+                };
+                let filter = s.filter.logs.clone();
+                let mut streams = s.streams.clone();
+                streams.sort();
+                streams.dedup();
+                match self.hub.subscribe(team, &streams, &s.resume, filter) {
+                    Ok(sub) => {
+                        let flow = self
+                            .reply(&Reply::Subscribed {
+                                id,
+                                team: &s.team,
+                                streams: streams.clone(),
+                                recovered: sub.recovered,
+                            })
+                            .await;
+                        if !matches!(flow, Flow::Continue) {
+                            return flow;
+                        }
+                        for d in sub.replay {
+                            if self.send(d.frame).await.is_err() {
+                                return Flow::Abort;
+                            }
+                        }
+                        Flow::Continue
+                    }
+                    Err(e @ HubError::TooManySubscriptions(_)) => {
+                        self.error(id, ErrorCode::BadRequest, &e.to_string()).await
+                    }
+                    Err(e) => self.error(id, ErrorCode::BadRequest, &e.to_string()).await,
+                }
+            }
+            Op::Unsubscribe(u) => {
+                let team = match self.authorize(&u.team) {
+                    Ok(t) => t,
+                    Err((code, msg)) => return self.error(id, code, &msg).await,
+                };
+                let removed = self.hub.unsubscribe(team, &u.streams);
+                self.reply(&Reply::Unsubscribed {
+                    id,
+                    team: &u.team,
+                    streams: removed,
+                })
+                .await
+            }
+            Op::Publish(p) => {
+                if self.principal.as_ref().map(|p| p.scope) != Some(Scope::Ingest) {
+                    return self
+                        .error(
+                            id,
+                            ErrorCode::Forbidden,
+                            "publish needs a token with scope `ingest`",
+                        )
+                        .await;
+                }
+                let team = match self.authorize(&p.team) {
+                    Ok(t) => t,
+                    Err((code, msg)) => return self.error(id, code, &msg).await,
+                };
+                match p.stream {
+                    Stream::Metrics => match serde_json::from_str::<HostSnapshot>(p.data.get()) {
+                        Ok(mut snap) if !snap.host.is_empty() => {
+                            snap.source = HostSource::Agent;
+                            match self.state.hub.update_host(team, &snap) {
+                                Ok(()) => self.reply(&Reply::Published { id, seq: None }).await,
+                                Err(e) => {
+                                    self.error(id, ErrorCode::BadRequest, &e.to_string()).await
+                                }
+                            }
+                        }
+                        Ok(_) => {
+                            self.error(
+                                id,
+                                ErrorCode::BadRequest,
+                                "publish: metrics `host` is empty",
+                            )
+                            .await
+                        }
+                        Err(e) => {
+                            self.error(
+                                id,
+                                ErrorCode::BadRequest,
+                                &format!("publish: metrics data: {e}"),
+                            )
+                            .await
+                        }
+                    },
+                    Stream::Logs => match serde_json::from_str::<LogRecord>(p.data.get()) {
+                        Ok(rec) => {
+                            let seq = self.state.hub.publish_log(team, &rec, now_micros());
+                            self.reply(&Reply::Published { id, seq: Some(seq) }).await
+                        }
+                        Err(e) => {
+                            self.error(
+                                id,
+                                ErrorCode::BadRequest,
+                                &format!("publish: log data: {e}"),
+                            )
+                            .await
+                        }
+                    },
+                    Stream::Alerts => {
+                        self.error(
+                            id,
+                            ErrorCode::BadRequest,
+                            "publish: alerts arrive through the Alertmanager webhook, not publish",
+                        )
+                        .await
+                    }
+                }
+            }
+            Op::Silence(s) => {
+                if let Err((code, msg)) = self.authorize(&s.team) {
+                    return self.error(id, code, &msg).await;
+                }
+                self.error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "no Alertmanager is configured to create silences",
+                )
+                .await
+            }
+        }
+    }
+
+    fn count_in(&self, op: &str) {
+        self.state
+            .metrics
+            .messages_total
+            .with_label_values(&["in", op])
+            .inc();
+    }
+
+    /// The team check: the principal must name the team, and it must exist.
+    fn authorize(&self, team: &str) -> Result<TeamId, (ErrorCode, String)> {
+        let Some(p) = &self.principal else {
+            return Err((ErrorCode::Unauthenticated, "not authenticated".into()));
+        };
+        if !p.may_access(team) {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("not a member of team `{team}`"),
+            ));
+        }
+        self.state
+            .hub
+            .team_id(team)
+            .ok_or_else(|| (ErrorCode::NotFound, format!("unknown team `{team}`")))
+    }
+
+    async fn on_auth(&mut self, token: &str) -> Flow {
+        match self.state.auth.verify(token) {
+            Ok(p) => {
+                // Re-auth (a refreshed token) may narrow the teams: drop
+                // subscriptions the new token does not cover.
+                for team in self.hub.teams() {
+                    if !p.may_access(self.state.hub.team_name(team)) {
+                        self.hub.unsubscribe(team, &Stream::ALL);
+                    }
+                }
+                self.limiter = limiter_for(&self.state, Some(p.scope));
+                self.principal = Some(p);
+                self.send_welcome().await
+            }
+            Err(e) => {
+                let msg = match e {
+                    AuthError::Missing => "missing token".to_string(),
+                    other => other.to_string(),
+                };
+                self.close_with_error(ErrorCode::Unauthenticated, &msg, close::POLICY)
+                    .await
+            }
+        }
+    }
+}
