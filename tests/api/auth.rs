@@ -1,0 +1,115 @@
+//! Authentication: header, first frame, missing / expired / badly signed
+//! tokens, the auth timeout, and dev mode.
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+use crate::helpers::*;
+
+fn http_status(e: WsError) -> u16 {
+    match e {
+        WsError::Http(resp) => resp.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn header_token_gets_welcome_with_its_teams() {
+    let app = spawn_app();
+    let (_c, welcome) = app.ws_auth(&token(&["alpha", "gamma"])).await;
+    assert_eq!(welcome["teams"], json!(["alpha", "gamma"]));
+    assert_eq!(welcome["streams"], json!(["metrics", "logs", "alerts"]));
+    assert!(welcome["session"].as_str().unwrap().starts_with("s-"));
+    assert_eq!(welcome["heartbeat_s"], 20);
+    assert!(welcome["server"].as_str().unwrap().starts_with("opswire/"));
+}
+
+#[tokio::test]
+async fn first_frame_auth_gets_welcome() {
+    let app = spawn_app();
+    let mut c = app.ws().await;
+    // Nothing before auth: the first frame the server sends answers it.
+    c.send_json(json!({"op": "auth", "token": token(&["beta"])}))
+        .await;
+    let welcome = c.next_frame().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["teams"], json!(["beta"]));
+    c.subscribe("beta", &["logs"]).await;
+}
+
+#[tokio::test]
+async fn bad_header_tokens_get_401_before_the_upgrade() {
+    let app = spawn_app();
+    let expired = token_with(&["alpha"], "read", -3600);
+    let other_key = {
+        let claims = opswire::auth::Claims {
+            sub: "x".into(),
+            teams: vec!["alpha".into()],
+            exp: opswire::auth::now_s() + 60,
+            iat: None,
+            scope: None,
+        };
+        opswire::auth::mint(&claims, Some("a-different-secret-0123456789abcdef"), None).unwrap()
+    };
+    for bad in [expired.as_str(), other_key.as_str(), "garbage"] {
+        let err = app.ws_header(bad).await.err().expect("refused");
+        assert_eq!(http_status(err), 401, "token {bad}");
+    }
+}
+
+#[tokio::test]
+async fn bad_first_frame_tokens_get_unauthenticated_then_1008() {
+    let app = spawn_app();
+    let expired = token_with(&["alpha"], "read", -3600);
+    for (tok, want) in [
+        (expired.as_str(), "expired"),
+        ("garbage", "invalid"),
+        ("", "missing"),
+    ] {
+        let mut c = app.ws().await;
+        c.send_json(json!({"op": "auth", "token": tok})).await;
+        let (closed, frames) = c.expect_close().await;
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["type"], "error");
+        assert_eq!(frames[0]["code"], "unauthenticated");
+        assert!(
+            frames[0]["message"].as_str().unwrap().contains(want),
+            "{}",
+            frames[0]
+        );
+        assert_eq!(closed.code, 1008);
+    }
+}
+
+#[tokio::test]
+async fn an_op_before_auth_is_refused() {
+    let app = spawn_app();
+    let mut c = app.ws().await;
+    c.send_json(json!({"op": "subscribe", "team": "alpha", "streams": ["metrics"]}))
+        .await;
+    let (closed, frames) = c.expect_close().await;
+    assert_eq!(frames[0]["code"], "unauthenticated");
+    assert_eq!(closed.code, 1008);
+}
+
+#[tokio::test]
+async fn silent_clients_are_closed_after_the_auth_timeout() {
+    let app = spawn_app_with(|c| c.websocket.auth_timeout_s = 1);
+    let mut c = app.ws().await;
+    let started = std::time::Instant::now();
+    let (closed, frames) = c.expect_close().await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(frames[0]["code"], "unauthenticated");
+    assert!(frames[0]["message"].as_str().unwrap().contains("auth"));
+    assert_eq!(closed.code, 1008);
+}
+
+#[tokio::test]
+async fn dev_mode_welcomes_anonymous_clients_with_every_team() {
+    let app = spawn_app_with(|c| c.auth.jwt_secret = None);
+    let mut c = app.ws().await;
+    let welcome = c.next_frame().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["teams"], json!(["alpha", "beta", "gamma"]));
+    c.subscribe("gamma", &["metrics"]).await;
+}

@@ -1,0 +1,317 @@
+//! Test harness: runs the real server (the same `Application` the binary
+//! runs) on a free loopback port, on a thread of its own, and talks to it
+//! with real WebSocket and HTTP clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use opswire::app::AppState;
+use opswire::auth::{mint, now_s, Claims};
+use opswire::config::{Config, TeamConfig};
+use opswire::startup::Application;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+/// How long any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Three teams; the local host (named `test-host`) belongs to `alpha`.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.teams = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|t| TeamConfig {
+            name: t.to_string(),
+            hosts: vec![format!("{t}-*")],
+        })
+        .collect();
+    c.sampler.host_name = Some("test-host".into());
+    c.sampler.team = Some("alpha".into());
+    c.sampler.tick_ms = 200;
+    c.workers = 2;
+    c.shutdown_timeout_s = 5;
+    c
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a server with `test_config()` changed by `tweak`.
+pub fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config();
+    tweak(&mut config);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let app = Application::build(config).expect("app builds");
+            tx.send((app.addr(), app.state().clone(), app.shutdown_token()))
+                .unwrap();
+            app.run_until_stopped().await.expect("server runs");
+        })
+    });
+    let (addr, state, shutdown) = rx.recv().expect("server started");
+    TestApp {
+        addr,
+        state,
+        shutdown,
+        thread: Some(thread),
+    }
+}
+
+pub fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {})
+}
+
+pub fn token(teams: &[&str]) -> String {
+    token_with(teams, "read", 3600)
+}
+
+pub fn token_with(teams: &[&str], scope: &str, ttl_s: i64) -> String {
+    let claims = Claims {
+        sub: "tester".into(),
+        teams: teams.iter().map(|s| s.to_string()).collect(),
+        exp: (now_s() as i64 + ttl_s) as u64,
+        iat: None,
+        scope: Some(scope.into()),
+    };
+    mint(&claims, Some(SECRET), None).unwrap()
+}
+
+impl TestApp {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connects without credentials.
+    pub async fn ws(&self) -> WsClient {
+        let (inner, _) = tokio_tungstenite::connect_async(self.ws_url())
+            .await
+            .expect("websocket connects");
+        WsClient { inner }
+    }
+
+    /// Connects with `Authorization: Bearer <token>` and reads `welcome`.
+    pub async fn ws_auth(&self, token: &str) -> (WsClient, Value) {
+        let mut client = self
+            .ws_header(token)
+            .await
+            .expect("websocket connects with a header token");
+        let welcome = client.next_frame().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (client, welcome)
+    }
+
+    /// Connects with a header token; the handshake's HTTP error on refusal.
+    pub async fn ws_header(
+        &self,
+        token: &str,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        let mut req = self.ws_url().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (inner, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(WsClient { inner })
+    }
+
+    /// Connects, authenticates with a header token and subscribes.
+    pub async fn subscriber(&self, team: &str, streams: &[&str]) -> WsClient {
+        let (mut c, _) = self.ws_auth(&token(&[team])).await;
+        c.subscribe(team, streams).await;
+        c
+    }
+
+    /// Publishes a log through the hub's programmatic API.
+    pub fn publish_log(&self, team: &str, message: &str) -> u64 {
+        let rec = serde_json::from_value(json!({
+            "level": "info", "source": "test", "host": "h1", "message": message
+        }))
+        .unwrap();
+        let id = self.state.hub.team_id(team).expect("team exists");
+        self.state
+            .hub
+            .publish_log(id, &rec, opswire::time::now_micros())
+    }
+
+    /// Publishes an alert through the hub's programmatic API.
+    pub fn publish_alert(&self, team: &str, fingerprint: &str, status: &str) -> Option<u64> {
+        let rec = serde_json::from_value(json!({
+            "status": status, "fingerprint": fingerprint, "alertname": "HighCpu",
+            "severity": "critical", "labels": {"team": team}, "annotations": {},
+            "starts_at": "2026-11-22T10:00:00Z", "ends_at": null, "generator_url": ""
+        }))
+        .unwrap();
+        let id = self.state.hub.team_id(team).expect("team exists");
+        self.state
+            .hub
+            .publish_alert(id, &rec, opswire::time::now_micros())
+    }
+
+    pub fn epoch(&self) -> String {
+        self.state.hub.epoch().to_owned()
+    }
+
+    /// Gracefully stops the server (as SIGTERM does) and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread");
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits (polling `/readyz`) until the first sample is in.
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let r = client.get(self.url("/readyz")).send().await.unwrap();
+            if r.status() == 200 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct WsClient {
+    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, v: Value) {
+        self.inner
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.inner.send(Message::text(s)).await.expect("send");
+    }
+
+    /// The next text frame as JSON (control frames skipped); panics on
+    /// close or after `WAIT`.
+    pub async fn next_frame(&mut self) -> Value {
+        self.try_next_frame(WAIT)
+            .await
+            .expect("a frame within the wait")
+    }
+
+    /// The next text frame, or None if none comes within `wait` (or the
+    /// connection closes).
+    pub async fn try_next_frame(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.inner.next())
+                .await
+                .ok()??;
+            match msg {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("JSON frame")),
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(Message::Close(c)) => panic!("unexpected close: {c:?}"),
+                Ok(other) => panic!("unexpected message {other:?}"),
+                Err(e) => panic!("websocket error: {e}"),
+            }
+        }
+    }
+
+    /// The next frame whose `type` is `ty`, skipping others.
+    pub async fn next_of_type(&mut self, ty: &str) -> Value {
+        loop {
+            let f = self.next_frame().await;
+            if f["type"] == ty {
+                return f;
+            }
+        }
+    }
+
+    /// The next frame that is not a metrics frame.
+    pub async fn next_non_metrics(&mut self) -> Value {
+        loop {
+            let f = self.next_frame().await;
+            if f["type"] != "metrics" {
+                return f;
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, team: &str, streams: &[&str]) -> Value {
+        self.send_json(json!({"op": "subscribe", "id": 1, "team": team, "streams": streams}))
+            .await;
+        let r = self.next_non_metrics().await;
+        assert_eq!(r["type"], "subscribed", "{r}");
+        r
+    }
+
+    /// Reads until the server closes; returns the close frame's code and
+    /// reason, with every text frame seen before it.
+    pub async fn expect_close(&mut self) -> (Closed, Vec<Value>) {
+        let mut frames = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.inner.next())
+                .await
+                .expect("server closes within the wait");
+            match msg {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(Some(c)))) => {
+                    return (
+                        Closed {
+                            code: u16::from(c.code),
+                            reason: c.reason.to_string(),
+                        },
+                        frames,
+                    )
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (
+                        Closed {
+                            code: u16::from(CloseCode::Status),
+                            reason: String::new(),
+                        },
+                        frames,
+                    )
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
