@@ -157,10 +157,11 @@ pub async fn handler(
     let mut positions: BTreeMap<Stream, u64> = BTreeMap::new();
     for s in &streams {
         if *s != Stream::Metrics {
-            // Start at the resume point (replay advances it) or at "now".
+            // Start at the resume point (the replay advances it), or at
+            // the hub's position at subscribe time when not resuming.
             let start = match (resume.get(s), sub.recovered.get(s)) {
                 (Some(r), Some(true)) => r.seq,
-                _ => 0,
+                _ => sub.positions.get(s).copied().unwrap_or(0),
             };
             positions.insert(*s, start);
         }

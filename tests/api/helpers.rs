@@ -26,8 +26,10 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Three teams; the local host (named `test-host`) belongs to `alpha`.
 pub fn test_config() -> Config {
-    let mut c = Config::default();
-    c.bind = "127.0.0.1:0".parse().unwrap();
+    let mut c = Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     c.auth.jwt_secret = Some(SECRET.into());
     c.teams = ["alpha", "beta", "gamma"]
         .iter()
