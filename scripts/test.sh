@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test suite of opswire. Installs what it needs first
+# (idempotent: skips what is present), so it works on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have cc || need_apt+=(build-essential)
+have pkg-config || need_apt+=(pkg-config)
+if ((${#need_apt[@]})); then
+  log "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! have cargo; then
+  echo "cargo is required (rustup: https://rustup.rs)" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+log "format"
+cargo fmt --all -- --check
+
+log "clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+log "unit and integration tests"
+cargo test --all-targets --locked
+
+log "all suites passed"
