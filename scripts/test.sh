@@ -29,6 +29,6 @@ log "clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 log "unit and integration tests"
-cargo test --all-targets --locked
+cargo test --lib --tests --locked
 
 log "all suites passed"

@@ -248,13 +248,13 @@ impl Connection {
     async fn flush(&mut self, batch: &mut Vec<Delivery>) -> Flow {
         let lagged = self.hub.mailbox().drain(batch);
         let n = batch.len() as u64;
-        let mut failed = false;
-        for d in std::mem::take(batch) {
-            if !failed && self.send(d.frame).await.is_err() {
-                failed = true;
+        let mut written = true;
+        for d in batch.drain(..) {
+            if written {
+                written = self.send(d.frame).await.is_ok();
             }
         }
-        if failed {
+        if !written {
             return Flow::Abort;
         }
         if n > 0 {

@@ -113,3 +113,44 @@ async fn dev_mode_welcomes_anonymous_clients_with_every_team() {
     assert_eq!(welcome["teams"], json!(["alpha", "beta", "gamma"]));
     c.subscribe("gamma", &["metrics"]).await;
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[tokio::test]
+async fn rs256_and_es256_public_keys_verify_tokens() {
+    for alg in ["rs256", "es256"] {
+        let app = spawn_app_with(|c| {
+            c.auth.jwt_secret = None;
+            c.auth.public_key_file = Some(fixture(&format!("{alg}-public.pem")));
+        });
+        let claims = opswire::auth::Claims {
+            sub: "svc".into(),
+            teams: vec!["beta".into()],
+            exp: opswire::auth::now_s() + 60,
+            iat: None,
+            scope: None,
+        };
+        let pem = std::fs::read(fixture(&format!("{alg}-private.pem"))).unwrap();
+        let good = opswire::auth::mint(&claims, None, Some(&pem)).unwrap();
+        let (_c, welcome) = app.ws_auth(&good).await;
+        assert_eq!(welcome["teams"], json!(["beta"]), "{alg}");
+        // The other algorithm's key, and an HS256 token, are refused.
+        let other = if alg == "rs256" { "es256" } else { "rs256" };
+        let pem = std::fs::read(fixture(&format!("{other}-private.pem"))).unwrap();
+        let wrong = opswire::auth::mint(&claims, None, Some(&pem)).unwrap();
+        for bad in [wrong, token(&["beta"])] {
+            let err = app.ws_header(&bad).await.err().expect("refused");
+            assert_eq!(http_status(err), 401, "{alg}");
+        }
+        // No anonymous access: a key is configured.
+        let mut c = app.ws().await;
+        c.send_json(json!({"op": "subscribe", "team": "beta", "streams": ["logs"]}))
+            .await;
+        let (closed, _) = c.expect_close().await;
+        assert_eq!(closed.code, 1008);
+    }
+}
