@@ -48,6 +48,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub websocket: WebSocketConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -64,6 +65,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             websocket: WebSocketConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -213,6 +215,41 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// OpenTelemetry export. The standard `OTEL_*` environment variables win
+/// over these settings; with neither an endpoint here nor
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, nothing is exported.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP endpoint, e.g. `http://otel-collector:4317` (gRPC) or
+    /// `http://otel-collector:4318` (HTTP).
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub otlp_protocol: String,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Share of new traces sampled (parent-based: a sampled client trace
+    /// is always continued).
+    pub sample_ratio: f64,
+    /// Spans and log records buffered for export; beyond it they are dropped.
+    pub export_queue: usize,
+    /// Export log records (as well as spans).
+    pub export_logs: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            otlp_protocol: "grpc".into(),
+            service_name: "opswire".into(),
+            sample_ratio: 1.0,
+            export_queue: 2048,
+            export_logs: true,
         }
     }
 }
@@ -416,6 +453,36 @@ impl Config {
                 "log.level",
                 format!("`{}` is not a valid filter", self.log.level),
             ));
+        }
+        let t = &self.telemetry;
+        if !matches!(t.otlp_protocol.as_str(), "grpc" | "http/protobuf") {
+            return Err(invalid(
+                "telemetry.otlp_protocol",
+                format!(
+                    "`{}` is not supported (grpc or http/protobuf)",
+                    t.otlp_protocol
+                ),
+            ));
+        }
+        if let Some(e) = &t.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    format!("`{e}` must start with http:// or https://"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(invalid(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if t.export_queue == 0 {
+            return Err(invalid("telemetry.export_queue", "must be at least 1"));
+        }
+        if t.service_name.is_empty() {
+            return Err(invalid("telemetry.service_name", "must not be empty"));
         }
         Ok(())
     }

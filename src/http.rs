@@ -7,6 +7,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::protocol::ErrorCode;
@@ -32,9 +33,41 @@ pub async fn track(
     let started = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let res = next.call(req).await?;
+    let method = req.method().as_str().to_owned();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        "http.request.method" = %method,
+        "http.route" = %route,
+        "url.path" = req.path(),
+        "url.scheme" = req.connection_info().scheme(),
+        "client.address" = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        "network.protocol.name" = "http",
+        "network.protocol.version" = http_version(req.version()),
+        "user_agent.original" = header("user-agent"),
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    let traceparent = header("traceparent");
+    if !traceparent.is_empty() {
+        crate::telemetry::set_remote_parent(&span, &traceparent);
+    }
+    let res = next.call(req).instrument(span.clone()).await?;
+    let code = res.status().as_u16();
+    span.record("http.response.status_code", code);
+    if code >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     if let Some(state) = state {
-        let status = res.status().as_u16().to_string();
+        let status = code.to_string();
         state
             .metrics
             .http_requests
@@ -47,6 +80,17 @@ pub async fn track(
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(res)
+}
+
+fn http_version(v: actix_web::http::Version) -> &'static str {
+    use actix_web::http::Version;
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
 }
 
 async fn index() -> HttpResponse {

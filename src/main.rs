@@ -101,7 +101,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("opswire: configuration error: {e}");
         return ExitCode::from(2);
     }
-    opswire::telemetry::init(&config.log);
+    let telemetry = match opswire::telemetry::init(&config.log, &config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("opswire: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if telemetry.exporting() {
+        tracing::info!("exporting traces and logs over OTLP");
+    }
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_s);
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config)?;
@@ -125,6 +134,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         app.run_until_stopped().await?;
         Ok::<(), opswire::startup::StartError>(())
     });
+    // Outside the server's runtime: flushing cannot starve its own I/O.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,9 +4,11 @@
 //! codes and types from fixed sets; never a session id or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::protocol::{HostSnapshot, Stream};
 
 /// Latency buckets for per-message work and delivery (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -34,6 +36,23 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Frame `ts` → socket write, per stream (index = `Stream as usize`).
+    pub delivery_lag: [Histogram; 3],
+    pub ingest_total: IntCounterVec,
+    pub ingest_rejected: IntCounterVec,
+    pub otlp_export_failures: IntCounterVec,
+    host_cpu: GaugeVec,
+    host_load1: GaugeVec,
+    host_memory_used: GaugeVec,
+    host_memory_total: GaugeVec,
+    host_swap_used: GaugeVec,
+    host_processes: GaugeVec,
+    host_uptime: GaugeVec,
+    host_sampled_at: GaugeVec,
+    host_disk_used: GaugeVec,
+    host_disk_total: GaugeVec,
+    host_net_rx: GaugeVec,
+    host_net_tx: GaugeVec,
 }
 
 impl Metrics {
@@ -58,7 +77,67 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
+        let host_gauge = |name: &str, help: &str, extra: &[&str]| {
+            let mut labels = vec!["team", "host"];
+            labels.extend_from_slice(extra);
+            reg(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), &labels).expect("valid metric"),
+            )
+        };
+        let delivery_lag_vec = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "opswire_delivery_lag_seconds",
+                    "End-to-end delivery lag: from a live frame's `ts` to its write to the subscriber's socket, by stream.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["stream"],
+            )
+            .expect("valid metric"),
+        );
         let m = Metrics {
+            delivery_lag: Stream::ALL.map(|s| delivery_lag_vec.with_label_values(&[s.as_str()])),
+            ingest_total: counter_vec(
+                "opswire_ingest_total",
+                "Records accepted from sources, by source (ws, …) and stream.",
+                &["source", "stream"],
+            ),
+            ingest_rejected: counter_vec(
+                "opswire_ingest_rejected_total",
+                "Records refused from sources, by source and reason.",
+                &["source", "reason"],
+            ),
+            otlp_export_failures: counter_vec(
+                "opswire_otlp_export_failures_total",
+                "Failed OTLP export requests, by signal (spans, logs).",
+                &["signal"],
+            ),
+            host_cpu: host_gauge("opswire_host_cpu_usage_percent", "CPU usage of a host, percent of all cores.", &[]),
+            host_load1: host_gauge("opswire_host_load1", "1-minute load average of a host.", &[]),
+            host_memory_used: host_gauge("opswire_host_memory_used_bytes", "Memory in use on a host.", &[]),
+            host_memory_total: host_gauge("opswire_host_memory_total_bytes", "Memory of a host.", &[]),
+            host_swap_used: host_gauge("opswire_host_swap_used_bytes", "Swap in use on a host.", &[]),
+            host_processes: host_gauge("opswire_host_processes", "Processes on a host.", &[]),
+            host_uptime: host_gauge("opswire_host_uptime_seconds", "Uptime of a host.", &[]),
+            host_sampled_at: host_gauge(
+                "opswire_host_last_sample_timestamp_seconds",
+                "Unix time of a host's latest sample.",
+                &[],
+            ),
+            host_disk_used: host_gauge("opswire_host_disk_used_bytes", "Disk space in use, per mount.", &["mount"]),
+            host_disk_total: host_gauge("opswire_host_disk_total_bytes", "Disk size, per mount.", &["mount"]),
+            host_net_rx: host_gauge(
+                "opswire_host_network_receive_bytes_per_second",
+                "Network receive rate, per interface.",
+                &["iface"],
+            ),
+            host_net_tx: host_gauge(
+                "opswire_host_network_transmit_bytes_per_second",
+                "Network transmit rate, per interface.",
+                &["iface"],
+            ),
             connections_total: counter_vec(
                 "websocket_connections_total",
                 "WebSocket and SSE connection attempts by outcome (accepted, rejected_limit, rejected_auth, rejected_origin).",
@@ -181,8 +260,80 @@ impl Metrics {
         m
     }
 
+    /// Sets the host gauges from a snapshot of `host` in `team`.
+    pub fn observe_host(&self, team: &str, snap: &HostSnapshot) {
+        let l = [team, snap.host.as_str()];
+        self.host_cpu
+            .with_label_values(&l)
+            .set(snap.cpu.usage_pct as f64);
+        self.host_load1.with_label_values(&l).set(snap.cpu.load[0]);
+        self.host_memory_used
+            .with_label_values(&l)
+            .set(snap.memory.used_bytes as f64);
+        self.host_memory_total
+            .with_label_values(&l)
+            .set(snap.memory.total_bytes as f64);
+        self.host_swap_used
+            .with_label_values(&l)
+            .set(snap.memory.swap_used_bytes as f64);
+        self.host_processes
+            .with_label_values(&l)
+            .set(snap.processes as f64);
+        self.host_uptime
+            .with_label_values(&l)
+            .set(snap.uptime_s as f64);
+        self.host_sampled_at
+            .with_label_values(&l)
+            .set(snap.sampled_at as f64 / 1e6);
+        for d in &snap.disks {
+            let l = [team, snap.host.as_str(), d.mount.as_str()];
+            self.host_disk_used
+                .with_label_values(&l)
+                .set(d.used_bytes as f64);
+            self.host_disk_total
+                .with_label_values(&l)
+                .set(d.total_bytes as f64);
+        }
+        for n in &snap.network {
+            let l = [team, snap.host.as_str(), n.iface.as_str()];
+            self.host_net_rx.with_label_values(&l).set(n.rx_bytes_per_s);
+            self.host_net_tx.with_label_values(&l).set(n.tx_bytes_per_s);
+        }
+    }
+
+    /// Removes the gauges of a host that went stale, so label sets stay
+    /// bounded by the hosts actually reporting.
+    pub fn forget_host(&self, team: &str, host: &str, mounts: &[String], ifaces: &[String]) {
+        let l = [team, host];
+        for g in [
+            &self.host_cpu,
+            &self.host_load1,
+            &self.host_memory_used,
+            &self.host_memory_total,
+            &self.host_swap_used,
+            &self.host_processes,
+            &self.host_uptime,
+            &self.host_sampled_at,
+        ] {
+            let _ = g.remove_label_values(&l);
+        }
+        for m in mounts {
+            let _ = self.host_disk_used.remove_label_values(&[team, host, m]);
+            let _ = self.host_disk_total.remove_label_values(&[team, host, m]);
+        }
+        for i in ifaces {
+            let _ = self.host_net_rx.remove_label_values(&[team, host, i]);
+            let _ = self.host_net_tx.remove_label_values(&[team, host, i]);
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        let (spans, logs) = crate::telemetry::export_failures();
+        for (signal, total) in [("spans", spans), ("logs", logs)] {
+            let c = self.otlp_export_failures.with_label_values(&[signal]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -263,6 +263,9 @@ pub struct DataFrame<'a, T: Serialize> {
     pub epoch: &'a str,
     pub seq: u64,
     pub ts: i64,
+    /// The trace that produced the frame, when it was sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
     pub data: &'a T,
 }
 
@@ -535,9 +538,37 @@ impl OpError {
     }
 }
 
+/// One inbound frame: its `id` and W3C `traceparent` (when valid), and
+/// the op or why it was refused — so even a rejected op's error echoes
+/// its id and is traced in the client's trace.
+#[derive(Debug)]
+pub struct Inbound {
+    pub id: Option<i64>,
+    pub traceparent: Option<String>,
+    pub op: Result<Op, OpError>,
+}
+
+/// Parses one inbound text frame into an [`Inbound`].
+pub fn parse_inbound(text: &str) -> Inbound {
+    let mut traceparent = None;
+    let (id, op) = parse_op_with(text, &mut traceparent);
+    Inbound {
+        id,
+        traceparent,
+        op,
+    }
+}
+
 /// Parses one inbound text frame. Returns the op's `id` (when it has a valid
 /// one) alongside the result, so even a rejected op's error echoes it.
 pub fn parse_op(text: &str) -> (Option<i64>, Result<Op, OpError>) {
+    parse_op_with(text, &mut None)
+}
+
+fn parse_op_with(
+    text: &str,
+    traceparent: &mut Option<String>,
+) -> (Option<i64>, Result<Op, OpError>) {
     let mut value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return (None, Err(OpError::BadRequest(format!("invalid JSON: {e}")))),
@@ -560,6 +591,9 @@ pub fn parse_op(text: &str) -> (Option<i64>, Result<Op, OpError>) {
             }
         },
     };
+    if let Some(serde_json::Value::String(tp)) = obj.remove("traceparent") {
+        *traceparent = Some(tp);
+    }
     let op = match obj.remove("op") {
         Some(serde_json::Value::String(s)) => s,
         Some(_) => return (id, Err(OpError::BadRequest("`op` must be a string".into()))),

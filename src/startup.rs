@@ -187,9 +187,23 @@ fn spawn_ticker(state: Arc<AppState>) -> std::io::Result<std::thread::JoinHandle
                 if state.shutdown.is_cancelled() {
                     return;
                 }
+                // One trace per tick: the sample and every team's publish
+                // and fan-out, so each metrics frame's `trace_id` leads here.
+                let tick_span = tracing::info_span!(
+                    "metrics.tick",
+                    otel.name = "metrics tick",
+                    "opswire.teams" = state.hub.team_names().count() as u64,
+                );
+                let _tick = tick_span.enter();
                 if let Some(s) = sampler.as_mut() {
                     let started = Instant::now();
-                    let snap = s.sample();
+                    let sample_span = tracing::info_span!(
+                        "sampler.sample",
+                        otel.name = "sample host",
+                        "host.name" = s.host(),
+                    );
+                    let snap = sample_span.in_scope(|| s.sample());
+                    drop(sample_span);
                     state
                         .metrics
                         .sampler_duration
@@ -202,6 +216,7 @@ fn spawn_ticker(state: Arc<AppState>) -> std::io::Result<std::thread::JoinHandle
                         .store(snap.sampled_at, Ordering::Relaxed);
                 }
                 state.hub.tick(now_micros());
+                drop(_tick);
                 next += tick;
                 // After a stall (suspend, overload) skip missed ticks rather
                 // than bursting them.

@@ -20,6 +20,8 @@ pub struct Delivery {
     pub team: TeamId,
     pub stream: Stream,
     pub seq: u64,
+    /// The frame's `ts` (unix µs), for the delivery-lag histogram.
+    pub ts: i64,
     pub frame: Frame,
 }
 
@@ -47,6 +49,8 @@ struct Inbox {
     events: VecDeque<Delivery>,
     lagged: Option<Lagged>,
     closed: bool,
+    /// Metrics frames replaced before delivery (for the close span).
+    conflated: u64,
 }
 
 impl Inbox {
@@ -86,6 +90,7 @@ impl Mailbox {
         let was_empty = inbox.is_empty();
         let replaced = if let Some(slot) = inbox.metrics.iter_mut().find(|m| m.team == d.team) {
             *slot = d;
+            inbox.conflated += 1;
             true
         } else {
             inbox.metrics.push(d);
@@ -155,6 +160,11 @@ impl Mailbox {
         inbox.lagged
     }
 
+    /// Metrics frames this subscriber never got because newer ones replaced them.
+    pub fn conflated(&self) -> u64 {
+        self.lock().conflated
+    }
+
     /// Resolves when something was queued since the last drain.
     pub async fn ready(&self) {
         self.notify.notified().await
@@ -170,6 +180,7 @@ mod tests {
             team,
             stream,
             seq,
+            ts: 0,
             frame: Frame::from(format!("{seq}")),
         }
     }

@@ -80,6 +80,7 @@ struct Topic {
 
 struct HistoryEntry {
     seq: u64,
+    ts: i64,
     frame: Frame,
     /// Log level and source, for filtered replay (logs only).
     level: Level,
@@ -109,7 +110,7 @@ impl History {
     }
 
     /// Frames after `after`, or None when the history no longer holds them.
-    fn since(&self, after: u64, filter: Option<&LogFilter>) -> Option<Vec<(u64, Frame)>> {
+    fn since(&self, after: u64, filter: Option<&LogFilter>) -> Option<Vec<(u64, i64, Frame)>> {
         if after > self.seq {
             return None;
         }
@@ -122,7 +123,7 @@ impl History {
                 .iter()
                 .filter(|e| e.seq > after)
                 .filter(|e| filter.is_none_or(|f| f.matches(e.level, &e.source)))
-                .map(|e| (e.seq, e.frame.clone()))
+                .map(|e| (e.seq, e.ts, e.frame.clone()))
                 .collect(),
         )
     }
@@ -131,6 +132,9 @@ impl History {
 struct HostEntry {
     raw: Box<RawValue>,
     seen: Instant,
+    /// Label values of its gauges, to remove them when the host goes stale.
+    mounts: Vec<String>,
+    ifaces: Vec<String>,
 }
 
 struct Subscriber {
@@ -148,14 +152,21 @@ impl Subscriber {
     }
 }
 
+struct Firing {
+    seq: u64,
+    ts: i64,
+    frame: Frame,
+    record: AlertRecord,
+}
+
 struct TeamState {
     metrics_seq: u64,
-    latest_metrics: Option<(u64, Frame)>,
+    latest_metrics: Option<(u64, i64, Frame)>,
     hosts: BTreeMap<String, HostEntry>,
     logs: History,
     alerts: History,
-    /// Currently firing alerts by fingerprint: (seq, frame, record).
-    firing: HashMap<String, (u64, Frame, AlertRecord)>,
+    /// Currently firing alerts by fingerprint.
+    firing: HashMap<String, Firing>,
     resolved: VecDeque<String>,
     resolved_set: HashSet<String>,
     subscribers: Vec<Subscriber>,
@@ -264,12 +275,17 @@ impl Hub {
     pub fn update_host(&self, team: TeamId, snapshot: &HostSnapshot) -> Result<(), HubError> {
         let raw = serde_json::value::to_raw_value(snapshot)
             .map_err(|e| HubError::BadSnapshot(e.to_string()))?;
+        self.shared
+            .metrics
+            .observe_host(&self.shared.topics[team].name, snapshot);
         let mut st = self.lock(team);
         st.hosts.insert(
             snapshot.host.clone(),
             HostEntry {
                 raw,
                 seen: Instant::now(),
+                mounts: snapshot.disks.iter().map(|d| d.mount.clone()).collect(),
+                ifaces: snapshot.network.iter().map(|n| n.iface.clone()).collect(),
             },
         );
         Ok(())
@@ -289,17 +305,28 @@ impl Hub {
         let stale = self.shared.settings.host_stale_after;
         let name = &self.shared.topics[team].name;
         let m = &self.shared.metrics;
+        let span = publish_span(name, Stream::Metrics);
+        let _entered = span.enter();
+        let trace_id = crate::telemetry::trace_id_of(&span);
         let mut st = self.lock(team);
         let now = Instant::now();
-        st.hosts.retain(|_, h| now.duration_since(h.seen) <= stale);
+        st.hosts.retain(|host, h| {
+            let fresh = now.duration_since(h.seen) <= stale;
+            if !fresh {
+                m.forget_host(name, host, &h.mounts, &h.ifaces);
+            }
+            fresh
+        });
         let hosts: Vec<&RawValue> = st.hosts.values().map(|h| &*h.raw).collect();
         let seq = st.metrics_seq + 1;
+        let serialize = Instant::now();
         let frame = to_frame(&DataFrame {
             kind: Stream::Metrics.frame_type(),
             team: name,
             epoch: &self.shared.epoch,
             seq,
             ts,
+            trace_id: trace_id.as_deref(),
             data: &MetricsData {
                 hosts: &hosts,
                 connections: ConnectionCounts {
@@ -309,8 +336,10 @@ impl Hub {
             },
         });
         drop(hosts);
+        let serialize_us = serialize.elapsed().as_micros() as u64;
         st.metrics_seq = seq;
-        st.latest_metrics = Some((seq, frame.clone()));
+        st.latest_metrics = Some((seq, ts, frame.clone()));
+        let fanout_span = fanout_span(frame.len());
         let mut fanout = 0u64;
         let mut conflated = 0u64;
         for sub in st.subscribers.iter().filter(|s| s.has(Stream::Metrics)) {
@@ -319,6 +348,7 @@ impl Hub {
                 team,
                 stream: Stream::Metrics,
                 seq,
+                ts,
                 frame: frame.clone(),
             }) {
                 conflated += 1;
@@ -326,6 +356,11 @@ impl Hub {
         }
         let subscribers = st.subscribers.len();
         drop(st);
+        fanout_span.record("opswire.fanout", fanout);
+        fanout_span.record("opswire.conflated", conflated);
+        drop(fanout_span);
+        span.record("opswire.seq", seq);
+        span.record("opswire.serialize_us", serialize_us);
         m.active_connections
             .with_label_values(&[name])
             .set(subscribers as i64);
@@ -343,25 +378,36 @@ impl Hub {
     /// Publishes a log record to `team`; returns its seq.
     pub fn publish_log(&self, team: TeamId, record: &LogRecord, ts: i64) -> u64 {
         let name = &self.shared.topics[team].name;
+        let span = publish_span(name, Stream::Logs);
+        let _entered = span.enter();
+        let trace_id = crate::telemetry::trace_id_of(&span);
         let mut st = self.lock(team);
         let seq = st.logs.seq + 1;
+        let serialize = Instant::now();
         let frame = to_frame(&DataFrame {
             kind: Stream::Logs.frame_type(),
             team: name,
             epoch: &self.shared.epoch,
             seq,
             ts,
+            trace_id: trace_id.as_deref(),
             data: record,
         });
+        span.record(
+            "opswire.serialize_us",
+            serialize.elapsed().as_micros() as u64,
+        );
+        span.record("opswire.seq", seq);
         st.logs.seq = seq;
         st.logs.push(HistoryEntry {
             seq,
+            ts,
             frame: frame.clone(),
             level: record.level,
             source: record.source.as_str().into(),
         });
         let held = st.logs.ring.len();
-        let fanout = self.fan_out_event(&mut st, team, Stream::Logs, seq, &frame, Some(record));
+        let fanout = self.fan_out_event(&mut st, team, Stream::Logs, seq, ts, &frame, Some(record));
         drop(st);
         self.count_publish(team, Stream::Logs, fanout, held);
         seq
@@ -376,7 +422,7 @@ impl Hub {
         let fp = &record.fingerprint;
         match record.status {
             AlertStatus::Firing => {
-                if st.firing.get(fp).is_some_and(|(_, _, r)| r == record) {
+                if st.firing.get(fp).is_some_and(|f| &f.record == record) {
                     return None;
                 }
             }
@@ -386,18 +432,30 @@ impl Hub {
                 }
             }
         }
+        // Deduplicated above without a span: repeats are not publishes.
+        let span = publish_span(name, Stream::Alerts);
+        let _entered = span.enter();
+        let trace_id = crate::telemetry::trace_id_of(&span);
         let seq = st.alerts.seq + 1;
+        let serialize = Instant::now();
         let frame = to_frame(&DataFrame {
             kind: Stream::Alerts.frame_type(),
             team: name,
             epoch: &self.shared.epoch,
             seq,
             ts,
+            trace_id: trace_id.as_deref(),
             data: record,
         });
+        span.record(
+            "opswire.serialize_us",
+            serialize.elapsed().as_micros() as u64,
+        );
+        span.record("opswire.seq", seq);
         st.alerts.seq = seq;
         st.alerts.push(HistoryEntry {
             seq,
+            ts,
             frame: frame.clone(),
             level: Level::Info,
             source: "".into(),
@@ -407,8 +465,15 @@ impl Hub {
                 if st.resolved_set.remove(fp) {
                     st.resolved.retain(|f| f != fp);
                 }
-                st.firing
-                    .insert(fp.clone(), (seq, frame.clone(), record.clone()));
+                st.firing.insert(
+                    fp.clone(),
+                    Firing {
+                        seq,
+                        ts,
+                        frame: frame.clone(),
+                        record: record.clone(),
+                    },
+                );
             }
             AlertStatus::Resolved => {
                 st.firing.remove(fp);
@@ -423,7 +488,7 @@ impl Hub {
             }
         }
         let held = st.alerts.ring.len();
-        let fanout = self.fan_out_event(&mut st, team, Stream::Alerts, seq, &frame, None);
+        let fanout = self.fan_out_event(&mut st, team, Stream::Alerts, seq, ts, &frame, None);
         drop(st);
         self.count_publish(team, Stream::Alerts, fanout, held);
         Some(seq)
@@ -435,7 +500,7 @@ impl Hub {
         let mut v: Vec<_> = st
             .firing
             .values()
-            .map(|(s, _, r)| (*s, r.clone()))
+            .map(|f| (f.seq, f.record.clone()))
             .collect();
         v.sort_by_key(|(s, _)| *s);
         v.into_iter().map(|(_, r)| r).collect()
@@ -466,16 +531,20 @@ impl Hub {
 
     /// Queues a log or alert frame for every subscriber of the stream. A
     /// subscriber whose queue is full is marked lagged and removed.
+    #[allow(clippy::too_many_arguments)]
     fn fan_out_event(
         &self,
         st: &mut TeamState,
         team: TeamId,
         stream: Stream,
         seq: u64,
+        ts: i64,
         frame: &Frame,
         log: Option<&LogRecord>,
     ) -> usize {
+        let span = fanout_span(frame.len());
         let idx = stream as usize;
+        let mut lagged = 0u64;
         let mut fanout = 0;
         let mut i = 0;
         while i < st.subscribers.len() {
@@ -493,6 +562,7 @@ impl Hub {
                 team,
                 stream,
                 seq,
+                ts,
                 frame: frame.clone(),
             });
             match pushed {
@@ -512,6 +582,7 @@ impl Hub {
                         .with_label_values(&[stream.as_str(), "lagged"])
                         .inc();
                     m.slow_consumer_closes.inc();
+                    lagged += 1;
                     st.subscribers.swap_remove(i);
                 }
                 Push::Closed => {
@@ -519,6 +590,8 @@ impl Hub {
                 }
             }
         }
+        span.record("opswire.fanout", fanout as u64);
+        span.record("opswire.lagged", lagged);
         fanout
     }
 }
@@ -594,11 +667,12 @@ impl SessionHandle {
         for &stream in streams {
             match stream {
                 Stream::Metrics => {
-                    if let Some((seq, frame)) = &st.latest_metrics {
+                    if let Some((seq, ts, frame)) = &st.latest_metrics {
                         out.replay.push(Delivery {
                             team,
                             stream,
                             seq: *seq,
+                            ts: *ts,
                             frame: frame.clone(),
                         });
                     }
@@ -627,10 +701,11 @@ impl SessionHandle {
                         Some(Some(frames)) => {
                             out.recovered.insert(stream, true);
                             out.replay
-                                .extend(frames.into_iter().map(|(seq, frame)| Delivery {
+                                .extend(frames.into_iter().map(|(seq, ts, frame)| Delivery {
                                     team,
                                     stream,
                                     seq,
+                                    ts,
                                     frame,
                                 }));
                         }
@@ -642,17 +717,16 @@ impl SessionHandle {
                                 let mut firing: Vec<_> = st
                                     .firing
                                     .values()
-                                    .map(|(seq, frame, _)| (*seq, frame.clone()))
-                                    .collect();
-                                firing.sort_by_key(|(s, _)| *s);
-                                out.replay.extend(firing.into_iter().map(|(seq, frame)| {
-                                    Delivery {
+                                    .map(|f| Delivery {
                                         team,
                                         stream,
-                                        seq,
-                                        frame,
-                                    }
-                                }));
+                                        seq: f.seq,
+                                        ts: f.ts,
+                                        frame: f.frame.clone(),
+                                    })
+                                    .collect();
+                                firing.sort_by_key(|d| d.seq);
+                                out.replay.extend(firing);
                             }
                         }
                     }
@@ -733,6 +807,34 @@ impl Drop for SessionHandle {
         }
         self.hub.shared.sessions.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The span of one publish: serialization and history, parent of its fan-out.
+fn publish_span(team: &str, stream: Stream) -> tracing::Span {
+    tracing::info_span!(
+        "hub.publish",
+        otel.name = %format_args!("publish {stream}"),
+        otel.kind = "producer",
+        "messaging.system" = "opswire",
+        "messaging.operation.type" = "publish",
+        "messaging.destination.name" = %format_args!("{team}/{stream}"),
+        "opswire.team" = team,
+        "opswire.stream" = stream.as_str(),
+        "opswire.seq" = tracing::field::Empty,
+        "opswire.serialize_us" = tracing::field::Empty,
+    )
+}
+
+/// The span of queueing one frame for every subscriber.
+fn fanout_span(bytes: usize) -> tracing::Span {
+    tracing::info_span!(
+        "hub.fanout",
+        otel.name = "fan-out",
+        "messaging.message.body.size" = bytes as u64,
+        "opswire.fanout" = tracing::field::Empty,
+        "opswire.conflated" = tracing::field::Empty,
+        "opswire.lagged" = tracing::field::Empty,
+    )
 }
 
 /// A short random epoch: changes with every hub (every process start).

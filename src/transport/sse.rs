@@ -233,8 +233,11 @@ pub async fn handler(
                 _ = st.heartbeat.tick() => st.out.pending.push_back(Bytes::from_static(b": keepalive\n\n")),
                 _ = st.mailbox.ready() => {
                     let lagged = st.mailbox.drain(&mut st.batch);
+                                        let now = crate::time::now_micros();
                     for d in st.batch.drain(..) {
                         st.out.data(&d);
+                        let lag_us = (now - d.ts).max(0);
+                        st.state.metrics.delivery_lag[d.stream as usize].observe(lag_us as f64 / 1e6);
                     }
                     if let Some(l) = lagged {
                         let frame = to_frame(&Reply::Lagged {

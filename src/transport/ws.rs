@@ -14,13 +14,16 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tracing::field::Empty;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::{AppState, ConnectionGuard};
 use crate::auth::{AuthError, Principal, Scope};
 use crate::hub::{Delivery, HubError, SessionHandle, TeamId};
 use crate::protocol::{
-    parse_op, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op, Reply,
-    Stream, SERVER_NAME, SUBPROTOCOL,
+    parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
+    PublishOp, Reply, Stream, SERVER_NAME, SUBPROTOCOL,
 };
 use crate::time::now_micros;
 use crate::transport::{http_error, origin_allowed, principal_from_request};
@@ -44,13 +47,31 @@ pub async fn handler(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let m = &state.metrics;
+    let name = session_name();
+    // Upgrade + header auth. Runs inside the HTTP request span (which
+    // continues a client `traceparent`); every later span of this
+    // connection is parented here, so one trace tells its whole story
+    // without a span open for the connection's lifetime.
+    let handshake = tracing::info_span!(
+        "ws.handshake",
+        otel.name = "ws handshake",
+        "network.protocol.name" = "websocket",
+        "opswire.session_id" = %name,
+        "opswire.auth" = Empty,
+        "opswire.sub" = Empty,
+        "opswire.teams" = Empty,
+        "opswire.result" = Empty,
+    );
+    let _entered = handshake.enter();
     if state.is_draining() {
+        handshake.record("opswire.result", "draining");
         return Ok(http_error(
             ErrorCode::Unavailable,
             "server is shutting down",
         ));
     }
     let Some(guard) = state.connections.try_acquire() else {
+        handshake.record("opswire.result", "rejected_limit");
         m.connections_total
             .with_label_values(&["rejected_limit"])
             .inc();
@@ -65,12 +86,30 @@ pub async fn handler(
     let principal = match principal_from_request(&state, &req, None) {
         Ok(p) => p,
         Err(e) => {
+            handshake.record("opswire.auth", "header");
+            handshake.record("opswire.result", "rejected_auth");
             m.connections_total
                 .with_label_values(&["rejected_auth"])
                 .inc();
             return Ok(http_error(ErrorCode::Unauthenticated, e.to_string()));
         }
     };
+    let header_auth = req.headers().contains_key(header::AUTHORIZATION);
+    handshake.record(
+        "opswire.auth",
+        match (&principal, header_auth) {
+            (Some(_), true) => "header",
+            (Some(_), false) => "anonymous",
+            (None, _) => "first_frame",
+        },
+    );
+    if let Some(p) = &principal {
+        handshake.record("opswire.sub", p.sub.as_str());
+        handshake.record(
+            "opswire.teams",
+            p.visible_teams(state.hub.team_names()).join(","),
+        );
+    }
     let origin_ok = origin_allowed(&req, &state.config.websocket.allowed_origins);
     let user_agent = req
         .headers()
@@ -84,14 +123,15 @@ pub async fn handler(
         .max_frame_size(max)
         .aggregate_continuations()
         .max_continuation_size(max);
-    m.connections_total
-        .with_label_values(&[if origin_ok {
-            "accepted"
-        } else {
-            "rejected_origin"
-        }])
-        .inc();
-    let conn = Connection::new(state.into_inner(), principal, session, guard);
+    let outcome = if origin_ok {
+        "accepted"
+    } else {
+        "rejected_origin"
+    };
+    m.connections_total.with_label_values(&[outcome]).inc();
+    handshake.record("opswire.result", outcome);
+    let mut conn = Connection::new(state.into_inner(), name, principal, session, guard);
+    conn.parent = handshake.context();
     tracing::debug!(session = %conn.name, user_agent, "websocket connected");
     actix_web::rt::spawn(conn.run(stream, origin_ok));
     Ok(response)
@@ -105,9 +145,29 @@ enum Flow {
     Abort,
 }
 
+/// A session name: `s-` and 10 random base-36 characters.
+fn session_name() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut name = String::with_capacity(12);
+    name.push_str("s-");
+    for _ in 0..10 {
+        name.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    name
+}
+
 struct Connection {
     state: std::sync::Arc<AppState>,
     name: String,
+    /// The handshake span's context: parent of every op and of the close.
+    parent: opentelemetry::Context,
+    started: Instant,
+    frames_sent: u64,
+    frames_received: u64,
+    /// The error code of the op being handled, for its span.
+    op_error: Option<ErrorCode>,
     principal: Option<Principal>,
     ws: actix_ws::Session,
     hub: SessionHandle,
@@ -134,17 +194,22 @@ fn limiter_for(state: &AppState, scope: Option<Scope>) -> DefaultDirectRateLimit
 impl Connection {
     fn new(
         state: std::sync::Arc<AppState>,
+        name: String,
         principal: Option<Principal>,
         ws: actix_ws::Session,
         guard: ConnectionGuard,
     ) -> Connection {
         let hub = state.hub.open_session();
-        let name = format!("s-{:x}{:04x}", hub.id(), rand::random::<u16>());
         let limiter = limiter_for(&state, principal.as_ref().map(|p| p.scope));
         let write_timeout = Duration::from_secs(2 * state.config.websocket.heartbeat_s);
         Connection {
             state,
             name,
+            parent: opentelemetry::Context::new(),
+            started: Instant::now(),
+            frames_sent: 0,
+            frames_received: 0,
+            op_error: None,
             principal,
             ws,
             hub,
@@ -158,7 +223,6 @@ impl Connection {
     }
 
     async fn run(mut self, mut stream: AggregatedMessageStream, origin_ok: bool) {
-        let started = Instant::now();
         let flow = if !origin_ok {
             self.close_with_error(
                 ErrorCode::Forbidden,
@@ -169,32 +233,50 @@ impl Connection {
         } else {
             self.event_loop(&mut stream).await
         };
-        let code = match &flow {
+        let (code, reason) = match &flow {
             Flow::Close(code, reason) => {
-                let reason = CloseReason {
+                let close = CloseReason {
                     code: CloseCode::from(*code),
                     description: Some(reason.clone()),
                 };
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
-                    self.ws.clone().close(Some(reason)),
+                    self.ws.clone().close(Some(close)),
                 )
                 .await;
-                code.to_string()
+                (code.to_string(), reason.as_str())
             }
-            Flow::Abort | Flow::Continue => "abnormal".to_string(),
+            Flow::Abort | Flow::Continue => ("abnormal".to_string(), "connection lost"),
         };
         self.state
             .metrics
             .disconnections_total
             .with_label_values(&[&code])
             .inc();
-        tracing::debug!(
-            session = %self.name,
-            code,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "websocket closed"
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let span = tracing::info_span!(
+            "ws.close",
+            otel.name = "ws close",
+            "opswire.session_id" = %self.name,
+            "websocket.close.code" = %code,
+            "websocket.close.reason" = reason,
+            "opswire.duration_ms" = duration_ms,
+            "opswire.frames_sent" = self.frames_sent,
+            "opswire.frames_received" = self.frames_received,
+            "opswire.frames_dropped" = self.hub.mailbox().conflated(),
         );
+        let _ = span.set_parent(self.parent.clone());
+        span.in_scope(|| {
+            tracing::info!(
+                session = %self.name,
+                code = %code,
+                reason,
+                duration_ms,
+                frames_sent = self.frames_sent,
+                frames_received = self.frames_received,
+                "websocket closed"
+            );
+        });
     }
 
     async fn event_loop(&mut self, stream: &mut AggregatedMessageStream) -> Flow {
@@ -252,6 +334,8 @@ impl Connection {
         for d in batch.drain(..) {
             if written {
                 written = self.send(d.frame).await.is_ok();
+                let lag_us = (now_micros() - d.ts).max(0);
+                self.state.metrics.delivery_lag[d.stream as usize].observe(lag_us as f64 / 1e6);
             }
         }
         if !written {
@@ -283,7 +367,10 @@ impl Connection {
 
     async fn send(&mut self, frame: impl Into<ByteString>) -> Result<(), ()> {
         match tokio::time::timeout(self.write_timeout, self.ws.text(frame)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.frames_sent += 1;
+                Ok(())
+            }
             _ => Err(()),
         }
     }
@@ -306,6 +393,7 @@ impl Connection {
     }
 
     async fn error(&mut self, id: Option<i64>, code: ErrorCode, message: &str) -> Flow {
+        self.op_error = Some(code);
         self.state
             .metrics
             .errors_total
@@ -352,6 +440,7 @@ impl Connection {
         match msg {
             None => Flow::Abort,
             Some(Ok(AggregatedMessage::Text(text))) => {
+                self.frames_received += 1;
                 let started = Instant::now();
                 let flow = self.on_text(&text).await;
                 self.state
@@ -361,6 +450,7 @@ impl Connection {
                 flow
             }
             Some(Ok(AggregatedMessage::Binary(_))) => {
+                self.frames_received += 1;
                 if let Some(flow) = self.rate_limit(None).await {
                     return flow;
                 }
@@ -433,12 +523,44 @@ impl Connection {
         )
     }
 
+    /// Handles one text frame inside its own span: a child of the
+    /// client's `traceparent` when the op carries one, else of the
+    /// handshake.
     async fn on_text(&mut self, text: &str) -> Flow {
-        let (id, parsed) = parse_op(text);
+        let inbound = parse_inbound(text);
+        let op_name = inbound.op.as_ref().map_or("invalid", |op| op.name());
+        let span = tracing::info_span!(
+            parent: None,
+            "ws.op",
+            otel.name = %format_args!("ws {op_name}"),
+            otel.kind = "server",
+            "messaging.system" = "opswire",
+            "messaging.operation.type" = "process",
+            "messaging.message.body.size" = text.len() as u64,
+            "opswire.op" = op_name,
+            "opswire.op_id" = inbound.id,
+            "opswire.session_id" = %self.name,
+            "opswire.team" = Empty,
+            "opswire.result" = Empty,
+        );
+        match &inbound.traceparent {
+            Some(tp) => crate::telemetry::set_remote_parent(&span, tp),
+            None => {
+                let _ = span.set_parent(self.parent.clone());
+            }
+        }
+        self.op_error = None;
+        let flow = self.handle_op(inbound).instrument(span.clone()).await;
+        span.record("opswire.result", self.op_error.map_or("ok", |c| c.as_str()));
+        flow
+    }
+
+    async fn handle_op(&mut self, inbound: crate::protocol::Inbound) -> Flow {
+        let id = inbound.id;
         if let Some(flow) = self.rate_limit(id).await {
             return flow;
         }
-        let op = match parsed {
+        let op = match inbound.op {
             Ok(op) => op,
             Err(e) => {
                 self.count_in("invalid");
@@ -512,72 +634,7 @@ impl Connection {
                 })
                 .await
             }
-            Op::Publish(p) => {
-                if self.principal.as_ref().map(|p| p.scope) != Some(Scope::Ingest) {
-                    return self
-                        .error(
-                            id,
-                            ErrorCode::Forbidden,
-                            "publish needs a token with scope `ingest`",
-                        )
-                        .await;
-                }
-                let team = match self.authorize(&p.team) {
-                    Ok(t) => t,
-                    Err((code, msg)) => return self.error(id, code, &msg).await,
-                };
-                match p.stream {
-                    Stream::Metrics => match serde_json::from_str::<HostSnapshot>(p.data.get()) {
-                        Ok(mut snap) if !snap.host.is_empty() => {
-                            snap.source = HostSource::Agent;
-                            match self.state.hub.update_host(team, &snap) {
-                                Ok(()) => self.reply(&Reply::Published { id, seq: None }).await,
-                                Err(e) => {
-                                    self.error(id, ErrorCode::BadRequest, &e.to_string()).await
-                                }
-                            }
-                        }
-                        Ok(_) => {
-                            self.error(
-                                id,
-                                ErrorCode::BadRequest,
-                                "publish: metrics `host` is empty",
-                            )
-                            .await
-                        }
-                        Err(e) => {
-                            self.error(
-                                id,
-                                ErrorCode::BadRequest,
-                                &format!("publish: metrics data: {e}"),
-                            )
-                            .await
-                        }
-                    },
-                    Stream::Logs => match serde_json::from_str::<LogRecord>(p.data.get()) {
-                        Ok(rec) => {
-                            let seq = self.state.hub.publish_log(team, &rec, now_micros());
-                            self.reply(&Reply::Published { id, seq: Some(seq) }).await
-                        }
-                        Err(e) => {
-                            self.error(
-                                id,
-                                ErrorCode::BadRequest,
-                                &format!("publish: log data: {e}"),
-                            )
-                            .await
-                        }
-                    },
-                    Stream::Alerts => {
-                        self.error(
-                            id,
-                            ErrorCode::BadRequest,
-                            "publish: alerts arrive through the Alertmanager webhook, not publish",
-                        )
-                        .await
-                    }
-                }
-            }
+            Op::Publish(p) => self.on_publish(id, p).await,
             Op::Silence(s) => {
                 if let Err((code, msg)) = self.authorize(&s.team) {
                     return self.error(id, code, &msg).await;
@@ -588,6 +645,68 @@ impl Connection {
                     "no Alertmanager is configured to create silences",
                 )
                 .await
+            }
+        }
+    }
+
+    /// `publish` (ingest tokens only, to their own teams): a host snapshot
+    /// joins the team's next metrics frame; a log record is published now.
+    async fn on_publish(&mut self, id: Option<i64>, p: PublishOp) -> Flow {
+        let metrics = self.state.metrics.clone();
+        let reject = |reason: &str| {
+            metrics
+                .ingest_rejected
+                .with_label_values(&["ws", reason])
+                .inc()
+        };
+        if self.principal.as_ref().map(|p| p.scope) != Some(Scope::Ingest) {
+            reject("forbidden");
+            return self
+                .error(
+                    id,
+                    ErrorCode::Forbidden,
+                    "publish needs a token with scope `ingest`",
+                )
+                .await;
+        }
+        let team = match self.authorize(&p.team) {
+            Ok(t) => t,
+            Err((code, msg)) => {
+                reject("forbidden");
+                return self.error(id, code, &msg).await;
+            }
+        };
+        let hub = &self.state.hub;
+        let published: Result<Option<u64>, String> = match p.stream {
+            Stream::Metrics => serde_json::from_str::<HostSnapshot>(p.data.get())
+                .map_err(|e| format!("publish: metrics data: {e}"))
+                .and_then(|mut snap| {
+                    if snap.host.is_empty() {
+                        return Err("publish: metrics `host` is empty".into());
+                    }
+                    snap.source = HostSource::Agent;
+                    hub.update_host(team, &snap)
+                        .map(|()| None)
+                        .map_err(|e| e.to_string())
+                }),
+            Stream::Logs => serde_json::from_str::<LogRecord>(p.data.get())
+                .map(|rec| Some(hub.publish_log(team, &rec, now_micros())))
+                .map_err(|e| format!("publish: log data: {e}")),
+            Stream::Alerts => {
+                Err("publish: alerts arrive through the Alertmanager webhook, not publish".into())
+            }
+        };
+        match published {
+            Ok(seq) => {
+                metrics
+                    .ingest_total
+                    .with_label_values(&["ws", p.stream.as_str()])
+                    .inc();
+                self.reply(&Reply::Published { id, seq }).await
+            }
+            Err(msg) => {
+                reject("invalid");
+                self.error(id, ErrorCode::BadRequest, &msg).await
             }
         }
     }
@@ -605,6 +724,7 @@ impl Connection {
         let Some(p) = &self.principal else {
             return Err((ErrorCode::Unauthenticated, "not authenticated".into()));
         };
+        tracing::Span::current().record("opswire.team", team);
         if !p.may_access(team) {
             return Err((
                 ErrorCode::Forbidden,

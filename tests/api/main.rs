@@ -13,3 +13,5 @@ mod resume;
 mod slow_consumer;
 mod sse;
 mod streaming;
+
+pub mod otlp_receiver;
