@@ -261,6 +261,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Top-level settings, for picking `OPSWIRE_*` variables that are settings.
+const SETTINGS: &[&str] = &[
+    "bind",
+    "insecure",
+    "shutdown_timeout_s",
+    "workers",
+    "sampler",
+    "teams",
+    "auth",
+    "history",
+    "limits",
+    "websocket",
+    "log",
+    "telemetry",
+];
+
 /// File descriptors kept back from `max_connections` for listeners, log
 /// files, outbound HTTP and the sampler's /proc reads.
 pub const FD_RESERVE: usize = 128;
@@ -281,9 +297,15 @@ impl Config {
         }
         // OPSWIRE_LIMITS__QUEUE_LEN=10 sets limits.queue_len; the variables
         // that are not settings (or need no parsing) are handled below.
+        // Only variables that name a setting: an unrelated OPSWIRE_* in the
+        // environment (a token for a script, say) must not stop the server.
         figment = figment.merge(
             Env::prefixed("OPSWIRE_")
-                .ignore(&["config", "jwt_secret"])
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    let top = key.split("__").next().unwrap_or_default();
+                    SETTINGS.contains(&top)
+                })
                 .split("__"),
         );
         let mut config: Config = figment.extract().map_err(Box::new)?;

@@ -70,7 +70,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
-        Some(Command::Serve(args)) => serve(args),
+        // Flags may come before or after `serve`; after wins.
+        Some(Command::Serve(args)) => serve(ServeArgs {
+            bind: args.bind.or(cli.serve.bind),
+            config: args.config.or(cli.serve.config),
+            insecure: args.insecure || cli.serve.insecure,
+        }),
         None => serve(cli.serve),
     }
 }
@@ -115,7 +120,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config)?;
         if app.state().auth.dev_mode() {
-            tracing::warn!("dev mode: no auth key configured, anonymous clients get every team (loopback only)");
+            tracing::warn!("dev mode: no auth key configured, anonymous clients get every team");
         }
         let token = app.shutdown_token();
         tokio::spawn(async move {
@@ -189,6 +194,14 @@ fn token(args: TokenArgs) -> ExitCode {
         iat: Some(now),
         scope: Some(args.scope),
     };
+    if key.is_none() {
+        if let Some(s) = &config.auth.jwt_secret {
+            if s.len() < 32 {
+                eprintln!("opswire: auth.jwt_secret is {} bytes; an HS256 secret needs at least 32 (the server would refuse it)", s.len());
+                return ExitCode::from(2);
+            }
+        }
+    }
     match mint(&claims, config.auth.jwt_secret.as_deref(), key.as_deref()) {
         Ok(t) => {
             println!("{t}");

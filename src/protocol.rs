@@ -350,6 +350,9 @@ impl ErrorFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply<'a> {
     Welcome {
+        /// Echoes the `auth` op's id (absent for header / anonymous auth).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
         session: &'a str,
         teams: Vec<&'a str>,
         streams: [Stream; 3],

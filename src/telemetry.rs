@@ -173,7 +173,8 @@ fn env(name: &str) -> Option<String> {
 
 /// Where and how to export, after env and config are combined.
 struct ExportPlan {
-    grpc: bool,
+    grpc_traces: bool,
+    grpc_logs: bool,
     /// Set in code only when it comes from the config (the exporters read
     /// the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables themselves).
     config_endpoint: Option<String>,
@@ -189,11 +190,15 @@ fn export_plan(cfg: &TelemetryConfig) -> Option<ExportPlan> {
     if !env_endpoint && cfg.otlp_endpoint.is_none() {
         return None;
     }
-    let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .unwrap_or_else(|| cfg.otlp_protocol.clone());
+    let grpc = |signal: &str| {
+        let protocol = env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|| cfg.otlp_protocol.clone());
+        protocol != "http/protobuf" && protocol != "http/json"
+    };
     Some(ExportPlan {
-        grpc: protocol != "http/protobuf" && protocol != "http/json",
+        grpc_traces: grpc("TRACES"),
+        grpc_logs: grpc("LOGS"),
         config_endpoint: if env_endpoint {
             None
         } else {
@@ -315,7 +320,7 @@ fn build_span_exporter(plan: &ExportPlan) -> Result<SpanExporter, TelemetryError
         signal: "span",
         reason: e.to_string(),
     };
-    if plan.grpc {
+    if plan.grpc_traces {
         let mut b = SpanExporter::builder().with_tonic();
         if let Some(e) = &plan.config_endpoint {
             b = b.with_endpoint(e.clone());
@@ -335,7 +340,7 @@ fn build_log_exporter(plan: &ExportPlan) -> Result<LogExporter, TelemetryError> 
         signal: "log",
         reason: e.to_string(),
     };
-    if plan.grpc {
+    if plan.grpc_logs {
         let mut b = LogExporter::builder().with_tonic();
         if let Some(e) = &plan.config_endpoint {
             b = b.with_endpoint(e.clone());
@@ -373,15 +378,18 @@ pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
 }
 
 /// Continues a W3C `traceparent` (from a header or an op) under `span`.
-pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+/// Returns false (and leaves `span` alone) when the value is not valid.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) -> bool {
     use opentelemetry::propagation::TextMapPropagator;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let carrier =
         std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
     let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
+    if !cx.span().span_context().is_valid() {
+        return false;
     }
+    let _ = span.set_parent(cx);
+    true
 }
 
 /// Console lines: `TIME LEVEL target: message k=v… trace_id=… span_id=…`,

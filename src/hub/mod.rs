@@ -665,6 +665,11 @@ impl SessionHandle {
             .or_else(|| pos.and_then(|p| st.subscribers[p].log_filter.clone()));
         let mut last_seq = pos.map_or([0; 3], |p| st.subscribers[p].last_seq);
         for &stream in streams {
+            // Already subscribed: its frames are flowing; replaying again
+            // would double them.
+            if current & stream.bit() != 0 {
+                continue;
+            }
             match stream {
                 Stream::Metrics => {
                     if let Some((seq, ts, frame)) = &st.latest_metrics {

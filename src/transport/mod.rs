@@ -13,6 +13,19 @@ use crate::app::AppState;
 use crate::auth::{bearer_token, AuthError, Principal};
 use crate::protocol::{to_frame, ErrorCode, ErrorFrame};
 
+/// A session name: `s-` and 10 random base-36 characters.
+pub fn session_name() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut name = String::with_capacity(12);
+    name.push_str("s-");
+    for _ in 0..10 {
+        name.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    name
+}
+
 /// An HTTP error answer with the same body shape as an `error` frame.
 pub fn http_error(code: ErrorCode, message: impl Into<String>) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(code.http_status())

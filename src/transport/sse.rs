@@ -172,10 +172,11 @@ pub async fn handler(
         pending: VecDeque::new(),
     };
     out.retry(3000);
-    let session = format!("s-{:x}", hub.id());
+    let session = crate::transport::session_name();
     out.control(
         "welcome",
         &to_frame(&Reply::Welcome {
+            id: None,
             session: &session,
             teams: principal.visible_teams(state.hub.team_names()),
             streams: Stream::ALL,
@@ -185,7 +186,7 @@ pub async fn handler(
             scope: principal.scope.as_str(),
         }),
     );
-    out.control(
+    out.control_with_id(
         "subscribed",
         &to_frame(&Reply::Subscribed {
             id: None,
@@ -218,6 +219,11 @@ pub async fn handler(
         heartbeat,
         batch: Vec::new(),
         done: false,
+        // The stream lives no longer than its token.
+        expires: principal.exp.map(|exp| {
+            let left = (exp + state.config.auth.leeway_s).saturating_sub(crate::auth::now_s());
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        }),
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {
         loop {
@@ -230,6 +236,11 @@ pub async fn handler(
             tokio::select! {
                 biased;
                 _ = st.state.shutdown.cancelled() => { st.done = true; }
+                                _ = tokio::time::sleep_until(st.expires.unwrap_or_else(tokio::time::Instant::now)), if st.expires.is_some() => {
+                    let frame = to_frame(&crate::protocol::ErrorFrame::new(None, ErrorCode::Unauthenticated, "token expired"));
+                    st.out.control("error", &frame);
+                    st.done = true;
+                }
                 _ = st.heartbeat.tick() => st.out.pending.push_back(Bytes::from_static(b": keepalive\n\n")),
                 _ = st.mailbox.ready() => {
                     let lagged = st.mailbox.drain(&mut st.batch);
@@ -277,6 +288,7 @@ struct SseState {
     heartbeat: tokio::time::Interval,
     batch: Vec<Delivery>,
     done: bool,
+    expires: Option<tokio::time::Instant>,
 }
 
 /// Encodes events and tracks the connection's stream positions.
@@ -294,6 +306,24 @@ impl SseOut {
 
     fn control(&mut self, event: &str, json: &str) {
         let mut b = BytesMut::with_capacity(json.len() + 32);
+        b.put_slice(b"event: ");
+        b.put_slice(event.as_bytes());
+        b.put_slice(b"\ndata: ");
+        b.put_slice(json.as_bytes());
+        b.put_slice(b"\n\n");
+        self.pending.push_back(b.freeze());
+    }
+
+    /// A control event that also carries the current positions as `id:`,
+    /// so a reconnect before the first data event still resumes.
+    fn control_with_id(&mut self, event: &str, json: &str) {
+        let id = encode_event_id(&self.epoch, &self.positions);
+        let mut b = BytesMut::with_capacity(json.len() + id.len() + 32);
+        if !id.is_empty() {
+            b.put_slice(b"id: ");
+            b.put_slice(id.as_bytes());
+            b.put_slice(b"\n");
+        }
         b.put_slice(b"event: ");
         b.put_slice(event.as_bytes());
         b.put_slice(b"\ndata: ");

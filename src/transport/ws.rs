@@ -26,7 +26,7 @@ use crate::protocol::{
     PublishOp, Reply, Stream, SERVER_NAME, SUBPROTOCOL,
 };
 use crate::time::now_micros;
-use crate::transport::{http_error, origin_allowed, principal_from_request};
+use crate::transport::{http_error, origin_allowed, principal_from_request, session_name};
 
 /// Close codes of the protocol.
 pub mod close {
@@ -145,17 +145,8 @@ enum Flow {
     Abort,
 }
 
-/// A session name: `s-` and 10 random base-36 characters.
-fn session_name() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let mut name = String::with_capacity(12);
-    name.push_str("s-");
-    for _ in 0..10 {
-        name.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
-    }
-    name
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 struct Connection {
@@ -248,10 +239,15 @@ impl Connection {
             }
             Flow::Abort | Flow::Continue => ("abnormal".to_string(), "connection lost"),
         };
+        let label = match code.as_str() {
+            "1000" | "1001" | "1002" | "1003" | "1007" | "1008" | "1009" | "1011" | "1012"
+            | "4008" | "abnormal" => code.as_str(),
+            _ => "other",
+        };
         self.state
             .metrics
             .disconnections_total
-            .with_label_values(&[&code])
+            .with_label_values(&[label])
             .inc();
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let span = tracing::info_span!(
@@ -283,7 +279,7 @@ impl Connection {
         let cfg = self.state.config.clone();
         let shutdown = self.state.shutdown.clone();
         if self.principal.is_some() {
-            if let Flow::Abort = self.send_welcome().await {
+            if let Flow::Abort = self.send_welcome(None).await {
                 return Flow::Abort;
             }
         }
@@ -295,9 +291,15 @@ impl Connection {
         let mailbox = self.hub.mailbox().clone();
         let mut batch: Vec<Delivery> = Vec::new();
         loop {
+            // A connection lives no longer than its token: clients send a
+            // fresh `auth` op before `exp` to stay connected.
+            let expiry = self.token_expiry();
             let flow = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Flow::Close(close::RESTART, "server shutting down".into()),
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                    self.close_with_error(ErrorCode::Unauthenticated, "token expired", close::POLICY).await
+                }
                 _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
                     self.close_with_error(
                         ErrorCode::Unauthenticated,
@@ -323,6 +325,14 @@ impl Connection {
                 return flow;
             }
         }
+    }
+
+    /// When the current token expires (None: anonymous, or no token yet).
+    fn token_expiry(&self) -> Option<tokio::time::Instant> {
+        let exp = self.principal.as_ref()?.exp?;
+        let leeway = self.state.config.auth.leeway_s;
+        let left = (exp + leeway).saturating_sub(crate::auth::now_s());
+        Some(tokio::time::Instant::now() + Duration::from_secs(left))
     }
 
     /// Writes everything the mailbox holds; after a lagged marker, sends
@@ -416,11 +426,12 @@ impl Connection {
         }
     }
 
-    async fn send_welcome(&mut self) -> Flow {
+    async fn send_welcome(&mut self, id: Option<i64>) -> Flow {
         let Some(p) = &self.principal else {
             return Flow::Continue;
         };
         let frame = to_frame(&Reply::Welcome {
+            id,
             session: &self.name,
             teams: p.visible_teams(self.state.hub.team_names()),
             streams: Stream::ALL,
@@ -473,11 +484,10 @@ impl Connection {
                 Flow::Continue
             }
             Some(Ok(AggregatedMessage::Close(reason))) => {
-                let code = reason.map_or(close::NORMAL, |r| u16::from(r.code));
-                Flow::Close(
-                    if code == 1005 { close::NORMAL } else { code },
-                    String::new(),
-                )
+                // Echo the client's code; the metric label stays bounded.
+                let code = reason.as_ref().map_or(close::NORMAL, |r| u16::from(r.code));
+                let text = reason.and_then(|r| r.description).unwrap_or_default();
+                Flow::Close(if code == 1005 { close::NORMAL } else { code }, text)
             }
             Some(Err(ProtocolError::Overflow)) => {
                 let max = self.state.config.limits.max_frame_bytes;
@@ -487,6 +497,11 @@ impl Connection {
                     close::TOO_LARGE,
                 )
                 .await
+            }
+            // The peer went away without a close frame (EOF, reset).
+            Some(Err(ProtocolError::Io(e))) => {
+                tracing::debug!(session = %self.name, error = %e, "websocket connection lost");
+                Flow::Abort
             }
             Some(Err(e)) => {
                 tracing::debug!(session = %self.name, error = %e, "websocket protocol error");
@@ -543,11 +558,12 @@ impl Connection {
             "opswire.team" = Empty,
             "opswire.result" = Empty,
         );
-        match &inbound.traceparent {
-            Some(tp) => crate::telemetry::set_remote_parent(&span, tp),
-            None => {
-                let _ = span.set_parent(self.parent.clone());
-            }
+        let continued = inbound
+            .traceparent
+            .as_deref()
+            .is_some_and(|tp| crate::telemetry::set_remote_parent(&span, tp));
+        if !continued {
+            let _ = span.set_parent(self.parent.clone());
         }
         self.op_error = None;
         let flow = self.handle_op(inbound).instrument(span.clone()).await;
@@ -578,7 +594,7 @@ impl Connection {
                 .await;
         }
         match op {
-            Op::Auth(a) => self.on_auth(&a.token).await,
+            Op::Auth(a) => self.on_auth(id, &a.token).await,
             Op::Ping => {
                 self.reply(&Reply::Pong {
                     id,
@@ -737,7 +753,7 @@ impl Connection {
             .ok_or_else(|| (ErrorCode::NotFound, format!("unknown team `{team}`")))
     }
 
-    async fn on_auth(&mut self, token: &str) -> Flow {
+    async fn on_auth(&mut self, id: Option<i64>, token: &str) -> Flow {
         match self.state.auth.verify(token) {
             Ok(p) => {
                 // Re-auth (a refreshed token) may narrow the teams: drop
@@ -747,9 +763,13 @@ impl Connection {
                         self.hub.unsubscribe(team, &Stream::ALL);
                     }
                 }
-                self.limiter = limiter_for(&self.state, Some(p.scope));
+                // A refreshed token keeps the bucket: re-auth is no way
+                // around the rate limit. Only a scope change resizes it.
+                if self.principal.as_ref().map(|old| old.scope) != Some(p.scope) {
+                    self.limiter = limiter_for(&self.state, Some(p.scope));
+                }
                 self.principal = Some(p);
-                self.send_welcome().await
+                self.send_welcome(id).await
             }
             Err(e) => {
                 let msg = match e {

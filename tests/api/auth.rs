@@ -29,10 +29,11 @@ async fn first_frame_auth_gets_welcome() {
     let app = spawn_app();
     let mut c = app.ws().await;
     // Nothing before auth: the first frame the server sends answers it.
-    c.send_json(json!({"op": "auth", "token": token(&["beta"])}))
+    c.send_json(json!({"op": "auth", "id": 7, "token": token(&["beta"])}))
         .await;
     let welcome = c.next_frame().await;
     assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["id"], 7);
     assert_eq!(welcome["teams"], json!(["beta"]));
     c.subscribe("beta", &["logs"]).await;
 }
@@ -153,4 +154,23 @@ async fn rs256_and_es256_public_keys_verify_tokens() {
         let (closed, _) = c.expect_close().await;
         assert_eq!(closed.code, 1008);
     }
+}
+
+#[tokio::test]
+async fn a_connection_lives_no_longer_than_its_token_unless_refreshed() {
+    let app = spawn_app();
+    let (mut short, _) = app.ws_auth(&token_with(&["alpha"], "read", 2)).await;
+    let (mut refreshed, _) = app.ws_auth(&token_with(&["alpha"], "read", 2)).await;
+    refreshed
+        .send_json(json!({"op": "auth", "id": 1, "token": token(&["alpha"])}))
+        .await;
+    assert_eq!(refreshed.next_frame().await["id"], 1);
+    let started = std::time::Instant::now();
+    let (closed, frames) = short.expect_close().await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(closed.code, 1008);
+    assert_eq!(frames.last().unwrap()["message"], "token expired");
+    // The refreshed one is still served.
+    refreshed.send_json(json!({"op": "ping", "id": 2})).await;
+    assert_eq!(refreshed.next_frame().await["type"], "pong");
 }

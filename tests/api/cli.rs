@@ -242,6 +242,14 @@ async fn environment_overrides_reach_nested_fields() {
         .env("OPSWIRE_LIMITS__QUEUE_LEN", "0"))
     .await;
     assert_fails_naming(&o, &["limits.queue_len"]);
+    // An unrelated OPSWIRE_* variable is not a setting and is ignored.
+    let o = run(opswire(&[])
+        .env("OPSWIRE_BIND", "127.0.0.1:0")
+        .env("OPSWIRE_TOKEN", "for-some-script")
+        .env("OPSWIRE_LIMITS__QUEUE_LEN", "0"))
+    .await;
+    assert_fails_naming(&o, &["limits.queue_len"]);
+    assert!(!stderr(&o).contains("token"), "{}", stderr(&o));
 }
 
 #[tokio::test]

@@ -317,3 +317,116 @@ impl WsClient {
         }
     }
 }
+
+/// The real `opswire` binary, started as a child process on a free port.
+/// Killed on drop.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// stderr lines, collected by a reader thread.
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Starts `opswire serve --bind 127.0.0.1:0` with `envs` (and the test
+    /// secret), and waits for its listening line.
+    pub fn start(envs: &[(&str, &str)]) -> Binary {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opswire"));
+        cmd.args(["serve", "--bind", "127.0.0.1:0"])
+            .env("OPSWIRE_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OPSWIRE_") || k.starts_with("OTEL_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("OPSWIRE_JWT_SECRET", SECRET);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("binary starts");
+        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let addr = lines
+            .find_map(|l| {
+                l.ok()?
+                    .strip_prefix("opswire listening on http://")
+                    .map(str::to_owned)
+            })
+            .expect("listening line")
+            .parse()
+            .unwrap();
+        Binary {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connects with a header token and `extra` request headers; reads `welcome`.
+    pub async fn ws(&self, token: &str, extra: &[(&str, &str)]) -> WsClient {
+        let mut req = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        for (k, v) in extra {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+            req.headers_mut().insert(name, v.parse().unwrap());
+        }
+        let (inner, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket connects");
+        let mut c = WsClient { inner };
+        assert_eq!(c.next_frame().await["type"], "welcome");
+        c
+    }
+
+    /// Resident set size of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child with a valid signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -9,9 +9,11 @@ mod errors;
 mod http_api;
 mod isolation;
 mod lifecycle;
+mod prom_metrics;
 mod resume;
 mod slow_consumer;
 mod sse;
 mod streaming;
+mod telemetry;
 
 pub mod otlp_receiver;
