@@ -10,11 +10,17 @@ need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have cc || need_apt+=(build-essential)
 have pkg-config || need_apt+=(pkg-config)
+# Real Alertmanager (+ amtool) and Prometheus (+ promtool) for the alerting
+# tests; docker-compose only parses the compose file (no engine needed).
+have prometheus-alertmanager || need_apt+=(prometheus-alertmanager)
+have amtool || need_apt+=(prometheus-alertmanager)
+have promtool || need_apt+=(prometheus)
+have docker-compose || need_apt+=(docker-compose)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 if ! have cargo; then
   echo "cargo is required (rustup: https://rustup.rs)" >&2

@@ -26,6 +26,8 @@ pub struct AppState {
     /// The team of the local host.
     pub local_team: TeamId,
     pub local_host: String,
+    /// Outbound HTTP (Alertmanager's API), with the configured timeout.
+    pub http: reqwest::Client,
     draining: AtomicBool,
 }
 
@@ -38,6 +40,12 @@ impl AppState {
         local_team: TeamId,
         local_host: String,
     ) -> AppState {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(
+                config.alertmanager.timeout_ms,
+            ))
+            .build()
+            .unwrap_or_default();
         let connections =
             ConnectionLimiter::new(config.max_connections(), metrics.open_connections.clone());
         AppState {
@@ -50,6 +58,7 @@ impl AppState {
             last_sample_us: AtomicI64::new(0),
             local_team,
             local_host,
+            http,
             draining: AtomicBool::new(false),
         }
     }

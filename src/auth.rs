@@ -75,6 +75,11 @@ impl Principal {
         self.all_teams || self.teams.contains(team)
     }
 
+    /// Whether the token grants every team (`["*"]`, or dev mode).
+    pub fn all_teams(&self) -> bool {
+        self.all_teams
+    }
+
     /// The configured teams this principal may see, in `known`'s order.
     pub fn visible_teams<'a>(&self, known: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
         known.into_iter().filter(|t| self.may_access(t)).collect()

@@ -49,6 +49,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub alertmanager: AlertmanagerConfig,
+    pub ingest: IngestConfig,
 }
 
 impl Default for Config {
@@ -66,6 +68,8 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
+            alertmanager: AlertmanagerConfig::default(),
+            ingest: IngestConfig::default(),
         }
     }
 }
@@ -219,6 +223,62 @@ impl Default for LogConfig {
     }
 }
 
+/// Alertmanager: its webhook into opswire, and its API for silences.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerConfig {
+    /// Alertmanager's base URL (e.g. `http://alertmanager:9093`), for the
+    /// `silence` op. Unset: `silence` answers `unavailable`.
+    pub url: Option<String>,
+    /// Bearer token Alertmanager sends to `POST /api/v1/alerts/alertmanager`
+    /// (`http_config.authorization.credentials`). An `ingest` JWT for every
+    /// team (`teams: ["*"]`) is accepted too.
+    pub webhook_token: Option<String>,
+    /// Label naming an alert's team.
+    pub team_label: String,
+    /// Team of alerts whose team label is missing or unknown; default: the first team.
+    pub default_team: Option<String>,
+    /// Timeout of calls to Alertmanager's API, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        AlertmanagerConfig {
+            url: None,
+            webhook_token: None,
+            team_label: "team".into(),
+            default_team: None,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+/// Log ingest over HTTP (`/api/v1/logs`, OTLP `/v1/logs`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest request body, bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest JSON line / message, bytes.
+    pub max_line_bytes: usize,
+    /// Resource attribute naming the team of OTLP log records.
+    pub otlp_team_attribute: String,
+    /// Stream opswire's own access log as logs of this team.
+    pub access_log_team: Option<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: 1024 * 1024,
+            max_line_bytes: 16 * 1024,
+            otlp_team_attribute: "opswire.team".into(),
+            access_log_team: None,
+        }
+    }
+}
+
 /// OpenTelemetry export. The standard `OTEL_*` environment variables win
 /// over these settings; with neither an endpoint here nor
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, nothing is exported.
@@ -275,6 +335,8 @@ const SETTINGS: &[&str] = &[
     "websocket",
     "log",
     "telemetry",
+    "alertmanager",
+    "ingest",
 ];
 
 /// File descriptors kept back from `max_connections` for listeners, log
@@ -474,6 +536,53 @@ impl Config {
             return Err(invalid(
                 "log.level",
                 format!("`{}` is not a valid filter", self.log.level),
+            ));
+        }
+        let am = &self.alertmanager;
+        if let Some(u) = &am.url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid(
+                    "alertmanager.url",
+                    format!("`{u}` must start with http:// or https://"),
+                ));
+            }
+        }
+        if let Some(t) = &am.webhook_token {
+            if t.len() < 16 {
+                return Err(invalid(
+                    "alertmanager.webhook_token",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if am.team_label.is_empty() {
+            return Err(invalid("alertmanager.team_label", "must not be empty"));
+        }
+        for (field, team) in [
+            ("alertmanager.default_team", &am.default_team),
+            ("ingest.access_log_team", &self.ingest.access_log_team),
+        ] {
+            if let Some(team) = team {
+                if !self.teams.iter().any(|t| &t.name == team) {
+                    return Err(invalid(
+                        field,
+                        format!("`{team}` is not one of the configured teams"),
+                    ));
+                }
+            }
+        }
+        if am.timeout_ms == 0 {
+            return Err(invalid("alertmanager.timeout_ms", "must be at least 1"));
+        }
+        if self.ingest.max_body_bytes < 1024 {
+            return Err(invalid("ingest.max_body_bytes", "must be at least 1024"));
+        }
+        if self.ingest.max_line_bytes < 64
+            || self.ingest.max_line_bytes > self.ingest.max_body_bytes
+        {
+            return Err(invalid(
+                "ingest.max_line_bytes",
+                "must be at least 64 and at most ingest.max_body_bytes",
             ));
         }
         let t = &self.telemetry;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::app::AppState;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, Level, LogRecord};
 use crate::transport::{http_error, principal_from_request, sse, ws};
 
 /// Registers every route.
@@ -21,7 +21,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/api/v1/teams", web::get().to(teams));
+        .route("/api/v1/teams", web::get().to(teams))
+        .route(
+            "/api/v1/alerts/alertmanager",
+            web::post().to(crate::ingest::alertmanager::webhook),
+        )
+        .route("/api/v1/logs", web::post().to(crate::ingest::logs::json))
+        .route("/v1/logs", web::post().to(crate::ingest::logs::otlp));
 }
 
 /// Counts requests and their durations by route pattern (never the raw
@@ -56,6 +62,10 @@ pub async fn track(
         "user_agent.original" = header("user-agent"),
         "http.response.status_code" = tracing::field::Empty,
     );
+    let access_log = state.as_ref().and_then(|s| {
+        let team = s.hub.team_id(s.config.ingest.access_log_team.as_deref()?)?;
+        Some((team, req.path().to_owned(), header("user-agent")))
+    });
     let traceparent = header("traceparent");
     if !traceparent.is_empty() {
         crate::telemetry::set_remote_parent(&span, &traceparent);
@@ -65,6 +75,33 @@ pub async fn track(
     span.record("http.response.status_code", code);
     if code >= 500 {
         span.record("otel.status_code", "ERROR");
+    }
+    if let (Some(state), Some((team, path, user_agent))) = (&state, access_log) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let record = LogRecord {
+            level: match code {
+                500.. => Level::Error,
+                400.. => Level::Warn,
+                _ => Level::Info,
+            },
+            source: "opswire.access".into(),
+            host: state.local_host.clone(),
+            message: format!("{method} {path} {code} {ms:.1}ms"),
+            fields: serde_json::json!({
+                "method": method, "path": path, "route": route, "status": code,
+                "duration_ms": ms, "user_agent": user_agent,
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+            trace_id: crate::telemetry::trace_id_of(&span),
+            time: None,
+        };
+        span.in_scope(|| {
+            state
+                .hub
+                .publish_log(team, &record, crate::time::now_micros())
+        });
     }
     if let Some(state) = state {
         let status = code.to_string();

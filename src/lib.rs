@@ -12,6 +12,8 @@
 //! * [`hub`] — topics per team and stream: seq/epoch, history, fan-out.
 //! * [`transport`] — WebSocket (`/ws`) and SSE (`/sse`) sessions over the hub.
 //! * [`http`] — routes: health, readiness, metrics, team API.
+//! * [`ingest`] — sources over HTTP: Alertmanager webhook, log ingest (JSON, OTLP).
+//! * [`agent`] — `opswire agent`: samples and tails on another host, publishes to a hub.
 //! * [`metrics`] — the Prometheus registry.
 //! * [`startup`] — [`startup::Application`]: build, run, shut down.
 //!
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod ingest;
 pub mod metrics;
 pub mod protocol;
 pub mod sampler;

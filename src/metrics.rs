@@ -40,6 +40,7 @@ pub struct Metrics {
     pub delivery_lag: [Histogram; 3],
     pub ingest_total: IntCounterVec,
     pub ingest_rejected: IntCounterVec,
+    pub alerts_unrouted: IntCounterVec,
     pub otlp_export_failures: IntCounterVec,
     host_cpu: GaugeVec,
     host_load1: GaugeVec,
@@ -108,6 +109,11 @@ impl Metrics {
                 "opswire_ingest_rejected_total",
                 "Records refused from sources, by source and reason.",
                 &["source", "reason"],
+            ),
+                        alerts_unrouted: counter_vec(
+                "opswire_alerts_unrouted_total",
+                "Alerts sent to the default team because their team label was missing or unknown.",
+                &["reason"],
             ),
             otlp_export_failures: counter_vec(
                 "opswire_otlp_export_failures_total",

@@ -225,6 +225,36 @@ pub struct LogRecord {
     pub fields: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// When the source says the record was written (unix µs), if it did;
+    /// the frame's `ts` is when opswire received it. Accepts an integer
+    /// (µs) or an RFC 3339 string on input.
+    #[serde(
+        default,
+        alias = "ts",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_time"
+    )]
+    pub time: Option<i64>,
+}
+
+fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
+            serde::de::Error::custom("`time` must be unix microseconds or RFC 3339")
+        }),
+        Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(&s)
+            .map(|t| {
+                Some(
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as i64),
+                )
+            })
+            .map_err(|e| serde::de::Error::custom(format!("`time`: {e}"))),
+        Some(_) => Err(serde::de::Error::custom(
+            "`time` must be unix microseconds or RFC 3339",
+        )),
+    }
 }
 
 /// Alert status.
@@ -386,6 +416,11 @@ pub enum Reply<'a> {
         id: Option<i64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
+    },
+    Silenced {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        silence_id: &'a str,
     },
     Lagged {
         team: &'a str,

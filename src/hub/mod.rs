@@ -506,6 +506,14 @@ impl Hub {
         v.into_iter().map(|(_, r)| r).collect()
     }
 
+    /// The firing alert of `team` with this fingerprint, if any.
+    pub fn firing_alert(&self, team: TeamId, fingerprint: &str) -> Option<AlertRecord> {
+        self.lock(team)
+            .firing
+            .get(fingerprint)
+            .map(|f| f.record.clone())
+    }
+
     /// Teams with their live subscriber counts and fresh hosts.
     pub fn summary(&self, team: TeamId) -> TeamSummary {
         let st = self.lock(team);
@@ -878,6 +886,7 @@ mod tests {
             message: msg.into(),
             fields: Default::default(),
             trace_id: None,
+            time: None,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::auth::{AuthError, Principal, Scope};
 use crate::hub::{Delivery, HubError, SessionHandle, TeamId};
 use crate::protocol::{
     parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
-    PublishOp, Reply, Stream, SERVER_NAME, SUBPROTOCOL,
+    PublishOp, Reply, SilenceOp, Stream, SERVER_NAME, SUBPROTOCOL,
 };
 use crate::time::now_micros;
 use crate::transport::{http_error, origin_allowed, principal_from_request, session_name};
@@ -651,16 +651,65 @@ impl Connection {
                 .await
             }
             Op::Publish(p) => self.on_publish(id, p).await,
-            Op::Silence(s) => {
-                if let Err((code, msg)) = self.authorize(&s.team) {
-                    return self.error(id, code, &msg).await;
-                }
-                self.error(
+            Op::Silence(s) => self.on_silence(id, s).await,
+        }
+    }
+
+    /// `silence`: a member of the alert's team silences it in
+    /// Alertmanager (equality matchers on all its labels).
+    async fn on_silence(&mut self, id: Option<i64>, s: SilenceOp) -> Flow {
+        /// Longest silence accepted from the stream: 30 days.
+        const MAX_SILENCE_S: u64 = 30 * 86400;
+        let team = match self.authorize(&s.team) {
+            Ok(t) => t,
+            Err((code, msg)) => return self.error(id, code, &msg).await,
+        };
+        if s.duration_s == 0 || s.duration_s > MAX_SILENCE_S {
+            return self
+                .error(
                     id,
-                    ErrorCode::Unavailable,
-                    "no Alertmanager is configured to create silences",
+                    ErrorCode::BadRequest,
+                    &format!("silence: duration_s must be 1..={MAX_SILENCE_S}"),
                 )
+                .await;
+        }
+        let Some(alert) = self.state.hub.firing_alert(team, &s.fingerprint) else {
+            return self
+                .error(
+                    id,
+                    ErrorCode::NotFound,
+                    &format!(
+                        "no firing alert with fingerprint `{}` in team `{}`",
+                        s.fingerprint, s.team
+                    ),
+                )
+                .await;
+        };
+        let by = self
+            .principal
+            .as_ref()
+            .map_or("opswire", |p| p.sub.as_str())
+            .to_owned();
+        let created = crate::ingest::alertmanager::create_silence(
+            &self.state,
+            &alert,
+            Duration::from_secs(s.duration_s),
+            &by,
+            &s.comment,
+        )
+        .await;
+        match created {
+            Ok(silence_id) => {
+                tracing::info!(team = %s.team, fingerprint = %s.fingerprint, silence_id, "silence created");
+                self.reply(&Reply::Silenced {
+                    id,
+                    silence_id: &silence_id,
+                })
                 .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "silence not created");
+                self.error(id, ErrorCode::Unavailable, &e.to_string()).await
             }
         }
     }

@@ -12,6 +12,7 @@ mod lifecycle;
 mod prom_metrics;
 mod resume;
 mod slow_consumer;
+mod sources;
 mod sse;
 mod streaming;
 mod telemetry;

@@ -1,0 +1,340 @@
+//! Log ingest over HTTP.
+//!
+//! * `POST /api/v1/logs[?team=T]`: JSON lines (one record per line) or one
+//!   JSON array of records. All or nothing: every record is validated before
+//!   any is published, and a 400 names the first bad line (1-based) and why.
+//! * `POST /v1/logs`: OTLP/HTTP logs, protobuf or JSON, as a Collector's
+//!   `otlphttp` exporter sends them. The team is the resource attribute
+//!   `ingest.otlp_team_attribute` (else the token's only team). Records the
+//!   token may not write are refused through OTLP's partial success.
+//!
+//! Both take an `ingest` bearer token; the team must be one of its teams.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use prost::Message;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::hub::TeamId;
+use crate::ingest::{ingest_principal, read_body, target_team, Refusal};
+use crate::protocol::{ErrorCode, Level, LogRecord};
+use crate::time::now_micros;
+
+#[derive(Deserialize)]
+pub struct TeamQuery {
+    team: Option<String>,
+}
+
+/// `POST /api/v1/logs`.
+pub async fn json(
+    req: HttpRequest,
+    q: web::Query<TeamQuery>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let body = match read_body(payload, state.config.ingest.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r.respond(&state, "http"),
+    };
+    let result = ingest_principal(&state, &req)
+        .and_then(|p| target_team(&state, &p, q.team.as_deref()))
+        .and_then(|team| {
+            parse_records(&body, state.config.ingest.max_line_bytes).map(|r| (team, r))
+        });
+    let (team, records) = match result {
+        Ok(ok) => ok,
+        Err(r) => return r.respond(&state, "http"),
+    };
+    let ts = now_micros();
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|r| state.hub.publish_log(team, r, ts))
+        .collect();
+    state
+        .metrics
+        .ingest_total
+        .with_label_values(&["http", "logs"])
+        .inc_by(seqs.len() as u64);
+    HttpResponse::Ok().json(serde_json::json!({
+        "accepted": seqs.len(),
+        "first_seq": seqs.first(),
+        "last_seq": seqs.last(),
+    }))
+}
+
+/// Parses a JSON array or JSON lines of [`LogRecord`]s; the error names
+/// the first bad record (1-based line, or array index for an array).
+pub fn parse_records(body: &[u8], max_line: usize) -> Result<Vec<LogRecord>, Refusal> {
+    let text =
+        std::str::from_utf8(body).map_err(|e| Refusal::bad(format!("body is not UTF-8: {e}")))?;
+    let check = |rec: LogRecord, what: &dyn Fn() -> String| -> Result<LogRecord, Refusal> {
+        if rec.message.len() > max_line {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                "too_large",
+                format!("{}: message longer than {max_line} bytes", what()),
+            ));
+        }
+        Ok(rec)
+    };
+    if text.trim_start().starts_with('[') {
+        let values: Vec<serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| Refusal::bad(format!("JSON array: {e}")))?;
+        return values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let what = || format!("record {}", i + 1);
+                serde_json::from_value::<LogRecord>(v)
+                    .map_err(|e| Refusal::bad(format!("{}: {e}", what())))
+                    .and_then(|r| check(r, &what))
+            })
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let what = || format!("line {}", i + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.len() > max_line {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                "too_large",
+                format!("{}: longer than {max_line} bytes", what()),
+            ));
+        }
+        let rec = serde_json::from_str::<LogRecord>(line)
+            .map_err(|e| Refusal::bad(format!("{}: {e}", what())))?;
+        out.push(check(rec, &what)?);
+    }
+    if out.is_empty() {
+        return Err(Refusal::bad("no log records in the body"));
+    }
+    Ok(out)
+}
+
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+/// `POST /v1/logs` (OTLP/HTTP).
+pub async fn otlp(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let json = is_json(&req);
+    let body = match read_body(payload, state.config.ingest.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r.respond(&state, "otlp"),
+    };
+    let principal = match ingest_principal(&state, &req) {
+        Ok(p) => p,
+        Err(r) => return r.respond(&state, "otlp"),
+    };
+    let request: ExportLogsServiceRequest = if json {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return Refusal::bad(format!("OTLP JSON: {e}")).respond(&state, "otlp"),
+        }
+    } else {
+        match ExportLogsServiceRequest::decode(body.as_ref()) {
+            Ok(r) => r,
+            Err(e) => return Refusal::bad(format!("OTLP protobuf: {e}")).respond(&state, "otlp"),
+        }
+    };
+    let attr = &state.config.ingest.otlp_team_attribute;
+    let max_line = state.config.ingest.max_line_bytes;
+    let ts = now_micros();
+    let mut accepted = 0u64;
+    let mut rejected = 0i64;
+    let mut first_error = String::new();
+    for rl in &request.resource_logs {
+        let resource = rl
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.as_slice())
+            .unwrap_or_default();
+        let wanted = string_attr(resource, attr);
+        let team: Result<TeamId, Refusal> = target_team(&state, &principal, wanted.as_deref());
+        let service = string_attr(resource, "service.name").unwrap_or_default();
+        let host = string_attr(resource, "host.name").unwrap_or_default();
+        for sl in &rl.scope_logs {
+            for lr in &sl.log_records {
+                let team = match &team {
+                    Ok(t) => *t,
+                    Err(r) => {
+                        rejected += 1;
+                        if first_error.is_empty() {
+                            first_error = r.message.clone();
+                        }
+                        continue;
+                    }
+                };
+                let mut message = lr.body.as_ref().map(any_to_string).unwrap_or_default();
+                if message.len() > max_line {
+                    let mut cut = max_line;
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    message.truncate(cut);
+                }
+                let source = if service.is_empty() {
+                    sl.scope
+                        .as_ref()
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default()
+                } else {
+                    service.clone()
+                };
+                let fields = lr
+                    .attributes
+                    .iter()
+                    .filter_map(|kv| Some((kv.key.clone(), any_to_json(kv.value.as_ref()?))))
+                    .collect();
+                let time_ns = if lr.time_unix_nano > 0 {
+                    lr.time_unix_nano
+                } else {
+                    lr.observed_time_unix_nano
+                };
+                let record = LogRecord {
+                    level: level_of(lr.severity_number, &lr.severity_text),
+                    source,
+                    host: host.clone(),
+                    message,
+                    fields,
+                    trace_id: (lr.trace_id.len() == 16 && lr.trace_id.iter().any(|b| *b != 0))
+                        .then(|| hex(&lr.trace_id)),
+                    time: (time_ns > 0).then_some((time_ns / 1000) as i64),
+                };
+                state.hub.publish_log(team, &record, ts);
+                accepted += 1;
+            }
+        }
+    }
+    let m = &state.metrics;
+    m.ingest_total
+        .with_label_values(&["otlp", "logs"])
+        .inc_by(accepted);
+    if rejected > 0 {
+        m.ingest_rejected
+            .with_label_values(&["otlp", "forbidden"])
+            .inc_by(rejected as u64);
+    }
+    let response = ExportLogsServiceResponse {
+        partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
+            rejected_log_records: rejected,
+            error_message: first_error,
+        }),
+    };
+    if json {
+        HttpResponse::Ok().json(response)
+    } else {
+        HttpResponse::Ok()
+            .content_type("application/x-protobuf")
+            .body(response.encode_to_vec())
+    }
+}
+
+fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
+/// OTLP severity number (1–24) or text → level.
+fn level_of(number: i32, text: &str) -> Level {
+    match number {
+        1..=4 => Level::Trace,
+        5..=8 => Level::Debug,
+        9..=12 => Level::Info,
+        13..=16 => Level::Warn,
+        17..=20 => Level::Error,
+        21..=24 => Level::Fatal,
+        _ => Level::parse(text).unwrap_or(Level::Info),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn any_to_string(v: &AnyValue) -> String {
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        _ => any_to_json(v).to_string(),
+    }
+}
+
+fn any_to_json(v: &AnyValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &v.value {
+        None => J::Null,
+        Some(any_value::Value::StringValue(s)) => J::from(s.as_str()),
+        Some(any_value::Value::BoolValue(b)) => J::from(*b),
+        Some(any_value::Value::IntValue(i)) => J::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => J::from(*d),
+        Some(any_value::Value::BytesValue(b)) => J::from(hex(b)),
+        Some(any_value::Value::ArrayValue(a)) => {
+            J::Array(a.values.iter().map(any_to_json).collect())
+        }
+        Some(any_value::Value::KvlistValue(kv)) => J::Object(
+            kv.values
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.as_ref().map_or(J::Null, any_to_json),
+                    )
+                })
+                .collect(),
+        ),
+        #[allow(unreachable_patterns)]
+        Some(_) => J::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_and_arrays_parse_and_errors_name_the_line() {
+        let lines = b"{\"level\":\"info\",\"message\":\"a\"}\n\n{\"level\":\"error\",\"message\":\"b\",\"ts\":\"2026-11-23T10:00:00Z\"}\n";
+        let recs = parse_records(lines, 1024).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].time, Some(1_795_428_000_000_000));
+        let arr = br#"[{"level":"warn","message":"x","source":"s"}]"#;
+        assert_eq!(parse_records(arr, 1024).unwrap()[0].source, "s");
+        let bad = b"{\"level\":\"info\",\"message\":\"a\"}\n{\"level\":\"info\"}\n";
+        let e = parse_records(bad, 1024).unwrap_err();
+        assert!(
+            e.message.starts_with("line 2:") && e.message.contains("message"),
+            "{}",
+            e.message
+        );
+        let long = format!("{{\"level\":\"info\",\"message\":\"{}\"}}", "x".repeat(100));
+        assert_eq!(
+            parse_records(long.as_bytes(), 64).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn otlp_severity_maps_to_levels() {
+        assert_eq!(level_of(17, ""), Level::Error);
+        assert_eq!(level_of(0, "warning"), Level::Warn);
+        assert_eq!(level_of(0, ""), Level::Info);
+    }
+}
