@@ -51,6 +51,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub alertmanager: AlertmanagerConfig,
     pub ingest: IngestConfig,
+    pub web: WebConfig,
 }
 
 impl Default for Config {
@@ -70,6 +71,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
             ingest: IngestConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -279,6 +281,15 @@ impl Default for IngestConfig {
     }
 }
 
+/// The bundled dashboard.
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Jaeger UI base URL for trace links (e.g. `http://localhost:16686`);
+    /// unset: no trace links.
+    pub jaeger_url: Option<String>,
+}
+
 /// OpenTelemetry export. The standard `OTEL_*` environment variables win
 /// over these settings; with neither an endpoint here nor
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, nothing is exported.
@@ -337,6 +348,7 @@ const SETTINGS: &[&str] = &[
     "telemetry",
     "alertmanager",
     "ingest",
+    "web",
 ];
 
 /// File descriptors kept back from `max_connections` for listeners, log

@@ -15,7 +15,8 @@ use crate::transport::{http_error, principal_from_request, sse, ws};
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
+    crate::web::routes(cfg);
+    cfg.route("/api/v1/info", web::get().to(info))
         .route("/ws", web::get().to(ws::handler))
         .route("/sse", web::get().to(sse::handler))
         .route("/healthz", web::get().to(healthz))
@@ -130,10 +131,16 @@ fn http_version(v: actix_web::http::Version) -> &'static str {
     }
 }
 
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("web/index.html"))
+/// `GET /api/v1/info`: what a client needs before it connects (no auth:
+/// it reveals only whether a token is needed).
+async fn info(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "server": crate::protocol::SERVER_NAME,
+        "auth_required": !state.auth.dev_mode(),
+        "jaeger_url": state.config.web.jaeger_url,
+        "heartbeat_s": state.config.websocket.heartbeat_s,
+        "tick_ms": state.config.sampler.tick_ms,
+    }))
 }
 
 async fn healthz() -> HttpResponse {

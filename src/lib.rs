@@ -33,3 +33,4 @@ pub mod startup;
 pub mod telemetry;
 pub mod time;
 pub mod transport;
+pub mod web;

@@ -384,6 +384,9 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<i64>,
         session: &'a str,
+        /// The hub's epoch, so a reconnecting client can tell a restart
+        /// (and resume a new epoch from its start).
+        epoch: &'a str,
         teams: Vec<&'a str>,
         streams: [Stream; 3],
         heartbeat_s: u64,

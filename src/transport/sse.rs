@@ -177,6 +177,7 @@ pub async fn handler(
         "welcome",
         &to_frame(&Reply::Welcome {
             id: None,
+            epoch: state.hub.epoch(),
             session: &session,
             teams: principal.visible_teams(state.hub.team_names()),
             streams: Stream::ALL,

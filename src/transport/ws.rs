@@ -432,6 +432,7 @@ impl Connection {
         };
         let frame = to_frame(&Reply::Welcome {
             id,
+            epoch: self.state.hub.epoch(),
             session: &self.name,
             teams: p.visible_teams(self.state.hub.team_names()),
             streams: Stream::ALL,
