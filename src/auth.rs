@@ -237,6 +237,18 @@ impl Authenticator {
     }
 }
 
+/// How long until a token expiring at `exp` (unix s) is refused, with
+/// `leeway`; saturating, and capped at ten years so timer math cannot
+/// overflow on an absurd `exp`.
+pub fn time_left(exp: u64, leeway: u64) -> std::time::Duration {
+    const CAP_S: u64 = 10 * 365 * 86400;
+    std::time::Duration::from_secs(
+        exp.saturating_add(leeway)
+            .saturating_sub(now_s())
+            .min(CAP_S),
+    )
+}
+
 /// Extracts the token of an `Authorization: Bearer …` header value.
 pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;

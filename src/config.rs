@@ -530,8 +530,11 @@ impl Config {
         if self.websocket.heartbeat_s == 0 || self.websocket.heartbeat_s > 3600 {
             return Err(invalid("websocket.heartbeat_s", "must be 1..=3600"));
         }
-        if self.websocket.auth_timeout_s == 0 {
-            return Err(invalid("websocket.auth_timeout_s", "must be at least 1"));
+        if self.websocket.auth_timeout_s == 0 || self.websocket.auth_timeout_s > 3600 {
+            return Err(invalid("websocket.auth_timeout_s", "must be 1..=3600"));
+        }
+        if self.auth.leeway_s > 3600 {
+            return Err(invalid("auth.leeway_s", "must be at most 3600"));
         }
         for (i, o) in self.websocket.allowed_origins.iter().enumerate() {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {

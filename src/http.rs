@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -35,10 +35,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// path, which would make label values unbounded).
 pub async fn track(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, actix_web::Error> {
     let started = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    if let Some(s) = &state {
+        if let Err(msg) = dev_mode_guard(s, &req) {
+            let res = crate::transport::http_error(ErrorCode::Forbidden, msg);
+            return Ok(req.into_response(res).map_into_right_body());
+        }
+    }
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
     let header = |name: &str| {
@@ -117,7 +123,48 @@ pub async fn track(
             .with_label_values(&[&route])
             .observe(started.elapsed().as_secs_f64());
     }
-    Ok(res)
+    Ok(res.map_into_left_body())
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Dev mode hands every team to anonymous callers, so it answers only
+/// requests that really come from this machine: a loopback `Host` (a DNS
+/// rebinding page has its own host name) and, when a browser sends one, a
+/// loopback `Origin` (a cross-site page cannot post logs or alerts).
+fn dev_mode_guard(state: &AppState, req: &ServiceRequest) -> Result<(), String> {
+    if !state.auth.dev_mode() || state.config.insecure {
+        return Ok(());
+    }
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(actix_web::http::header::HOST).unwrap_or_default();
+    if !host.is_empty() && !is_loopback_host(host) {
+        return Err(format!(
+            "dev mode answers loopback hosts only, not `{host}`"
+        ));
+    }
+    if let Some(origin) = header(actix_web::http::header::ORIGIN) {
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .unwrap_or(origin);
+        if !is_loopback_host(origin_host) {
+            return Err(format!(
+                "dev mode answers loopback origins only, not `{origin}`"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn http_version(v: actix_web::http::Version) -> &'static str {

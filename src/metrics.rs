@@ -323,6 +323,11 @@ impl Metrics {
         ] {
             let _ = g.remove_label_values(&l);
         }
+        self.forget_parts(team, host, mounts, ifaces);
+    }
+
+    /// Removes the per-mount and per-interface series of a host.
+    pub fn forget_parts(&self, team: &str, host: &str, mounts: &[String], ifaces: &[String]) {
         for m in mounts {
             let _ = self.host_disk_used.remove_label_values(&[team, host, m]);
             let _ = self.host_disk_total.remove_label_values(&[team, host, m]);

@@ -243,14 +243,11 @@ fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Err
         Some(serde_json::Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
             serde::de::Error::custom("`time` must be unix microseconds or RFC 3339")
         }),
-        Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(&s)
-            .map(|t| {
-                Some(
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as i64),
-                )
-            })
-            .map_err(|e| serde::de::Error::custom(format!("`time`: {e}"))),
+        Some(serde_json::Value::String(s)) => crate::time::parse_rfc3339_micros(&s)
+            .map(Some)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("`time`: `{s}` is not an RFC 3339 time"))
+            }),
         Some(_) => Err(serde::de::Error::custom(
             "`time` must be unix microseconds or RFC 3339",
         )),

@@ -81,11 +81,12 @@ impl Mailbox {
     }
 
     /// Queues a metrics frame, replacing an undelivered one of the same
-    /// team. Returns true when it replaced (conflated) one.
-    pub fn push_metrics(&self, d: Delivery) -> bool {
+    /// team. Returns whether it replaced (conflated) one, or None when the
+    /// subscriber is lagged or gone (the hub then drops it).
+    pub fn push_metrics(&self, d: Delivery) -> Option<bool> {
         let mut inbox = self.lock();
         if inbox.closed || inbox.lagged.is_some() {
-            return false;
+            return None;
         }
         let was_empty = inbox.is_empty();
         let replaced = if let Some(slot) = inbox.metrics.iter_mut().find(|m| m.team == d.team) {
@@ -100,7 +101,7 @@ impl Mailbox {
         if was_empty {
             self.notify.notify_one();
         }
-        replaced
+        Some(replaced)
     }
 
     /// Queues a log or alert frame, in order.
@@ -188,9 +189,9 @@ mod tests {
     #[test]
     fn metrics_conflate_per_team_and_events_overflow_to_lagged() {
         let m = Mailbox::new(2);
-        assert!(!m.push_metrics(d(0, Stream::Metrics, 1)));
-        assert!(m.push_metrics(d(0, Stream::Metrics, 2)));
-        assert!(!m.push_metrics(d(1, Stream::Metrics, 1)));
+        assert_eq!(m.push_metrics(d(0, Stream::Metrics, 1)), Some(false));
+        assert_eq!(m.push_metrics(d(0, Stream::Metrics, 2)), Some(true));
+        assert_eq!(m.push_metrics(d(1, Stream::Metrics, 1)), Some(false));
         assert_eq!(m.push_event(d(0, Stream::Logs, 1)), Push::Queued);
         assert_eq!(m.push_event(d(0, Stream::Logs, 2)), Push::Queued);
         assert_eq!(m.push_event(d(0, Stream::Logs, 3)), Push::Full);

@@ -278,16 +278,41 @@ impl Hub {
         self.shared
             .metrics
             .observe_host(&self.shared.topics[team].name, snapshot);
+        let mounts: Vec<String> = snapshot.disks.iter().map(|d| d.mount.clone()).collect();
+        let ifaces: Vec<String> = snapshot.network.iter().map(|n| n.iface.clone()).collect();
         let mut st = self.lock(team);
-        st.hosts.insert(
+        let old = st.hosts.insert(
             snapshot.host.clone(),
             HostEntry {
                 raw,
                 seen: Instant::now(),
-                mounts: snapshot.disks.iter().map(|d| d.mount.clone()).collect(),
-                ifaces: snapshot.network.iter().map(|n| n.iface.clone()).collect(),
+                mounts: mounts.clone(),
+                ifaces: ifaces.clone(),
             },
         );
+        drop(st);
+        // Mounts and interfaces that went away take their series with them
+        // (containers churn veth interfaces).
+        if let Some(old) = old {
+            let gone_mounts: Vec<String> = old
+                .mounts
+                .into_iter()
+                .filter(|m| !mounts.contains(m))
+                .collect();
+            let gone_ifaces: Vec<String> = old
+                .ifaces
+                .into_iter()
+                .filter(|i| !ifaces.contains(i))
+                .collect();
+            if !gone_mounts.is_empty() || !gone_ifaces.is_empty() {
+                self.shared.metrics.forget_parts(
+                    &self.shared.topics[team].name,
+                    &snapshot.host,
+                    &gone_mounts,
+                    &gone_ifaces,
+                );
+            }
+        }
         Ok(())
     }
 
@@ -342,16 +367,31 @@ impl Hub {
         let fanout_span = fanout_span(frame.len());
         let mut fanout = 0u64;
         let mut conflated = 0u64;
-        for sub in st.subscribers.iter().filter(|s| s.has(Stream::Metrics)) {
-            fanout += 1;
-            if sub.mailbox.push_metrics(Delivery {
+        let mut i = 0;
+        while i < st.subscribers.len() {
+            let sub = &st.subscribers[i];
+            if !sub.has(Stream::Metrics) {
+                i += 1;
+                continue;
+            }
+            let pushed = sub.mailbox.push_metrics(Delivery {
                 team,
                 stream: Stream::Metrics,
                 seq,
                 ts,
                 frame: frame.clone(),
-            }) {
-                conflated += 1;
+            });
+            match pushed {
+                Some(replaced) => {
+                    fanout += 1;
+                    conflated += replaced as u64;
+                    i += 1;
+                }
+                // Lagged on another team's stream, or closing: it gets
+                // nothing more, so it no longer counts here either.
+                None => {
+                    st.subscribers.swap_remove(i);
+                }
             }
         }
         let subscribers = st.subscribers.len();

@@ -151,7 +151,7 @@ fn validate(state: &AppState, hook: Webhook) -> Result<Vec<Routed>, Refusal> {
         let Some(alertname) = a.labels.get("alertname").cloned() else {
             return Err(Refusal::bad(format!("alerts[{i}].labels: no `alertname`")));
         };
-        if humantime::parse_rfc3339_weak(&a.starts_at).is_err() {
+        if crate::time::parse_rfc3339_micros(&a.starts_at).is_none() {
             return Err(Refusal::bad(format!(
                 "alerts[{i}].startsAt: `{}` is not an RFC 3339 time",
                 a.starts_at
@@ -159,7 +159,7 @@ fn validate(state: &AppState, hook: Webhook) -> Result<Vec<Routed>, Refusal> {
         }
         let ends_at = a.ends_at.filter(|e| e != ZERO_TIME && !e.is_empty());
         if let Some(e) = &ends_at {
-            if humantime::parse_rfc3339_weak(e).is_err() {
+            if crate::time::parse_rfc3339_micros(e).is_none() {
                 return Err(Refusal::bad(format!(
                     "alerts[{i}].endsAt: `{e}` is not an RFC 3339 time"
                 )));
@@ -214,10 +214,11 @@ pub async fn webhook(
     if let Err(r) = authorize(&state, &req) {
         return r.respond(&state, "alertmanager");
     }
-    let body = match crate::ingest::read_body(payload, state.config.ingest.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r.respond(&state, "alertmanager"),
-    };
+    let body =
+        match crate::ingest::read_body(&req, payload, state.config.ingest.max_body_bytes).await {
+            Ok(b) => b,
+            Err(r) => return r.respond(&state, "alertmanager"),
+        };
     let hook: Webhook = match serde_json::from_slice(&body) {
         Ok(h) => h,
         Err(e) => {
@@ -273,10 +274,22 @@ pub async fn create_silence(
         return Err(SilenceError::NotConfigured);
     };
     let now = SystemTime::now();
+    // Every label of the alert, and always the team label (empty when the
+    // alert has none, which matches only alerts without it): a silence
+    // from one team never mutes another team's alert with more labels.
+    let team_label = &state.config.alertmanager.team_label;
+    let mut matchers: Vec<serde_json::Value> = alert
+        .labels
+        .iter()
+        .map(|(k, v)| serde_json::json!({"name": k, "value": v, "isRegex": false, "isEqual": true}))
+        .collect();
+    if !alert.labels.contains_key(team_label) {
+        matchers.push(
+            serde_json::json!({"name": team_label, "value": "", "isRegex": false, "isEqual": true}),
+        );
+    }
     let body = serde_json::json!({
-        "matchers": alert.labels.iter().map(|(k, v)| serde_json::json!({
-            "name": k, "value": v, "isRegex": false, "isEqual": true
-        })).collect::<Vec<_>>(),
+        "matchers": matchers,
         "startsAt": humantime::format_rfc3339_millis(now).to_string(),
         "endsAt": humantime::format_rfc3339_millis(now + duration).to_string(),
         "createdBy": created_by,

@@ -36,15 +36,20 @@ pub async fn json(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match read_body(payload, state.config.ingest.max_body_bytes).await {
+    // Who and where first: an unauthenticated body is never read.
+    let team = match ingest_principal(&state, &req)
+        .and_then(|p| target_team(&state, &p, q.team.as_deref()))
+    {
+        Ok(t) => t,
+        Err(r) => return r.respond(&state, "http"),
+    };
+    let body = match read_body(&req, payload, state.config.ingest.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r.respond(&state, "http"),
     };
-    let result = ingest_principal(&state, &req)
-        .and_then(|p| target_team(&state, &p, q.team.as_deref()))
-        .and_then(|team| {
-            parse_records(&body, state.config.ingest.max_line_bytes).map(|r| (team, r))
-        });
+    let result = Ok::<_, Refusal>(team).and_then(|team| {
+        parse_records(&body, state.config.ingest.max_line_bytes).map(|r| (team, r))
+    });
     let (team, records) = match result {
         Ok(ok) => ok,
         Err(r) => return r.respond(&state, "http"),
@@ -132,12 +137,12 @@ pub async fn otlp(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let json = is_json(&req);
-    let body = match read_body(payload, state.config.ingest.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r.respond(&state, "otlp"),
-    };
     let principal = match ingest_principal(&state, &req) {
         Ok(p) => p,
+        Err(r) => return r.respond(&state, "otlp"),
+    };
+    let body = match read_body(&req, payload, state.config.ingest.max_body_bytes).await {
+        Ok(b) => b,
         Err(r) => return r.respond(&state, "otlp"),
     };
     let request: ExportLogsServiceRequest = if json {

@@ -54,6 +54,7 @@ impl Refusal {
 /// Reads a request body of at most `limit` bytes (413 `too_large` beyond,
 /// with the same JSON error body as every other refusal).
 pub async fn read_body(
+    req: &HttpRequest,
     mut payload: actix_web::web::Payload,
     limit: usize,
 ) -> Result<bytes::Bytes, Refusal> {
@@ -70,7 +71,37 @@ pub async fn read_body(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    let encoding = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(body.freeze()),
+        // The Collector's otlp_http exporter compresses with gzip by default.
+        "gzip" | "x-gzip" => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            let mut decoder = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
+            decoder
+                .read_to_end(&mut out)
+                .map_err(|e| Refusal::bad(format!("gzip body: {e}")))?;
+            if out.len() > limit {
+                return Err(Refusal::new(
+                    ErrorCode::TooLarge,
+                    "too_large",
+                    format!("decompressed body larger than {limit} bytes (ingest.max_body_bytes)"),
+                ));
+            }
+            Ok(bytes::Bytes::from(out))
+        }
+        other => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "invalid",
+            format!("unsupported Content-Encoding `{other}` (identity or gzip)"),
+        )),
+    }
 }
 
 /// The principal of an ingest request: a bearer token with scope `ingest`
@@ -117,8 +148,8 @@ pub fn target_team(
             match visible.as_slice() {
                 [one] => (*one).to_owned(),
                 _ => {
-                    return Err(Refusal::bad(
-                        "the token covers several teams: name one with ?team=",
+                                        return Err(Refusal::bad(
+                        "the token covers several teams: name one (?team= for /api/v1/logs, the team resource attribute for OTLP)",
                     ))
                 }
             }

@@ -222,8 +222,7 @@ pub async fn handler(
         done: false,
         // The stream lives no longer than its token.
         expires: principal.exp.map(|exp| {
-            let left = (exp + state.config.auth.leeway_s).saturating_sub(crate::auth::now_s());
-            tokio::time::Instant::now() + Duration::from_secs(left)
+            tokio::time::Instant::now() + crate::auth::time_left(exp, state.config.auth.leeway_s)
         }),
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {

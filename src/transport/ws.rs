@@ -330,9 +330,8 @@ impl Connection {
     /// When the current token expires (None: anonymous, or no token yet).
     fn token_expiry(&self) -> Option<tokio::time::Instant> {
         let exp = self.principal.as_ref()?.exp?;
-        let leeway = self.state.config.auth.leeway_s;
-        let left = (exp + leeway).saturating_sub(crate::auth::now_s());
-        Some(tokio::time::Instant::now() + Duration::from_secs(left))
+        let left = crate::auth::time_left(exp, self.state.config.auth.leeway_s);
+        Some(tokio::time::Instant::now() + left)
     }
 
     /// Writes everything the mailbox holds; after a lagged marker, sends
@@ -474,6 +473,10 @@ impl Connection {
                 .await
             }
             Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                // Pings cost a write each: they count against the budget.
+                if let Some(flow) = self.rate_limit(None).await {
+                    return flow;
+                }
                 self.last_pong = Instant::now();
                 match tokio::time::timeout(self.write_timeout, self.ws.pong(&bytes)).await {
                     Ok(Ok(())) => Flow::Continue,
@@ -488,7 +491,12 @@ impl Connection {
                 // Echo the client's code; the metric label stays bounded.
                 let code = reason.as_ref().map_or(close::NORMAL, |r| u16::from(r.code));
                 let text = reason.and_then(|r| r.description).unwrap_or_default();
-                Flow::Close(if code == 1005 { close::NORMAL } else { code }, text)
+                // Only codes RFC 6455 allows on the wire are echoed.
+                let code = match code {
+                    1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+                    _ => close::NORMAL,
+                };
+                Flow::Close(code, text)
             }
             Some(Err(ProtocolError::Overflow)) => {
                 let max = self.state.config.limits.max_frame_bytes;

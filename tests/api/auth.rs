@@ -174,3 +174,44 @@ async fn a_connection_lives_no_longer_than_its_token_unless_refreshed() {
     refreshed.send_json(json!({"op": "ping", "id": 2})).await;
     assert_eq!(refreshed.next_frame().await["type"], "pong");
 }
+
+#[tokio::test]
+async fn dev_mode_answers_only_requests_from_this_machine() {
+    let app = spawn_app_with(|c| c.auth.jwt_secret = None);
+    let client = reqwest::Client::new();
+    let get = |host: &'static str, origin: Option<&'static str>| {
+        let mut r = client.get(app.url("/api/v1/teams")).header("host", host);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    assert_eq!(get("localhost:8080", None).await.unwrap().status(), 200);
+    assert_eq!(
+        get("127.0.0.1", Some("http://127.0.0.1:8080"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A DNS-rebinding page has its own host name; a cross-site page its origin.
+    let r = get("evil.example:8080", None).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("loopback"));
+    assert_eq!(
+        get("127.0.0.1", Some("http://evil.example"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = client
+        .post(app.url("/api/v1/logs"))
+        .header("origin", "https://evil.example")
+        .body(r#"{"level":"error","message":"injected"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}

@@ -610,6 +610,26 @@ async fn otlp_http_logs_in_protobuf_and_json() {
     assert_eq!(s, 200);
     assert_eq!(c.next_frame().await["data"]["message"], "json");
 
+    // The Collector's otlp_http exporter gzips by default.
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&otlp_request("alpha", "gzipped").encode_to_vec())
+            .unwrap();
+        e.finish().unwrap()
+    };
+    let r = reqwest::Client::new()
+        .post(app.url("/v1/logs"))
+        .bearer_auth(&ingest)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .body(gz)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.next_frame().await["data"]["message"], "gzipped");
+
     // A record for a team the token lacks: refused via partial success.
     let (s, body) = post_logs(
         &app,
