@@ -10,6 +10,8 @@ need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have cc || need_apt+=(build-essential)
 have pkg-config || need_apt+=(pkg-config)
+have curl || need_apt+=(curl)
+have python3 || need_apt+=(python3)
 # Real Alertmanager (+ amtool) and Prometheus (+ promtool) for the alerting
 # tests; docker-compose only parses the compose file (no engine needed).
 have prometheus-alertmanager || need_apt+=(prometheus-alertmanager)
@@ -36,5 +38,8 @@ cargo clippy --all-targets --locked -- -D warnings
 
 log "unit and integration tests"
 cargo test --lib --tests --locked
+
+log "the stack: promtool, amtool, compose, dashboards, live /metrics"
+bash scripts/check-stack.sh
 
 log "all suites passed"
