@@ -20,6 +20,7 @@
 //! The binary (`src/main.rs`) and the integration tests both go through
 //! [`startup::Application`], so the tests run the real server.
 
+pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod config;

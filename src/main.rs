@@ -1,4 +1,4 @@
-//! The `opswire` command: `serve` (the default), `token`.
+//! The `opswire` command: `serve` (the default), `token`, `agent`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a JWT from the configured key, to try authentication.
     Token(TokenArgs),
+    /// Sample this host and follow log files; publish both to a hub.
+    Agent(AgentArgs),
 }
 
 #[derive(Args, Clone, Default)]
@@ -66,10 +68,53 @@ struct TokenArgs {
     config: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct AgentArgs {
+    /// The hub, e.g. ws://hub.example:8080 (`/ws` is added when no path is given).
+    #[arg(long, env = "OPSWIRE_AGENT_HUB")]
+    hub: String,
+    /// An `ingest` token for the team (prefer the environment variable:
+    /// arguments are visible in `ps`).
+    #[arg(long, env = "OPSWIRE_AGENT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Host name to report [default: the OS host name].
+    #[arg(long)]
+    host: Option<String>,
+    /// Team to publish to [default: the token's only team].
+    #[arg(long)]
+    team: Option<String>,
+    /// Follow this file like `tail -F` (repeat for several).
+    #[arg(long = "tail", value_name = "FILE")]
+    tail: Vec<PathBuf>,
+    /// Milliseconds between samples of this host.
+    #[arg(
+        long,
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(50..=60_000)
+    )]
+    tick_ms: u64,
+    /// Log lines kept while the hub is unreachable (oldest dropped first).
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000)
+    )]
+    buffer_lines: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
+        Some(Command::Agent(args)) => opswire::agent::main(opswire::agent::AgentConfig {
+            hub: args.hub,
+            token: args.token,
+            host: args.host,
+            team: args.team,
+            tail: args.tail,
+            tick: Duration::from_millis(args.tick_ms),
+            buffer_lines: args.buffer_lines,
+        }),
         // Flags may come before or after `serve`; after wins.
         Some(Command::Serve(args)) => serve(ServeArgs {
             bind: args.bind.or(cli.serve.bind),
