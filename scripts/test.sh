@@ -42,4 +42,7 @@ cargo test --lib --tests --locked
 log "the stack: promtool, amtool, compose, dashboards, live /metrics"
 bash scripts/check-stack.sh
 
+log "browser tests (dashboard, headless Chromium)"
+bash scripts/test-web.sh
+
 log "all suites passed"

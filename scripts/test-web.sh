@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Browser tests of the bundled dashboard: Debian's Chromium, driven by
+# playwright-core from npm, against the real opswire binary and a real
+# Alertmanager. Installs what it needs first (idempotent: skips what is
+# present). Saves a screenshot to test-artifacts/dashboard.png;
+# UPDATE_DOCS_SCREENSHOT=1 also copies it to docs/dashboard.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+need_apt=()
+have chromium || need_apt+=(chromium)
+have node || need_apt+=(nodejs)
+have npm || need_apt+=(npm)
+have prometheus-alertmanager || need_apt+=(prometheus-alertmanager)
+have amtool || need_apt+=(prometheus-alertmanager)
+# A font, so text in screenshots renders.
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+if ((${#need_apt[@]})); then
+  log "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 20)); then
+  echo "Node.js >= 20 is required (playwright-core); found $(node --version)" >&2
+  exit 1
+fi
+# playwright-core and ws as locked (playwright-core downloads no browser).
+if ! npm ls --depth=0 >/dev/null 2>&1; then
+  log "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+log "cargo build"
+cargo build --locked --bin opswire
+
+log "browser tests ($(chromium --version 2>/dev/null | head -n1))"
+mkdir -p test-artifacts
+node --test --test-reporter=spec tests/web/dashboard.test.mjs
+echo "screenshot: $(pwd)/test-artifacts/dashboard.png"
