@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use opswire::auth::{mint, now_s, Claims};
 use opswire::config::Config;
-use opswire::startup::Application;
+use opswire::startup::{wait_for_signal, Application};
 
 #[derive(Parser)]
 #[command(
@@ -192,27 +192,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("opswire: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

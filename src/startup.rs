@@ -227,3 +227,26 @@ fn spawn_ticker(state: Arc<AppState>) -> std::io::Result<std::thread::JoinHandle
             }
         })
 }
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C elsewhere): the one shutdown
+/// signal of `serve` and `agent`.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

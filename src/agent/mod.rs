@@ -27,6 +27,7 @@ pub mod publisher;
 pub mod tail;
 mod workers;
 
+use crate::startup::wait_for_signal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
@@ -271,27 +272,6 @@ async fn on_signal(
     wait_for_signal().await;
     tracing::warn!("second signal: exiting without flushing");
     std::process::exit(1);
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Logs the delivery counters every [`STATS_EVERY`].

@@ -415,37 +415,69 @@ impl Hub {
         }
     }
 
-    /// Publishes a log record to `team`; returns its seq.
-    pub fn publish_log(&self, team: TeamId, record: &LogRecord, ts: i64) -> u64 {
-        let name = &self.shared.topics[team].name;
-        let span = publish_span(name, Stream::Logs);
-        let _entered = span.enter();
-        let trace_id = crate::telemetry::trace_id_of(&span);
-        let mut st = self.lock(team);
-        let seq = st.logs.seq + 1;
+    /// Serializes the next frame of a log or alert stream (once, with the
+    /// publish span's trace id) and appends it to the stream's history.
+    #[allow(clippy::too_many_arguments)]
+    fn append<T: serde::Serialize>(
+        &self,
+        st: &mut TeamState,
+        team: TeamId,
+        stream: Stream,
+        ts: i64,
+        data: &T,
+        span: &tracing::Span,
+        level: Level,
+        source: &str,
+    ) -> (u64, Frame) {
+        let trace_id = crate::telemetry::trace_id_of(span);
+        let history = if stream == Stream::Logs {
+            &mut st.logs
+        } else {
+            &mut st.alerts
+        };
+        let seq = history.seq + 1;
         let serialize = Instant::now();
         let frame = to_frame(&DataFrame {
-            kind: Stream::Logs.frame_type(),
-            team: name,
+            kind: stream.frame_type(),
+            team: &self.shared.topics[team].name,
             epoch: &self.shared.epoch,
             seq,
             ts,
             trace_id: trace_id.as_deref(),
-            data: record,
+            data,
         });
         span.record(
             "opswire.serialize_us",
             serialize.elapsed().as_micros() as u64,
         );
         span.record("opswire.seq", seq);
-        st.logs.seq = seq;
-        st.logs.push(HistoryEntry {
+        history.seq = seq;
+        history.push(HistoryEntry {
             seq,
             ts,
             frame: frame.clone(),
-            level: record.level,
-            source: record.source.as_str().into(),
+            level,
+            source: source.into(),
         });
+        (seq, frame)
+    }
+
+    /// Publishes a log record to `team`; returns its seq.
+    pub fn publish_log(&self, team: TeamId, record: &LogRecord, ts: i64) -> u64 {
+        let name = &self.shared.topics[team].name;
+        let span = publish_span(name, Stream::Logs);
+        let _entered = span.enter();
+        let mut st = self.lock(team);
+        let (seq, frame) = self.append(
+            &mut st,
+            team,
+            Stream::Logs,
+            ts,
+            record,
+            &span,
+            record.level,
+            &record.source,
+        );
         let held = st.logs.ring.len();
         let fanout = self.fan_out_event(&mut st, team, Stream::Logs, seq, ts, &frame, Some(record));
         drop(st);
@@ -475,31 +507,16 @@ impl Hub {
         // Deduplicated above without a span: repeats are not publishes.
         let span = publish_span(name, Stream::Alerts);
         let _entered = span.enter();
-        let trace_id = crate::telemetry::trace_id_of(&span);
-        let seq = st.alerts.seq + 1;
-        let serialize = Instant::now();
-        let frame = to_frame(&DataFrame {
-            kind: Stream::Alerts.frame_type(),
-            team: name,
-            epoch: &self.shared.epoch,
-            seq,
+        let (seq, frame) = self.append(
+            &mut st,
+            team,
+            Stream::Alerts,
             ts,
-            trace_id: trace_id.as_deref(),
-            data: record,
-        });
-        span.record(
-            "opswire.serialize_us",
-            serialize.elapsed().as_micros() as u64,
+            record,
+            &span,
+            Level::Info,
+            "",
         );
-        span.record("opswire.seq", seq);
-        st.alerts.seq = seq;
-        st.alerts.push(HistoryEntry {
-            seq,
-            ts,
-            frame: frame.clone(),
-            level: Level::Info,
-            source: "".into(),
-        });
         match record.status {
             AlertStatus::Firing => {
                 if st.resolved_set.remove(fp) {
