@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod hub;

@@ -5,6 +5,7 @@ mod helpers;
 
 mod agent;
 mod auth;
+mod bench;
 mod cli;
 mod errors;
 mod http_api;

@@ -1,0 +1,352 @@
+//! The command line, its limits, and the plan it validates into.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use clap::Parser;
+use tokio_tungstenite::tungstenite::http::Uri;
+
+/// Hard caps: the generator is a bounded tool.
+pub const MAX_SUBSCRIBERS: u64 = 60_000;
+pub const MAX_DURATION_S: u64 = 600;
+pub const MAX_WORKERS: usize = 16;
+pub const MAX_RUN_S: u64 = 1_800;
+/// Subscribers one worker takes with `--workers auto` (one process may hold
+/// at most 20,000 file descriptors here).
+pub const PER_WORKER_AUTO: u64 = 18_000;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "opswire-bench",
+    version,
+    about = "Load generator for opswire: N WebSocket subscribers over T teams, \
+             delivery lag, loss, server CPU and memory",
+    long_about = "Load generator for opswire. Opens N WebSocket subscribers to a running \
+opswire on this machine (loopback only), ramped, with source addresses spread over \
+127.0.0.2-127.0.0.254 and split over worker processes (it re-executes itself). Each \
+subscribes to one team's metrics (and optionally logs / alerts). After the ramp, a \
+window of --duration seconds is measured: frames whose `ts` falls in it are counted \
+and their lag (arrival − ts, arrival = the kernel's receive timestamp on the \
+subscriber's socket) goes into histograms. Reports connected/failed, frames received \
+vs expected, loss (seq gaps on logs/alerts), lag p50/p90/p99/p99.9/max, metrics data \
+age (arrival − sampled_at), and with --server-pid the server's CPU and RSS from /proc."
+)]
+pub struct Args {
+    /// opswire's WebSocket URL (loopback only; `/ws` is added when no path is given).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+
+    /// Subscribers to open (at most 60,000).
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub subscribers: u64,
+
+    /// Worker processes: `auto` = ceil(N / 18000), or a number (1-16).
+    #[arg(long, default_value = "auto")]
+    pub workers: String,
+
+    /// Teams to spread subscribers over, round-robin [default: every team
+    /// the server's welcome lists].
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["team_prefix", "team_count"])]
+    pub teams: Vec<String>,
+
+    /// Team names PREFIX0 .. PREFIX{count-1} (with --team-count).
+    #[arg(long, requires = "team_count")]
+    pub team_prefix: Option<String>,
+
+    /// How many teams with --team-prefix.
+    #[arg(long, requires = "team_prefix", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub team_count: Option<u64>,
+
+    /// A bearer token for every subscriber (prefer the environment variable).
+    #[arg(long, env = "OPSWIRE_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Mint a token per team with this HS256 secret (opswire's auth.jwt_secret).
+    #[arg(
+        long,
+        env = "OPSWIRE_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "token"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// An ingest token for --log-rate when --token is used.
+    #[arg(long, env = "OPSWIRE_BENCH_INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+
+    /// Also subscribe to logs.
+    #[arg(long)]
+    pub logs: bool,
+
+    /// Also subscribe to alerts.
+    #[arg(long)]
+    pub alerts: bool,
+
+    /// Subscribe to nothing: connect, read `welcome`, hold (idle memory per
+    /// connection).
+    #[arg(long, conflicts_with_all = ["logs", "alerts", "log_rate", "stalled_share"])]
+    pub idle: bool,
+
+    /// Publish this many logs per second to every team during the window
+    /// (implies --logs; 0-1000).
+    #[arg(long, default_value_t = 0.0)]
+    pub log_rate: f64,
+
+    /// Message length of the published logs, in bytes.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=16_384))]
+    pub log_bytes: u64,
+
+    /// Seconds to hold and measure, after the ramp (1-600).
+    #[arg(short = 'd', long, alias = "hold", default_value_t = 10)]
+    pub duration: u64,
+
+    /// Milliseconds to keep reading after the window for its late frames.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=30_000))]
+    pub grace_ms: u64,
+
+    /// New connections per second, over all workers (1-20000).
+    #[arg(long, default_value_t = 1000.0)]
+    pub ramp_rate: f64,
+
+    /// Seconds one subscriber may take from connect to `subscribed`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub connect_timeout_s: u64,
+
+    /// Share of subscribers (per team) that stop reading after subscribing (0-0.9).
+    #[arg(long, default_value_t = 0.0)]
+    pub stalled_share: f64,
+
+    /// SO_RCVBUF in bytes for stalled subscribers (0: the OS default), to make
+    /// them push back sooner.
+    #[arg(long, default_value_t = 0)]
+    pub stalled_rcvbuf: u32,
+
+    /// Spread source addresses over this many of 127.0.0.2-127.0.0.254.
+    #[arg(long, default_value_t = 253, value_parser = clap::value_parser!(u32).range(1..=253))]
+    pub source_ips: u32,
+
+    /// Client read buffer per connection, in bytes.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
+    pub read_buffer: u64,
+
+    /// opswire's process id: report its CPU % and RSS from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// The server's tick in ms, for the nominal frame count [default: from
+    /// GET /api/v1/info, else 1000].
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+
+    /// Stop everything after this many seconds [default: ramp + connect
+    /// timeout + duration + grace + 30 s; at most 1800].
+    #[arg(long)]
+    pub deadline_s: Option<u64>,
+
+    /// Print the report as JSON (on stdout; progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Internal: run as a worker process (spec on stdin).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+/// Where and what, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub server: SocketAddr,
+    /// ws://ip:port/path
+    pub url: String,
+    pub workers: usize,
+    pub streams: [bool; 3],
+    pub stalled_ppm: u64,
+    pub deadline_s: u64,
+}
+
+/// The server's address from a loopback `ws://` URL, and the URL to use.
+pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("--url `{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some(s) => return Err(format!("--url: scheme `{s}` not supported (use ws://)")),
+        None => return Err(format!("--url `{url}` needs a ws:// scheme")),
+    }
+    let host = uri.host().unwrap_or("");
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("--url: host `{host}` must be a loopback IP address"))?
+    };
+    let IpAddr::V4(v4) = ip else {
+        return Err(format!(
+            "--url: {ip} refused: use an IPv4 loopback address (127.0.0.0/8); \
+             source addresses are spread over 127.0.0.2-127.0.0.254"
+        ));
+    };
+    if !v4.is_loopback() {
+        return Err(format!(
+            "--url: {v4} is not a loopback address; this generator only loads servers on this machine"
+        ));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let path = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") | Some("/") => "/ws",
+        Some(p) => p,
+    };
+    let server = SocketAddr::from((v4, port));
+    Ok((server, format!("ws://{server}{path}")))
+}
+
+/// Checks the arguments against the caps; `nofile` is the open-files hard
+/// limit of a worker process.
+pub fn plan(a: &Args, nofile: u64) -> Result<Plan, String> {
+    let (server, url) = parse_url(&a.url)?;
+    if a.subscribers == 0 || a.subscribers > MAX_SUBSCRIBERS {
+        return Err(format!(
+            "--subscribers must be 1-{MAX_SUBSCRIBERS} (got {})",
+            a.subscribers
+        ));
+    }
+    if a.duration == 0 || a.duration > MAX_DURATION_S {
+        return Err(format!(
+            "--duration must be 1-{MAX_DURATION_S} s (got {})",
+            a.duration
+        ));
+    }
+    if !(1.0..=20_000.0).contains(&a.ramp_rate) {
+        return Err("--ramp-rate must be 1-20000 connections per second".into());
+    }
+    if !(0.0..=0.9).contains(&a.stalled_share) {
+        return Err("--stalled-share must be 0-0.9".into());
+    }
+    if !(0.0..=1000.0).contains(&a.log_rate) {
+        return Err("--log-rate must be 0-1000 logs per second per team".into());
+    }
+    if a.log_rate > 0.0 && a.token.is_some() && a.ingest_token.is_none() {
+        return Err("--log-rate with --token needs an --ingest-token (scope ingest)".into());
+    }
+    let workers = if a.workers == "auto" {
+        a.subscribers.div_ceil(PER_WORKER_AUTO) as usize
+    } else {
+        a.workers
+            .parse::<usize>()
+            .ok()
+            .filter(|w| (1..=MAX_WORKERS).contains(w))
+            .ok_or_else(|| format!("--workers must be `auto` or 1-{MAX_WORKERS}"))?
+    };
+    if workers as u64 > a.subscribers {
+        return Err(format!(
+            "--workers {workers} is more than --subscribers {}",
+            a.subscribers
+        ));
+    }
+    let per_worker = a.subscribers.div_ceil(workers as u64);
+    if per_worker + 64 > nofile {
+        return Err(format!(
+            "{per_worker} subscribers per worker exceed what one process may open here \
+             ({nofile} files): use more --workers"
+        ));
+    }
+    let ramp_s = (a.subscribers as f64 / a.ramp_rate).ceil() as u64;
+    let auto_deadline = ramp_s + a.connect_timeout_s + a.duration + a.grace_ms / 1000 + 30;
+    let deadline_s = a.deadline_s.unwrap_or(auto_deadline).min(MAX_RUN_S);
+    if deadline_s < a.duration + 5 {
+        return Err(format!(
+            "--deadline-s {deadline_s} leaves no time for a {} s window",
+            a.duration
+        ));
+    }
+    Ok(Plan {
+        server,
+        url,
+        workers,
+        streams: if a.idle {
+            [false; 3]
+        } else {
+            [true, a.logs || a.log_rate > 0.0, a.alerts]
+        },
+        stalled_ppm: (a.stalled_share * 1_000_000.0).round() as u64,
+        deadline_s,
+    })
+}
+
+/// The team list from --teams or --team-prefix/--team-count (empty: discover).
+pub fn teams(a: &Args) -> Vec<String> {
+    match (&a.team_prefix, a.team_count) {
+        (Some(p), Some(n)) => (0..n).map(|i| format!("{p}{i}")).collect(),
+        _ => a
+            .teams
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["opswire-bench"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn loopback_only() {
+        assert_eq!(
+            parse_url("ws://127.0.0.1:8080").unwrap(),
+            (
+                "127.0.0.1:8080".parse().unwrap(),
+                "ws://127.0.0.1:8080/ws".into()
+            )
+        );
+        assert_eq!(
+            parse_url("ws://localhost:9/x").unwrap().1,
+            "ws://127.0.0.1:9/x"
+        );
+        assert!(parse_url("ws://10.0.0.1:8080/ws").is_err());
+        assert!(parse_url("ws://example.com/ws").is_err());
+        assert!(parse_url("wss://127.0.0.1/ws").is_err());
+        assert!(parse_url("ws://[::1]:8080/ws").is_err());
+    }
+
+    #[test]
+    fn caps_and_workers() {
+        let p = plan(&args(&["-n", "19000"]), 20_000).unwrap();
+        assert_eq!(p.workers, 2);
+        assert_eq!(plan(&args(&["-n", "1000"]), 20_000).unwrap().workers, 1);
+        assert!(plan(&args(&["-n", "19990", "--workers", "1"]), 20_000).is_err());
+        assert!(plan(&args(&["-n", "100000"]), 20_000).is_err());
+        assert!(plan(&args(&["-d", "601"]), 20_000).is_err());
+        assert!(plan(&args(&["--stalled-share", "0.95"]), 20_000).is_err());
+        let p = plan(
+            &args(&["--log-rate", "5", "--stalled-share", "0.1"]),
+            20_000,
+        )
+        .unwrap();
+        assert_eq!(p.streams, [true, true, false]);
+        assert_eq!(p.stalled_ppm, 100_000);
+        assert_eq!(
+            plan(&args(&["--idle"]), 20_000).unwrap().streams,
+            [false; 3]
+        );
+        assert!(Args::try_parse_from(["b", "--idle", "--logs"]).is_err());
+        assert!(p.deadline_s <= MAX_RUN_S);
+        assert_eq!(
+            teams(&args(&["--team-prefix", "t", "--team-count", "3"])),
+            vec!["t0", "t1", "t2"]
+        );
+        assert_eq!(teams(&args(&["--teams", "a,b"])), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,128 @@
+//! Smoke test of the load generator (`opswire-bench`): a small run against
+//! a real server, parsed from `--json`, and one with stalled subscribers.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::helpers::*;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_opswire-bench");
+
+fn bench(app: &TestApp, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BENCH);
+    cmd.args(["--url", &app.ws_url(), "--jwt-secret", SECRET])
+        .args(["--teams", "alpha,beta,gamma", "--json", "--quiet"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OPSWIRE_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+async fn run(mut cmd: Command) -> Value {
+    let out: Output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("the generator finishes in time")
+        .expect("the generator runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json output ({e}): {}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[tokio::test]
+async fn generator_measures_a_small_run_and_stalled_clients() {
+    let app = spawn_app();
+    app.wait_ready().await;
+    let pid = std::process::id().to_string();
+    // Both runs at once: each counts only its own subscribers.
+    let clean = bench(
+        &app,
+        &[
+            "-n",
+            "50",
+            "--workers",
+            "2",
+            "-d",
+            "3",
+            "--grace-ms",
+            "2000",
+            "--log-rate",
+            "5",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    let stalled = bench(
+        &app,
+        &[
+            "-n",
+            "50",
+            "--workers",
+            "2",
+            "-d",
+            "2",
+            "--grace-ms",
+            "1000",
+            "--stalled-share",
+            "0.2",
+        ],
+    );
+    let (r, s) = tokio::join!(run(clean), run(stalled));
+
+    assert_eq!(r["config"]["workers"], 2, "{r:#}");
+    assert_eq!(r["config"]["tick_ms"], 200, "tick read from /api/v1/info");
+    assert_eq!(r["connect"]["connected"], 50, "{r:#}");
+    assert_eq!(r["connect"]["failed"], 0, "{r:#}");
+    let teams = r["teams"].as_array().unwrap();
+    assert_eq!(teams.len(), 3);
+    for t in teams {
+        assert!(t["metrics"]["received"].as_u64().unwrap() > 0, "{t}");
+        assert!(t["logs"]["received"].as_u64().unwrap() > 0, "{t}");
+    }
+    let h = &r["healthy"];
+    assert_eq!(h["subscribers"], 50);
+    assert_eq!(h["loss"], 0, "{h:#}");
+    assert_eq!(h["logs"]["missing"], 0, "{h:#}");
+    let lag = &h["lag_ms"]["all"];
+    assert!(lag["p50"].as_f64().unwrap() > 0.0, "{lag}");
+    assert!(lag["max"].as_f64().unwrap() < 3000.0, "{lag}");
+    assert!(h["data_age_ms"]["count"].as_u64().unwrap() > 0, "{h:#}");
+    assert!(r["publisher"]["acked"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(r["stalled"]["subscribers"], 0);
+    assert!(r["server"]["rss_kib_end"].as_u64().unwrap() > 0, "{r:#}");
+
+    // 20 % of each team stalled (17, 17, 16 subscribers: 3 each).
+    assert_eq!(s["connect"]["connected"], 50, "{s:#}");
+    assert_eq!(s["stalled"]["subscribers"], 9, "{s:#}");
+    assert_eq!(s["healthy"]["subscribers"], 41, "{s:#}");
+    let st = &s["stalled"];
+    assert_eq!(
+        st["open"].as_u64().unwrap() + st["closed_by_server"].as_u64().unwrap(),
+        9
+    );
+    assert!(s["healthy"]["lag_ms"]["all"]["count"].as_u64().unwrap() > 0);
+    assert!(s["healthy"]["lag_ms"]["all"]["max"].as_f64().unwrap() < 3000.0);
+}
+
+#[tokio::test]
+async fn generator_refuses_a_non_loopback_url() {
+    let out = Command::new(BENCH)
+        .args(["--url", "ws://192.0.2.1:8080/ws", "-n", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
