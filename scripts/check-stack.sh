@@ -21,9 +21,25 @@
 #   * a real Alertmanager running alerting/alertmanager.yml delivers an alert
 #     through the opswire receiver (bearer token from credentials_file) to a
 #     subscriber of the alert's team, and not to another team's
+#   * every runbook_url of alerting/rules/ is an anchor of docs/operations.md
+#   * a REAL Prometheus (Debian's 2.42) scrapes that opswire and a real
+#     `opswire agent` of team search every 1 s, evaluates the real rules
+#     (every rule must evaluate without error), and every PromQL expression
+#     of every dashboard, template variables filled from label_values(),
+#     returns data through /api/v1/query (scripts/stack_live.py; the panels
+#     that only the OpenTelemetry Collector could feed are skipped and listed)
+#   * end to end: that Prometheus, with a test override of one real rule
+#     (for: 0s, threshold met, labels kept), fires -> the real Alertmanager ->
+#     opswire's webhook -> a WebSocket subscriber of the alert's team gets
+#     the `alert` frame, a subscriber of the other team does not
+#     (scripts/ws_client.py listens)
+#
+# Every server binds 127.0.0.1 on a free port; every wait has a timeout;
+# every process started here is stopped on exit (trap). About 35 s in all.
 #
 # Usage: scripts/check-stack.sh          (from the repository root)
-# Env:   OPSWIRE_BIN=path      binary to run (default target/debug/opswire)
+# Env:   OPSWIRE_BIN=path      binary to run (default
+#                              ${CARGO_TARGET_DIR:-target}/debug/opswire)
 #        CHECK_STACK_STRICT_LINT=1  also fail on `promtool check metrics`
 #                                   lint warnings (exit 3), not only on
 #                                   format errors (exit 1)
@@ -41,16 +57,30 @@ tmp="$(mktemp -d)"
 opswire_pid=""
 am_pid=""
 sse_pid=""
+prom_pid=""
+agent_pid=""
+live_pids=()
+# stop_pid PID: SIGTERM, up to 5 s to exit, then SIGKILL; reaps it.
+stop_pid() {
+  local pid="$1" _
+  [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 cleanup() {
   # Only the processes this script started, by pid.
   local pid
-  for pid in "$sse_pid" "$am_pid" "$opswire_pid"; do
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    fi
+  for pid in "${live_pids[@]}" "$prom_pid" "$agent_pid" "$sse_pid" "$am_pid" "$opswire_pid"; do
+    stop_pid "$pid"
   done
   rm -rf "$tmp"
+}
+free_port() {
+  "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 trap cleanup EXIT
 
@@ -223,6 +253,35 @@ promtool check rules alerting/rules/*.yml || die "promtool check rules alerting/
 step "promtool test rules alerting/tests/*.yml"
 promtool test rules alerting/tests/*.yml || die "promtool test rules alerting/tests/*.yml"
 
+step "runbooks: every alert's runbook_url is a section of docs/operations.md"
+"$py" - <<'PY' || die "runbook_url annotations / docs/operations.md sections"
+import glob, re, yaml
+doc = re.sub(r"^```.*?^```", "", open("docs/operations.md").read(), flags=re.M | re.S)
+def slug(h):  # GitHub's heading anchors
+    h = re.sub(r"`", "", h.strip().lower())
+    return re.sub(r"[^\w\- ]", "", h).replace(" ", "-")
+anchors = {slug(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*$", doc, re.M)}
+problems, alerts = [], set()
+for f in sorted(glob.glob("alerting/rules/*.yml")):
+    for g in yaml.safe_load(open(f))["groups"]:
+        for r in g["rules"]:
+            if "alert" not in r:
+                continue
+            alerts.add(r["alert"])
+            url = (r.get("annotations") or {}).get("runbook_url", "")
+            m = re.fullmatch(r"docs/operations\.md#([\w-]+)", url)
+            if not m:
+                problems.append(f"{f}: {r['alert']}: runbook_url {url!r} is not docs/operations.md#<section>")
+            elif m.group(1) not in anchors:
+                problems.append(f"{f}: {r['alert']}: docs/operations.md has no section #{m.group(1)}")
+            elif m.group(1) != r["alert"].lower():
+                problems.append(f"{f}: {r['alert']}: runbook_url points at #{m.group(1)}, not its own section")
+if problems:
+    print("\n".join("   " + p for p in problems)); raise SystemExit(1)
+print(f"   {len(alerts)} alerts, each with a runbook section in docs/operations.md")
+PY
+ok "runbook_url anchors resolve"
+
 # --------------------------------------------------------- alertmanager
 step "amtool check-config alerting/alertmanager.yml"
 amtool check-config alerting/alertmanager.yml || die "amtool check-config alerting/alertmanager.yml"
@@ -332,6 +391,8 @@ for f in sorted(glob.glob(os.path.join(root, "grafana/dashboards/*.json"))):
         if "gridPos" in node and "type" in node:
             n_panels += 1
         dsr = node.get("datasource")
+        if isinstance(dsr, str):
+            problems.append(f"{name} {path}: data source {dsr!r} by name; use {{type, uid}} with a provisioned uid")
         if isinstance(dsr, dict) and dsr.get("uid") and dsr["type"] != "grafana":
             if provisioned.get(dsr["uid"]) != dsr.get("type"):
                 problems.append(f"{name} {path}: data source {dsr} is not provisioned")
@@ -381,10 +442,10 @@ ok "data source uids provisioned; every dashboard expression parses"
 
 # --------------------------------------------------- live /metrics lint
 step "promtool check metrics on opswire's live /metrics"
-bin="${OPSWIRE_BIN:-target/debug/opswire}"
+bin="${OPSWIRE_BIN:-${CARGO_TARGET_DIR:-target}/debug/opswire}"
 if [[ ! -x "$bin" ]]; then
-  echo "   $bin not found: cargo build -q"
-  cargo build -q
+  echo "   $bin not found: cargo build -q --bin opswire"
+  cargo build -q --bin opswire
 fi
 [[ -x "$bin" ]] || die "$bin not found after cargo build"
 secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -443,52 +504,8 @@ curl -sS -o /dev/null -w '   GET /ws (bad token) -> %{http_code}\n' -H 'Connecti
 # (curl ends the stream after 2 s with exit 28: expected)
 curl -s -N --max-time 2 -o /dev/null -w '   GET /sse (2 s) -> %{http_code}\n' -H "Authorization: Bearer $read_token" \
   "http://$addr/sse?team=platform&streams=metrics,logs,alerts" || true
-"$py" - "$addr" "$read_token" <<'PY' || echo "   (WebSocket exercise failed; continuing with the lint)"
-# A minimal WebSocket client (stdlib only): subscribe, ping, one invalid
-# message, read frames for ~1.5 s, close with 1000.
-import base64, json, os, socket, struct, sys, time
-host, port = sys.argv[1].rsplit(":", 1); token = sys.argv[2]
-s = socket.create_connection((host, int(port)), timeout=5)
-key = base64.b64encode(os.urandom(16)).decode()
-s.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n").encode())
-buf = b""
-while b"\r\n\r\n" not in buf:
-    chunk = s.recv(4096)
-    if not chunk: raise SystemExit("connection closed during the handshake")
-    buf += chunk
-head, buf = buf.split(b"\r\n\r\n", 1)
-if b" 101 " not in head.split(b"\r\n")[0]: raise SystemExit(f"no upgrade: {head[:80]!r}")
-def send(op, payload):
-    mask = os.urandom(4); n = len(payload)
-    hdr = bytes([0x80 | op]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
-    s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-frames = 0; closed = False
-def pump(until):
-    global buf, frames, closed
-    s.settimeout(0.2)
-    while time.time() < until and not closed:
-        while len(buf) >= 2:
-            n = buf[1] & 0x7F; off = 2
-            if n == 126: n = struct.unpack("!H", buf[2:4])[0]; off = 4
-            elif n == 127: n = struct.unpack("!Q", buf[2:10])[0]; off = 10
-            if len(buf) < off + n: break
-            op = buf[0] & 0x0F; buf = buf[off + n:]; frames += 1
-            if op == 8: closed = True
-        try:
-            chunk = s.recv(65536)
-            if not chunk: closed = True
-            buf += chunk
-        except socket.timeout:
-            pass
-send(1, json.dumps({"op": "subscribe", "id": 1, "team": "platform", "streams": ["metrics", "logs", "alerts"]}).encode())
-send(1, json.dumps({"op": "ping", "id": 2}).encode())
-send(1, b"this is not json")
-pump(time.time() + 1.5)
-send(8, struct.pack("!H", 1000))
-pump(time.time() + 1.0)
-print(f"   WebSocket: subscribed, pinged, sent an invalid message, read {frames} frames, closed with 1000")
-PY
+"$py" scripts/ws_client.py exercise "$addr" "$read_token" platform ||
+  echo "   (WebSocket exercise failed; continuing with the lint)"
 sleep 0.5
 
 curl -fsS "http://$addr/metrics" >"$tmp/metrics.txt" || die "GET /metrics failed"
@@ -536,7 +553,7 @@ else
   printf '' >"$tmp/am/secrets/pagerduty_routing_key"
   sed -e "s#/secrets/#$tmp/am/secrets/#g" -e "s#http://opswire:8080#http://$addr#g" \
     alerting/alertmanager.yml >"$tmp/am/alertmanager.yml"
-  am_port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  am_port="$(free_port)"
   "$am_bin" --config.file="$tmp/am/alertmanager.yml" --storage.path="$tmp/am/data" \
     --web.listen-address="127.0.0.1:$am_port" --cluster.listen-address= >"$tmp/am/log" 2>&1 &
   am_pid=$!
@@ -566,8 +583,8 @@ else
   sleep 1
   kill "$sse_pid" 2>/dev/null || true
   wait "$sse_pid" 2>/dev/null || true
-  kill "$am_pid" 2>/dev/null || true
-  wait "$am_pid" 2>/dev/null || true
+  sse_pid=""
+  # Alertmanager keeps running: the end-to-end step below sends to it.
   if [[ -z "$got" ]]; then
     grep -E 'level=(warn|error)' "$tmp/am/log" | tail -5 >&2 || true
     die "the alert did not reach the team search subscriber through Alertmanager's opswire receiver"
@@ -579,8 +596,127 @@ else
   ok "team platform's alert did not reach the team search subscriber"
 fi
 
-kill "$opswire_pid"
-wait "$opswire_pid" 2>/dev/null || true
+# ------------------------------------------------ real Prometheus (live)
+# One real Prometheus (Debian's 2.42) for the last two checks: it scrapes
+# the opswire above (which now also gets an agent of team search), runs the
+# real rule files plus a test override, and sends to the Alertmanager above.
+step "real Prometheus scrapes opswire and an opswire agent (team search) every 1 s"
+t_live=$SECONDS
+prom_bin="$(command -v prometheus || true)"
+[[ -n "$prom_bin" ]] || die "prometheus not found (Debian: prometheus)"
+{ [[ -n "$am_pid" ]] && kill -0 "$am_pid" 2>/dev/null; } ||
+  die "no Alertmanager running (the previous step starts it; Debian: prometheus-alertmanager)"
+live="$tmp/live"
+mkdir -p "$live"
+
+# The agent of the second team, as deploy/agent-entrypoint.sh runs it: an
+# ingest token minted from the hub's secret, which the agent itself never sees.
+agent_token="$("$bin" token --team search --scope ingest --ttl 10m --sub agent-search-1)"
+: >"$live/agent-tail.log"
+env -u OPSWIRE_JWT_SECRET OPSWIRE_AGENT_TOKEN="$agent_token" "$bin" agent --hub "ws://$addr" \
+  --host search-1 --team search --tail "$live/agent-tail.log" >"$live/agent.out" 2>"$live/agent.err" &
+agent_pid=$!
+ok "opswire agent --host search-1 --team search (ingest token minted with opswire token --scope ingest), pid $agent_pid"
+
+# One WebSocket subscriber per team, for the whole phase: traffic for the
+# dashboards (pings, one bad frame -> an error frame, live frames -> delivery
+# lag), and the receivers of the end-to-end alert below.
+for team in search platform; do
+  tok="$("$bin" token --team "$team" --ttl 10m --sub "check-stack-$team")"
+  extra=()
+  [[ "$team" == search ]] && extra=(--bad-frame)
+  "$py" scripts/ws_client.py listen "$addr" "$tok" "$team" --streams metrics,logs,alerts \
+    --seconds 100 --ping-every 2 "${extra[@]}" --out "$live/ws-$team.jsonl" 2>"$live/ws-$team.err" &
+  live_pids+=("$!")
+done
+for _ in $(seq 1 100); do
+  grep -q '"type":"subscribed"' "$live/ws-search.jsonl" 2>/dev/null &&
+    grep -q '"type":"subscribed"' "$live/ws-platform.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q '"type":"subscribed"' "$live/ws-search.jsonl" 2>/dev/null &&
+  grep -q '"type":"subscribed"' "$live/ws-platform.jsonl" 2>/dev/null ||
+  { cat "$live"/ws-*.err >&2; die "the WebSocket subscribers did not get their subscribed reply within 10 s"; }
+grep -q '"type":"error"' "$live/ws-search.jsonl" 2>/dev/null || sleep 0.5
+ok "WebSocket subscribers of teams search (sent a bad frame) and platform, streams metrics,logs,alerts"
+# An SSE stream, a log ingest POST and a refused one, and agent log lines.
+search_read="$("$bin" token --team search --ttl 10m --sub check-stack-sse)"
+curl -s -N --max-time 100 -H "Authorization: Bearer $search_read" \
+  "http://$addr/sse?team=search&streams=metrics,logs,alerts" >"$live/sse.out" 2>/dev/null &
+live_pids+=("$!")
+search_ingest="$("$bin" token --team search --scope ingest --ttl 10m --sub check-stack)"
+code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $search_ingest" \
+  -H 'Content-Type: application/json' --data '{"level":"warn","message":"check-stack live probe"}' \
+  "http://$addr/api/v1/logs?team=search")"
+[[ "$code" == 200 ]] || die "POST /api/v1/logs (team search) answered $code"
+code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $search_ingest" \
+  -H 'Content-Type: application/json' --data 'this is not json' "http://$addr/api/v1/logs?team=search")"
+[[ "$code" == 400 ]] || die "POST /api/v1/logs with a bad body answered $code (want 400)"
+printf '%s INFO check-stack: agent tail line %s\n' "$(date -u +%FT%TZ)" 1 2 >>"$live/agent-tail.log"
+ok "SSE stream open; POST /api/v1/logs 200, and 400 for a bad body (opswire_ingest_rejected_total)"
+
+prom_port="$(free_port)"
+"$py" scripts/stack_live.py prom-config "$root" "$live" --opswire "$addr" --prom "127.0.0.1:$prom_port" \
+  --alertmanager "127.0.0.1:$am_port" --override HostHighCpu || die "could not write the test Prometheus config"
+promtool check config "$live/prometheus.yml" >"$live/checkconfig.out" 2>&1 ||
+  { cat "$live/checkconfig.out"; die "promtool check config on the test Prometheus config"; }
+prom_url="http://127.0.0.1:$prom_port"
+"$prom_bin" --config.file="$live/prometheus.yml" --storage.tsdb.path="$live/data" \
+  --storage.tsdb.retention.time=1h --web.listen-address="127.0.0.1:$prom_port" \
+  --web.external-url="$prom_url" --rules.alert.resend-delay=1s >"$live/prometheus.log" 2>&1 &
+prom_pid=$!
+prom_started="$(date +%s.%N)"
+for _ in $(seq 1 200); do
+  curl -fsS --max-time 1 -o /dev/null "$prom_url/-/ready" 2>/dev/null && break
+  kill -0 "$prom_pid" 2>/dev/null || { tail -20 "$live/prometheus.log" >&2; die "Prometheus exited at start"; }
+  sleep 0.1
+done
+curl -fsS --max-time 2 -o /dev/null "$prom_url/-/ready" ||
+  { tail -20 "$live/prometheus.log" >&2; die "Prometheus not ready within 20 s"; }
+ok "Prometheus $("$prom_bin" --version 2>&1 | head -1 | awk '{print $3}') ready on 127.0.0.1:$prom_port after $((SECONDS - t_live)) s"
+"$py" scripts/stack_live.py wait-scrapes "$prom_url" "$root" --samples 5 --timeout 40 ||
+  { tail -5 "$live/prometheus.log" >&2; tail -5 "$live/agent.err" >&2; die "Prometheus did not scrape opswire and the agent's host"; }
+kill -0 "$agent_pid" 2>/dev/null || { cat "$live/agent.err" >&2; die "the opswire agent exited"; }
+printf '%s INFO check-stack: agent tail line %s\n' "$(date -u +%FT%TZ)" 3 >>"$live/agent-tail.log"
+
+step "real rules: every group loaded, every rule evaluated without error"
+"$py" scripts/stack_live.py rules-health "$prom_url" "$root" "$live/override.rules.yml" ||
+  die "a rule of alerting/rules/ does not evaluate on real data"
+
+step "dashboards: every PromQL expression returns data through Prometheus's /api/v1/query"
+# Data source uids were checked above (every uid a panel or target names is
+# provisioned in grafana/provisioning/datasources); here, the data.
+"$py" scripts/stack_live.py dashboards "$prom_url" "$root" --rate-interval 20s --interval 5s --range 1m ||
+  die "a dashboard expression returns no data from a real Prometheus scraping opswire"
+ok "dashboards checked against live data in $((SECONDS - t_live)) s since the agent started"
+
+step "end to end: Prometheus (real rules + override) -> Alertmanager -> opswire webhook -> WebSocket"
+t_e2e=$SECONDS
+"$py" scripts/stack_live.py alert-e2e "$root" --alertname HostHighCpu --prom-url "$prom_url" \
+  --am-url "http://127.0.0.1:$am_port" --frames "search=$live/ws-search.jsonl" \
+  --frames "platform=$live/ws-platform.jsonl" --since "$prom_started" --timeout 40 ||
+  { grep -E 'level=(warn|error)' "$live/prometheus.log" "$tmp/am/log" | tail -8 >&2 || true
+    die "the override alert did not travel Prometheus -> Alertmanager -> opswire -> the team's WebSocket subscriber"; }
+ok "alert frames delivered to the right team only ($((SECONDS - t_e2e)) s in this step)"
+
+# The subscribers stayed connected the whole time (ws_client exits 1 when
+# the server closed the connection).
+for pid in "${live_pids[@]}"; do
+  kill "$pid" 2>/dev/null || true
+done
+rc=0
+wait "${live_pids[0]}" || rc=1
+wait "${live_pids[1]}" || rc=1
+wait "${live_pids[2]}" 2>/dev/null || true
+live_pids=()
+[[ "$rc" == 0 ]] || { cat "$live"/ws-*.err >&2; die "a WebSocket subscriber was disconnected during the live checks"; }
+kill -0 "$agent_pid" 2>/dev/null || { cat "$live/agent.err" >&2; die "the opswire agent exited during the live checks"; }
+stop_pid "$prom_pid"; prom_pid=""
+stop_pid "$agent_pid"; agent_pid=""
+stop_pid "$am_pid"; am_pid=""
+ok "subscribers, agent, Prometheus and Alertmanager stopped (live checks: $((SECONDS - t_live)) s)"
+
+stop_pid "$opswire_pid"
 opswire_pid=""
 ok "opswire stopped"
 

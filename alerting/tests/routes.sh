@@ -3,7 +3,7 @@
 #   amtool config routes test --verify.receivers=R1,R2 label=value ...
 # exits 1 when the receivers an alert with those labels reaches differ from
 # the expected list. Each case below is one row of the routing table in
-# docs/stack.md. Run from anywhere: bash alerting/tests/routes.sh
+# docs/operations.md. Run from anywhere: bash alerting/tests/routes.sh
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
