@@ -167,6 +167,16 @@ impl TestApp {
             .publish_alert(id, &rec, opswire::time::now_micros())
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     pub fn epoch(&self) -> String {
         self.state.hub.epoch().to_owned()
     }

@@ -58,12 +58,7 @@ async fn stalled_reader_gets_lagged_and_4008_while_others_flow() {
     for want in k + 1..=published {
         assert_eq!(c.next_frame().await["seq"], want);
     }
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("opswire_slow_consumer_closes_total 1"),
         "{metrics}"

@@ -359,12 +359,7 @@ async fn webhook_validates_the_whole_payload_and_routes_by_team_label() {
     let (s, _) = post_webhook(&app, Some(&token_with(&["*"], "ingest", 60)), &resolved).await;
     assert_eq!(s, 200);
     assert_eq!(alpha.next_frame().await["data"]["status"], "resolved");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("opswire_alerts_unrouted_total{reason=\"missing\"} 2"),
         "{metrics}"
