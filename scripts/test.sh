@@ -45,4 +45,7 @@ bash scripts/check-stack.sh
 log "browser tests (dashboard, headless Chromium)"
 bash scripts/test-web.sh
 
+log "benchmark peers (Node ws, Socket.IO, raw writer) with opswire-bench"
+bash scripts/test-peers.sh
+
 log "all suites passed"

@@ -91,6 +91,11 @@ pub struct SamplerConfig {
     pub team: Option<String>,
     /// A host missing for this many ticks drops out of its team's frames.
     pub stale_after_ticks: u32,
+    /// Spread the teams' metrics frames evenly over the tick (this host's
+    /// team first) instead of publishing them all at once. One core then
+    /// writes one team's burst at a time, so delivery lag grows with the
+    /// largest team rather than with every subscriber of the server.
+    pub stagger: bool,
 }
 
 impl Default for SamplerConfig {
@@ -101,6 +106,7 @@ impl Default for SamplerConfig {
             host_name: None,
             team: None,
             stale_after_ticks: 5,
+            stagger: true,
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// Frame `ts` → socket write, per stream (index = `Stream as usize`).
     pub delivery_lag: [Histogram; 3],
+    /// `websocket_messages_total{direction="out",type="data"}`, resolved
+    /// once: the fan-out path bumps it for every batch it writes.
+    pub data_frames_out: IntCounter,
     pub ingest_total: IntCounterVec,
     pub ingest_rejected: IntCounterVec,
     pub alerts_unrouted: IntCounterVec,
@@ -98,7 +101,14 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let messages_total = counter_vec(
+            "websocket_messages_total",
+            "WebSocket messages by direction (in, out) and type (op or frame type).",
+            &["direction", "type"],
+        );
         let m = Metrics {
+            data_frames_out: messages_total.with_label_values(&["out", "data"]),
+            messages_total,
             delivery_lag: Stream::ALL.map(|s| delivery_lag_vec.with_label_values(&[s.as_str()])),
             ingest_total: counter_vec(
                 "opswire_ingest_total",
@@ -158,11 +168,6 @@ impl Metrics {
                 "websocket_disconnections_total",
                 "Closed WebSocket connections by close code.",
                 &["code"],
-            ),
-            messages_total: counter_vec(
-                "websocket_messages_total",
-                "WebSocket messages by direction (in, out) and type (op or frame type).",
-                &["direction", "type"],
             ),
             message_duration: reg(
                 &registry,

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::Parser;
+use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::http::Uri;
 
 /// Hard caps: the generator is a bounded tool.
@@ -13,6 +14,29 @@ pub const MAX_RUN_S: u64 = 1_800;
 /// Subscribers one worker takes with `--workers auto` (one process may hold
 /// at most 20,000 file descriptors here).
 pub const PER_WORKER_AUTO: u64 = 18_000;
+
+/// What the server speaks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// opswire's protocol: `subscribe` op, `subscribed`, data frames.
+    #[default]
+    Opswire,
+    /// Socket.IO v4 (Engine.IO v4 over WebSocket): the team goes in the
+    /// connect packet's auth payload (`40{"team":…}`), frames arrive as
+    /// `42["metrics-update",{frame}]`, server pings (`2`) get pongs (`3`).
+    /// For the Socket.IO peer under `bench/peers/`.
+    Socketio,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Opswire => "opswire",
+            Protocol::Socketio => "socketio",
+        }
+    }
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -31,9 +55,16 @@ vs expected, loss (seq gaps on logs/alerts), lag p50/p90/p99/p99.9/max, metrics 
 age (arrival − sampled_at), and with --server-pid the server's CPU and RSS from /proc."
 )]
 pub struct Args {
-    /// opswire's WebSocket URL (loopback only; `/ws` is added when no path is given).
+    /// opswire's WebSocket URL (loopback only; `/ws` is added when no path
+    /// is given, `/socket.io/?EIO=4&transport=websocket` with `--protocol socketio`).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+
+    /// What the server speaks: opswire's protocol, or Socket.IO v4 (the
+    /// Node peer of the side-by-side benchmark; metrics only, needs --teams
+    /// or --team-prefix).
+    #[arg(long, value_enum, default_value_t = Protocol::Opswire)]
+    pub protocol: Protocol,
 
     /// Subscribers to open (at most 60,000).
     #[arg(short = 'n', long, default_value_t = 100)]
@@ -169,6 +200,11 @@ pub struct Plan {
 
 /// The server's address from a loopback `ws://` URL, and the URL to use.
 pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
+    parse_url_for(url, Protocol::Opswire)
+}
+
+/// [`parse_url`], with the default path of `protocol`.
+pub fn parse_url_for(url: &str, protocol: Protocol) -> Result<(SocketAddr, String), String> {
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("--url `{url}` is not a URL: {e}"))?;
@@ -199,7 +235,10 @@ pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
     }
     let port = uri.port_u16().unwrap_or(80);
     let path = match uri.path_and_query().map(|p| p.as_str()) {
-        None | Some("") | Some("/") => "/ws",
+        None | Some("") | Some("/") => match protocol {
+            Protocol::Opswire => "/ws",
+            Protocol::Socketio => "/socket.io/?EIO=4&transport=websocket",
+        },
         Some(p) => p,
     };
     let server = SocketAddr::from((v4, port));
@@ -209,7 +248,18 @@ pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
 /// Checks the arguments against the caps; `nofile` is the open-files hard
 /// limit of a worker process.
 pub fn plan(a: &Args, nofile: u64) -> Result<Plan, String> {
-    let (server, url) = parse_url(&a.url)?;
+    let (server, url) = parse_url_for(&a.url, a.protocol)?;
+    if a.protocol == Protocol::Socketio {
+        if a.idle || a.logs || a.alerts || a.log_rate > 0.0 {
+            return Err(
+                "--protocol socketio measures metrics only (no --idle, --logs, --alerts, --log-rate)"
+                    .into(),
+            );
+        }
+        if teams(a).is_empty() {
+            return Err("--protocol socketio needs --teams or --team-prefix/--team-count".into());
+        }
+    }
     if a.subscribers == 0 || a.subscribers > MAX_SUBSCRIBERS {
         return Err(format!(
             "--subscribers must be 1-{MAX_SUBSCRIBERS} (got {})",
@@ -319,6 +369,26 @@ mod tests {
         assert!(parse_url("ws://example.com/ws").is_err());
         assert!(parse_url("wss://127.0.0.1/ws").is_err());
         assert!(parse_url("ws://[::1]:8080/ws").is_err());
+    }
+
+    #[test]
+    fn socketio_mode_has_its_own_path_and_needs_teams() {
+        let a = args(&[
+            "--protocol",
+            "socketio",
+            "--url",
+            "ws://127.0.0.1:9",
+            "--teams",
+            "t0",
+        ]);
+        assert_eq!(
+            plan(&a, 20_000).unwrap().url,
+            "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"
+        );
+        let no_teams = args(&["--protocol", "socketio"]);
+        assert!(plan(&no_teams, 20_000).unwrap_err().contains("--teams"));
+        let logs = args(&["--protocol", "socketio", "--teams", "t0", "--logs"]);
+        assert!(plan(&logs, 20_000).is_err());
     }
 
     #[test]

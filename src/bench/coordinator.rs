@@ -325,7 +325,12 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         "read",
     )?;
     let info = server_info(plan.server).await;
-    let offered = probe(&plan.url, probe_token.as_deref()).await?;
+    // A Socket.IO peer has no welcome to probe; its teams are given.
+    let offered = if args.protocol == cli::Protocol::Socketio {
+        teams.clone()
+    } else {
+        probe(&plan.url, probe_token.as_deref()).await?
+    };
     if teams.is_empty() {
         teams = offered.clone();
         if teams.is_empty() {
@@ -403,6 +408,7 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
             source_ips: args.source_ips,
             read_buffer: args.read_buffer as usize,
             stalled_rcvbuf: args.stalled_rcvbuf,
+            protocol: args.protocol,
         };
         first += count;
         workers.push(spawn_worker(&spec, tx.clone()).await?);
@@ -549,6 +555,7 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
 
     let config = RunConfig {
         url: plan.url.clone(),
+        protocol: args.protocol.as_str().into(),
         subscribers: n,
         workers: plan.workers,
         teams,

@@ -184,9 +184,13 @@ fn fallback(s: &str) -> Option<Head> {
     })
 }
 
-/// Every `"sampled_at":<int>` in a metrics frame, from `from` on.
+/// The `sampled_at` of every host a server sampled itself
+/// (`"source":"local"`, which opswire writes just before `sampled_at`) in a
+/// metrics frame, from `from` on. Agents' hosts are left out: an agent
+/// samples on its own clock, so their age says when the agent sampled, not
+/// how long the server took.
 pub fn sampled_at(frame: &str, from: usize, mut each: impl FnMut(i64)) {
-    const KEY: &str = "\"sampled_at\":";
+    const KEY: &str = "\"source\":\"local\",\"sampled_at\":";
     let b = frame.as_bytes();
     let mut at = from.min(frame.len());
     while let Some(p) = frame[at..].find(KEY) {
@@ -230,7 +234,7 @@ mod tests {
 
     #[test]
     fn reads_a_metrics_frame_head_and_sample_times() {
-        let f = r#"{"type":"metrics","team":"payments","epoch":"s9afomc2","seq":1201,"ts":1763812800123456,"data":{"hosts":[{"host":"a","sampled_at":1763812800120000,"cpu":{"usage_pct":1.5}},{"host":"b","sampled_at":1763812800110000}],"connections":{"team":5,"total":120}}}"#;
+        let f = r#"{"type":"metrics","team":"payments","epoch":"s9afomc2","seq":1201,"ts":1763812800123456,"data":{"hosts":[{"host":"a","source":"local","sampled_at":1763812800120000,"cpu":{"usage_pct":1.5}},{"host":"b","source":"agent","sampled_at":1763812800110000},{"host":"c","source":"local","sampled_at":1763812800100000}],"connections":{"team":5,"total":120}}}"#;
         let h = head(f).unwrap();
         assert_eq!(h.kind, Kind::Data(0));
         assert_eq!(h.seq, Some(1201));
@@ -238,7 +242,7 @@ mod tests {
         assert!(f[h.data_at..].starts_with("{\"hosts\""));
         let mut at = vec![];
         sampled_at(f, h.data_at, |v| at.push(v));
-        assert_eq!(at, vec![1763812800120000, 1763812800110000]);
+        assert_eq!(at, vec![1763812800120000, 1763812800100000]);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use super::worker::{ErrorCount, StreamAcc, TeamAcc, WorkerResult};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunConfig {
     pub url: String,
+    /// `opswire` or `socketio`.
+    #[serde(default)]
+    pub protocol: String,
     pub subscribers: u64,
     pub workers: usize,
     pub teams: Vec<String>,
@@ -550,6 +553,7 @@ mod tests {
     fn config() -> RunConfig {
         RunConfig {
             url: "ws://127.0.0.1:1/ws".into(),
+            protocol: "opswire".into(),
             subscribers: 4,
             workers: 2,
             teams: vec!["a".into(), "b".into()],

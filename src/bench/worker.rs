@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::cli::Protocol;
 use super::conn::{self, TsStream};
 use super::frame::{self, Kind};
 use super::hist::{Hist, HistData};
@@ -57,6 +58,7 @@ pub struct WorkerSpec {
     pub read_buffer: usize,
     /// SO_RCVBUF of stalled subscribers (0: the OS default).
     pub stalled_rcvbuf: u32,
+    pub protocol: Protocol,
 }
 
 /// The measurement window: frames whose `ts` is in `[start_us, end_us)`
@@ -343,6 +345,11 @@ async fn setup(ctx: &Ctx, i: u64, team: usize, stalled: bool) -> Result<Ws, Setu
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ctx.ws_config))
         .await
         .map_err(SetupError::Ws)?;
+    if spec.protocol == Protocol::Socketio {
+        return socketio_connect(&mut ws, &spec.teams[team])
+            .await
+            .map(|()| ws);
+    }
     if !spec.streams.contains(&true) {
         // Idle: authenticated (welcome) and nothing more.
         return wait_for(&mut ws, Kind::Welcome).await.map(|()| ws);
@@ -379,6 +386,48 @@ async fn wait_for(ws: &mut Ws, kind: Kind) -> Result<(), SetupError> {
             None => return Err(SetupError::Closed("eof".into())),
         }
     }
+}
+
+/// Socket.IO v4: after Engine.IO's open packet (`0{…}`), connect to the
+/// main namespace with the team as auth payload and wait for the server's
+/// connect packet (`40…`; `44…` is a refusal).
+async fn socketio_connect(ws: &mut Ws, team: &str) -> Result<(), SetupError> {
+    let mut opened = false;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if !opened && t.starts_with('0') {
+                    opened = true;
+                    let auth = serde_json::json!({ "team": team });
+                    ws.send(Message::text(format!("40{auth}")))
+                        .await
+                        .map_err(SetupError::Ws)?;
+                } else if t.starts_with("40") {
+                    return Ok(());
+                } else if t.starts_with("44") {
+                    return Err(SetupError::Refused(t.to_string()));
+                } else if t.as_str() == "2" {
+                    ws.send(Message::text("3")).await.map_err(SetupError::Ws)?;
+                }
+            }
+            Some(Ok(Message::Close(c))) => {
+                return Err(SetupError::Closed(match c {
+                    Some(c) => format!("close {} {}", u16::from(c.code), c.reason),
+                    None => "close".into(),
+                }))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(SetupError::Ws(e)),
+            None => return Err(SetupError::Closed("eof".into())),
+        }
+    }
+}
+
+/// The frame inside a Socket.IO event packet `42["name",{frame}]`.
+fn socketio_payload(packet: &str) -> Option<&str> {
+    let rest = packet.strip_prefix("42[\"")?;
+    let comma = rest.find("\",")?;
+    rest[comma + 2..].strip_suffix(']')
 }
 
 async fn subscriber(ctx: Rc<Ctx>, i: u64) {
@@ -425,6 +474,15 @@ async fn subscriber(ctx: Rc<Ctx>, i: u64) {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 let rx = ws.get_ref().last_rx_us();
+                if ctx.spec.protocol == Protocol::Socketio {
+                    if let Some(frame) = socketio_payload(&t) {
+                        ctx.on_text(team, frame, rx, &mut last);
+                    } else if t.as_str() == "2" && ws.send(Message::text("3")).await.is_err() {
+                        ctx.disconnect("error: pong failed".into());
+                        return;
+                    }
+                    continue;
+                }
                 ctx.on_text(team, &t, rx, &mut last);
             }
             Some(Ok(Message::Close(c))) => {
@@ -673,6 +731,17 @@ async fn run(spec: WorkerSpec) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socketio_event_packets_give_their_frame() {
+        let f = r#"{"type":"metrics","team":"t0","seq":1,"ts":5,"data":{"hosts":[]}}"#;
+        assert_eq!(
+            socketio_payload(&format!(r#"42["metrics-update",{f}]"#)),
+            Some(f)
+        );
+        assert_eq!(socketio_payload("2"), None);
+        assert_eq!(socketio_payload(r#"40{"sid":"x"}"#), None);
+    }
 
     #[test]
     fn stalled_share_is_per_team() {

@@ -316,15 +316,9 @@ impl Hub {
         Ok(())
     }
 
-    /// Publishes one metrics frame per team: every fresh host of the team
-    /// and the connection counts. `ts` is the tick time (unix µs).
-    pub fn tick(&self, ts: i64) {
-        for team in 0..self.shared.topics.len() {
-            self.publish_metrics(team, ts);
-        }
-    }
-
-    /// Publishes the metrics frame of one team.
+    /// Publishes the metrics frame of one team: every fresh host of the
+    /// team and the connection counts. `ts` is the publish time (unix µs);
+    /// the ticker calls this for each team at its slot of the tick.
     pub fn publish_metrics(&self, team: TeamId, ts: i64) {
         let total = self.session_count();
         let stale = self.shared.settings.host_stale_after;
@@ -1065,12 +1059,12 @@ mod tests {
         let mut err = log("boom");
         err.level = Level::Error;
         h.publish_log(0, &err, 1);
-        h.tick(1);
+        h.publish_metrics(0, 1);
         let mut out = Vec::new();
         s.mailbox().drain(&mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].seq, 2);
-        h.tick(2);
+        h.publish_metrics(0, 2);
         s.unsubscribe(0, &[Stream::Metrics]);
         out.clear();
         s.mailbox().drain(&mut out);

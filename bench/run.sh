@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The benchmark of docs/benchmarks.md, end to end: builds the tools, then
+# for each case starts a fresh server pinned to core 0, loads it with
+# opswire-bench pinned to core 1, and keeps the JSON report.
+#
+#   bash bench/run.sh [CASE...]          # default: every case
+#   BENCH_OUT=dir D=20 REPEAT=2 bash bench/run.sh table peers
+#
+# Cases:
+#   table     opswire, 10 teams, 1 Hz, N = 1k 2k 5k 10k 19k
+#   peers     the Node peers (plain ws, Socket.IO) at the same N
+#   idle      idle memory per connection (no subscription), 1k and 19k
+#   stalled   10k with 10 % stalled clients (and the clean 10k next to it)
+#   oneteam   one team of 10k: opswire vs the minimal raw writer
+#   tracing   10k with OTLP export on (sampler 1.0) to a local OTLP sink
+#   flat      10k with sampler.stagger = false (every team at once)
+#   sampler   the sampler's CPU cost per sample
+#
+# opswire runs keyed (HS256), as in production: the generator mints read
+# tokens, and nine `opswire agent`s (on core 1) feed teams t1..t9 one host
+# each, so every team's frame carries a real host snapshot (t0 carries the
+# server's own). Summaries: python3 bench/summarize.py $BENCH_OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${BENCH_OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+D=${D:-20}
+REPEAT=${REPEAT:-1}
+RAMP=${RAMP:-2000}
+NS=${NS:-"1000 2000 5000 10000 19000"}
+PORT=18090
+CASES=("$@")
+[ ${#CASES[@]} -eq 0 ] && CASES=(table peers idle stalled oneteam tracing flat sampler)
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { echo "bench: $*" >&2; }
+
+cargo build --release --locked --bin opswire --bin opswire-bench --example raw_writer --example otlp_sink >&2
+[ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2
+BIN=target/release
+SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export OPSWIRE_JWT_SECRET=$SECRET
+
+# 10 teams t0..t9; this host's sampler feeds t0.
+config() {
+    local stagger=$1
+    {
+        echo '[sampler]'; echo 'team = "t0"'; echo "stagger = $stagger"
+        for i in $(seq 0 9); do echo '[[teams]]'; echo "name = \"t$i\""; done
+    } > "$WORK/opswire.toml"
+}
+
+wait_http() {
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$PORT/$1" >/dev/null && return 0
+        sleep 0.1
+    done
+    log "server did not answer /$1"; return 1
+}
+
+SERVER=
+start_opswire() { # [stagger] [extra env...]
+    local stagger=${1:-true}; shift || true
+    config "$stagger"
+    env RUST_LOG=warn "$@" taskset -c 0 $BIN/opswire --config "$WORK/opswire.toml" \
+        --bind 127.0.0.1:$PORT > "$WORK/server.log" 2>&1 &
+    SERVER=$!; PIDS+=("$SERVER")
+    wait_http healthz
+    local read; read=$($BIN/opswire token --config "$WORK/opswire.toml" --team '*' --ttl 1h)
+    for i in $(seq 1 9); do
+        OPSWIRE_AGENT_TOKEN=$($BIN/opswire token --config "$WORK/opswire.toml" --team t$i --scope ingest --ttl 2h) \
+            RUST_LOG=warn taskset -c 1 $BIN/opswire agent --hub ws://127.0.0.1:$PORT --team t$i \
+            --host bench-t$i > "$WORK/agent-$i.log" 2>&1 &
+        PIDS+=("$!")
+    done
+    # Every team has a host before the load starts.
+    for _ in $(seq 100); do
+        local n; n=$(curl -sf -H "Authorization: Bearer $read" "http://127.0.0.1:$PORT/api/v1/teams" |
+            python3 -c 'import json,sys; print(sum(1 for t in json.load(sys.stdin)["teams"] if t["hosts"]))' || echo 0)
+        [ "$n" = 10 ] && return 0
+        sleep 0.2
+    done
+    log "agents did not all report"; return 1
+}
+
+start_other() { # command...
+    taskset -c 0 "$@" > "$WORK/server.log" 2>&1 &
+    SERVER=$!; PIDS+=("$SERVER")
+    wait_http api/v1/info
+}
+
+stop_all() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+
+# run NAME N [generator args...]: one measured run against $SERVER.
+run() {
+    local name=$1 n=$2; shift 2
+    log "$name: N=$n $*"
+    taskset -c 1 $BIN/opswire-bench --url "ws://127.0.0.1:$PORT" -n "$n" -d "$D" \
+        --ramp-rate "$RAMP" --server-pid "$SERVER" --json -q "$@" > "$OUT/$name.json"
+}
+
+TEN=(--team-prefix t --team-count 10)
+for rep in $(seq 1 "$REPEAT"); do
+    for c in "${CASES[@]}"; do
+        case $c in
+        table)
+            for n in $NS; do
+                start_opswire; run "table-opswire-$n-r$rep" "$n" "${TEN[@]}" --jwt-secret "$SECRET"; stop_all
+            done ;;
+        peers)
+            for n in $NS; do
+                start_other node bench/peers/ws-server.js --port $PORT
+                run "table-ws-$n-r$rep" "$n" "${TEN[@]}"; stop_all
+                start_other node bench/peers/socketio-server.js --port $PORT
+                run "table-socketio-$n-r$rep" "$n" "${TEN[@]}" --protocol socketio; stop_all
+            done ;;
+        idle)
+            for n in 1000 19000; do
+                start_opswire; D=5 run "idle-opswire-$n-r$rep" "$n" --idle --jwt-secret "$SECRET"; stop_all
+            done ;;
+        stalled)
+            start_opswire
+            run "stalled-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET" \
+                --stalled-share 0.1 --stalled-rcvbuf 4096
+            stop_all
+            start_opswire; run "clean-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"; stop_all ;;
+        oneteam)
+            start_opswire; run "oneteam-opswire-10000-r$rep" 10000 --teams t0 --jwt-secret "$SECRET"; stop_all
+            start_other $BIN/examples/raw_writer 127.0.0.1:$PORT --teams t0
+            run "oneteam-raw-10000-r$rep" 10000 --teams t0; stop_all ;;
+        tracing)
+            taskset -c 1 $BIN/examples/otlp_sink 127.0.0.1:14317 > "$WORK/sink.log" 2>&1 &
+            local_sink=$!
+            start_opswire true OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:14317 OTEL_TRACES_SAMPLER=always_on
+            run "tracing-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"
+            stop_all; kill $local_sink; wait $local_sink 2>/dev/null || true
+            tail -n 1 "$WORK/sink.log" > "$OUT/tracing-sink-r$rep.txt"
+            start_opswire; run "notracing-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"; stop_all ;;
+        flat)
+            start_opswire false; run "flat-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"; stop_all ;;
+        sampler)
+            [ "$rep" = 1 ] && taskset -c 0 cargo run --release --locked --example sampler_cost -- 50 200 \
+                > "$OUT/sampler.txt" 2>/dev/null ;;
+        *) log "unknown case $c"; exit 2 ;;
+        esac
+    done
+done
+log "results in $OUT"
+python3 bench/summarize.py "$OUT"
