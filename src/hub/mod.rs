@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
-pub use mailbox::{Delivery, Lagged, Mailbox, Push};
+pub use mailbox::{Control, Delivery, Lagged, Mailbox, Outgoing, Push, Take};
 
 use crate::metrics::Metrics;
 use crate::protocol::{

@@ -1,17 +1,27 @@
-//! The WebSocket transport: one task per connection owns its socket.
+//! The WebSocket transport.
 //!
-//! The task is a single `select!` over: shutdown, the auth deadline, the
-//! heartbeat, the client's next message, and the session's mailbox. It
-//! never awaits another session. Writes are bounded by a timeout of two
-//! heartbeats, so a client that stops reading can pin its task no longer
-//! than a client that stops answering pings.
+//! A connection has two halves. The writer is the response body
+//! ([`outbound::Outbound`]): actix-web's dispatcher polls it, and it takes
+//! frames straight from the session's mailbox, where the hub queues them.
+//! The session task reads ([`inbound::Inbound`]) and is a single `select!`
+//! over: shutdown, the auth deadline, the token's expiry, the heartbeat,
+//! the client's next message, and the writer ending. It queues its replies
+//! in the mailbox too, so it never waits on the socket, and it never awaits
+//! another session. A client that stops reading is cut off when it stops
+//! answering pings (or when its queue overflows).
+
+mod inbound;
+mod outbound;
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_http::ws::ProtocolError;
+use actix_web::body::MessageBody;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
+use bytes::Bytes;
 use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tracing::field::Empty;
@@ -20,13 +30,16 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::{AppState, ConnectionGuard};
 use crate::auth::{AuthError, Principal, Scope};
-use crate::hub::{Delivery, HubError, SessionHandle, TeamId};
+use crate::hub::{Control, HubError, Mailbox, Push, SessionHandle, TeamId};
 use crate::protocol::{
     parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
     PublishOp, Reply, SilenceOp, Stream, SERVER_NAME, SUBPROTOCOL,
 };
 use crate::time::now_micros;
 use crate::transport::{http_error, origin_allowed, principal_from_request, session_name};
+
+use inbound::{Inbound, Message};
+use outbound::Outbound;
 
 /// Close codes of the protocol.
 pub mod close {
@@ -117,12 +130,11 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
-    let max = state.config.limits.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
+    let mut response = actix_http::ws::handshake(req.head())?;
+    if offers_subprotocol(&req) {
+        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
+    }
+    let stream = Inbound::new(body.into_inner(), state.config.limits.max_frame_bytes);
     let outcome = if origin_ok {
         "accepted"
     } else {
@@ -130,17 +142,31 @@ pub async fn handler(
     };
     m.connections_total.with_label_values(&[outcome]).inc();
     handshake.record("opswire.result", outcome);
-    let mut conn = Connection::new(state.into_inner(), name, principal, session, guard);
+    let state = state.into_inner();
+    let mut conn = Connection::new(state.clone(), name, principal, guard);
     conn.parent = handshake.context();
+    let writer = Outbound::new(state, conn.mailbox.clone());
     tracing::debug!(session = %conn.name, user_agent, "websocket connected");
     actix_web::rt::spawn(conn.run(stream, origin_ok));
-    Ok(response)
+    Ok(response.message_body(writer.boxed())?.into())
+}
+
+/// Whether the client offered opswire's subprotocol (then it is echoed).
+fn offers_subprotocol(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL)
 }
 
 /// What the loop does after handling a message.
 enum Flow {
     Continue,
     Close(u16, String),
+    /// The writer is done: it sent this close (lagged: 4008), or the
+    /// connection went (None).
+    Ended(Option<(u16, String)>),
     /// The socket is gone or unwritable: drop it without a close frame.
     Abort,
 }
@@ -155,17 +181,18 @@ struct Connection {
     /// The handshake span's context: parent of every op and of the close.
     parent: opentelemetry::Context,
     started: Instant,
-    frames_sent: u64,
     frames_received: u64,
     /// The error code of the op being handled, for its span.
     op_error: Option<ErrorCode>,
     principal: Option<Principal>,
-    ws: actix_ws::Session,
+    /// The session's queue, drained by the writer.
+    mailbox: Arc<Mailbox>,
     hub: SessionHandle,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
     last_violation: Instant,
     last_pong: Instant,
+    /// How long a reply may wait for a client that does not read.
     write_timeout: Duration,
     _guard: ConnectionGuard,
 }
@@ -187,7 +214,6 @@ impl Connection {
         state: std::sync::Arc<AppState>,
         name: String,
         principal: Option<Principal>,
-        ws: actix_ws::Session,
         guard: ConnectionGuard,
     ) -> Connection {
         let hub = state.hub.open_session();
@@ -198,11 +224,10 @@ impl Connection {
             name,
             parent: opentelemetry::Context::new(),
             started: Instant::now(),
-            frames_sent: 0,
             frames_received: 0,
             op_error: None,
             principal,
-            ws,
+            mailbox: hub.mailbox().clone(),
             hub,
             limiter,
             strikes: 0,
@@ -213,7 +238,7 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut stream: AggregatedMessageStream, origin_ok: bool) {
+    async fn run(mut self, mut stream: Inbound, origin_ok: bool) {
         let flow = if !origin_ok {
             Box::pin(self.close_with_error(
                 ErrorCode::Forbidden,
@@ -224,21 +249,27 @@ impl Connection {
         } else {
             self.event_loop(&mut stream).await
         };
-        let (code, reason) = match &flow {
+        let (code, reason) = match flow {
             Flow::Close(code, reason) => {
-                let close = CloseReason {
-                    code: CloseCode::from(*code),
-                    description: Some(reason.clone()),
-                };
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    self.ws.clone().close(Some(close)),
-                )
-                .await;
-                (code.to_string(), reason.as_str())
+                // The writer sends the close after what is queued; give it
+                // a moment, so shutdown does not outrun it.
+                if self
+                    .mailbox
+                    .push_control_all([Control::Close(code, reason.clone())])
+                {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.mailbox.ended()).await;
+                }
+                (code.to_string(), reason)
             }
-            Flow::Abort | Flow::Continue => ("abnormal".to_string(), "connection lost"),
+            Flow::Ended(Some((code, reason))) => (code.to_string(), reason),
+            Flow::Abort | Flow::Continue | Flow::Ended(None) => {
+                self.mailbox.abort();
+                ("abnormal".to_string(), "connection lost".to_string())
+            }
         };
+        let reason = reason.as_str();
+        let frames_sent = self.mailbox.sent();
         let label = match code.as_str() {
             "1000" | "1001" | "1002" | "1003" | "1007" | "1008" | "1009" | "1011" | "1012"
             | "4008" | "abnormal" => code.as_str(),
@@ -257,7 +288,7 @@ impl Connection {
             "websocket.close.code" = %code,
             "websocket.close.reason" = reason,
             "opswire.duration_ms" = duration_ms,
-            "opswire.frames_sent" = self.frames_sent,
+            "opswire.frames_sent" = frames_sent,
             "opswire.frames_received" = self.frames_received,
             "opswire.frames_dropped" = self.hub.mailbox().conflated(),
         );
@@ -268,14 +299,14 @@ impl Connection {
                 code = %code,
                 reason,
                 duration_ms,
-                frames_sent = self.frames_sent,
+                frames_sent,
                 frames_received = self.frames_received,
                 "websocket closed"
             );
         });
     }
 
-    async fn event_loop(&mut self, stream: &mut AggregatedMessageStream) -> Flow {
+    async fn event_loop(&mut self, stream: &mut Inbound) -> Flow {
         let cfg = self.state.config.clone();
         let shutdown = self.state.shutdown.clone();
         if self.principal.is_some() {
@@ -288,8 +319,7 @@ impl Connection {
         let hb = Duration::from_secs(cfg.websocket.heartbeat_s);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mailbox = self.hub.mailbox().clone();
-        let mut batch: Vec<Delivery> = Vec::new();
+        let mailbox = self.mailbox.clone();
         loop {
             // A connection lives no longer than its token: clients send a
             // fresh `auth` op before `exp` to stay connected.
@@ -308,18 +338,17 @@ impl Connection {
                     if self.last_pong.elapsed() > 2 * hb {
                         tracing::debug!(session = %self.name, "heartbeat timeout");
                         Flow::Abort
+                    } else if self.queue(Control::Ping(Bytes::new())).await.is_ok() {
+                        Flow::Continue
                     } else {
-                        match tokio::time::timeout(self.write_timeout, self.ws.ping(b"")).await {
-                            Ok(Ok(())) => Flow::Continue,
-                            _ => Flow::Abort,
-                        }
+                        Flow::Abort
                     }
                 }
                 // Boxed: op handling (auth, silence via HTTP, publish) is
                 // rare next to frames going out, and inlining its future
                 // would make every idle session's task several KiB bigger.
                 msg = stream.recv() => Box::pin(self.on_message(msg)).await,
-                _ = mailbox.ready() => self.flush(&mut batch).await,
+                close = mailbox.ended() => Flow::Ended(close),
             };
             if !matches!(flow, Flow::Continue) {
                 return flow;
@@ -334,51 +363,29 @@ impl Connection {
         Some(tokio::time::Instant::now() + left)
     }
 
-    /// Writes everything the mailbox holds; after a lagged marker, sends
-    /// `lagged` and closes with 4008.
-    async fn flush(&mut self, batch: &mut Vec<Delivery>) -> Flow {
-        let lagged = self.hub.mailbox().drain(batch);
-        let n = batch.len() as u64;
-        let mut written = true;
-        // One clock read per batch: a batch is written in microseconds.
-        let now = now_micros();
-        for d in batch.drain(..) {
-            if written {
-                written = self.send(d.frame).await.is_ok();
-                let lag_us = (now - d.ts).max(0);
-                self.state.metrics.delivery_lag[d.stream as usize].observe(lag_us as f64 / 1e6);
-            }
-        }
-        if !written {
-            return Flow::Abort;
-        }
-        if n > 0 {
-            self.state.metrics.data_frames_out.inc_by(n);
-        }
-        if let Some(l) = lagged {
-            let frame = to_frame(&Reply::Lagged {
-                team: self.state.hub.team_name(l.team),
-                stream: l.stream,
-                last_seq: l.last_seq,
-            });
-            if self.send(frame).await.is_err() {
-                return Flow::Abort;
-            }
-            return Flow::Close(
-                close::SLOW_CONSUMER,
-                format!("slow consumer: {} queue overflowed", l.stream),
-            );
-        }
-        Flow::Continue
+    /// Queues a frame for the writer (it never waits on the socket). Err
+    /// when the writer is gone or the client has stopped reading.
+    async fn send(&mut self, frame: impl Into<ByteString>) -> Result<(), ()> {
+        self.queue(Control::Text(frame.into())).await
     }
 
-    async fn send(&mut self, frame: impl Into<ByteString>) -> Result<(), ()> {
-        match tokio::time::timeout(self.write_timeout, self.ws.text(frame)).await {
-            Ok(Ok(())) => {
-                self.frames_sent += 1;
-                Ok(())
+    /// Queues a control frame; while the writer is behind, waits for it
+    /// (at most the write timeout: two heartbeats, like a missed pong).
+    async fn queue(&mut self, c: Control) -> Result<(), ()> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        // The session is the only producer of control frames, so room
+        // seen here is still there at the push.
+        while self.mailbox.control_full() {
+            if tokio::time::timeout_at(deadline, self.mailbox.drained())
+                .await
+                .is_err()
+            {
+                return Err(());
             }
-            _ => Err(()),
+        }
+        match self.mailbox.push_control(c) {
+            Push::Queued => Ok(()),
+            Push::Full | Push::Closed => Err(()),
         }
     }
 
@@ -445,10 +452,10 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, msg: Option<Result<AggregatedMessage, ProtocolError>>) -> Flow {
+    async fn on_message(&mut self, msg: Option<Result<Message, ProtocolError>>) -> Flow {
         match msg {
             None => Flow::Abort,
-            Some(Ok(AggregatedMessage::Text(text))) => {
+            Some(Ok(Message::Text(text))) => {
                 self.frames_received += 1;
                 let started = Instant::now();
                 let flow = self.on_text(&text).await;
@@ -458,7 +465,7 @@ impl Connection {
                     .observe(started.elapsed().as_secs_f64());
                 flow
             }
-            Some(Ok(AggregatedMessage::Binary(_))) => {
+            Some(Ok(Message::Binary(_))) => {
                 self.frames_received += 1;
                 if let Some(flow) = self.rate_limit(None).await {
                     return flow;
@@ -470,22 +477,23 @@ impl Connection {
                 )
                 .await
             }
-            Some(Ok(AggregatedMessage::Ping(bytes))) => {
+            Some(Ok(Message::Ping(bytes))) => {
                 // Pings cost a write each: they count against the budget.
                 if let Some(flow) = self.rate_limit(None).await {
                     return flow;
                 }
                 self.last_pong = Instant::now();
-                match tokio::time::timeout(self.write_timeout, self.ws.pong(&bytes)).await {
-                    Ok(Ok(())) => Flow::Continue,
-                    _ => Flow::Abort,
+                if self.queue(Control::Pong(bytes)).await.is_ok() {
+                    Flow::Continue
+                } else {
+                    Flow::Abort
                 }
             }
-            Some(Ok(AggregatedMessage::Pong(_))) => {
+            Some(Ok(Message::Pong(_))) => {
                 self.last_pong = Instant::now();
                 Flow::Continue
             }
-            Some(Ok(AggregatedMessage::Close(reason))) => {
+            Some(Ok(Message::Close(reason))) => {
                 // Echo the client's code; the metric label stays bounded.
                 let code = reason.as_ref().map_or(close::NORMAL, |r| u16::from(r.code));
                 let text = reason.and_then(|r| r.description).unwrap_or_default();
@@ -620,23 +628,22 @@ impl Connection {
                 streams.dedup();
                 match self.hub.subscribe(team, &streams, &s.resume, filter) {
                     Ok(sub) => {
-                        let flow = self
-                            .reply(&Reply::Subscribed {
-                                id,
-                                team: &s.team,
-                                streams: streams.clone(),
-                                recovered: sub.recovered,
-                            })
-                            .await;
-                        if !matches!(flow, Flow::Continue) {
-                            return flow;
+                        // The reply and its replay in one go: live frames
+                        // queued meanwhile go out after them, never between.
+                        let reply = to_frame(&Reply::Subscribed {
+                            id,
+                            team: &s.team,
+                            streams: streams.clone(),
+                            recovered: sub.recovered,
+                        });
+                        self.count_out("control");
+                        let frames = std::iter::once(Control::Text(reply))
+                            .chain(sub.replay.into_iter().map(|d| Control::Text(d.frame)));
+                        if self.mailbox.push_control_all(frames) {
+                            Flow::Continue
+                        } else {
+                            Flow::Abort
                         }
-                        for d in sub.replay {
-                            if self.send(d.frame).await.is_err() {
-                                return Flow::Abort;
-                            }
-                        }
-                        Flow::Continue
                     }
                     Err(e @ HubError::TooManySubscriptions(_)) => {
                         self.error(id, ErrorCode::BadRequest, &e.to_string()).await
