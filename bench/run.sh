@@ -9,7 +9,9 @@
 # Cases:
 #   table     opswire, 10 teams, 1 Hz, N = 1k 2k 5k 10k 19k
 #   peers     the Node peers (plain ws, Socket.IO) at the same N
-#   idle      idle memory per connection (no subscription), 1k and 19k
+#   idle      idle memory per connection (no subscription), 1k and 19k:
+#             opswire, a bare actix-ws server (the framework's floor) and
+#             the raw writer
 #   stalled   10k with 10 % stalled clients (and the clean 10k next to it)
 #   oneteam   one team of 10k: opswire vs the minimal raw writer
 #   tracing   10k with OTLP export on (sampler 1.0) to a local OTLP sink
@@ -22,6 +24,8 @@
 # server's own). Summaries: python3 bench/summarize.py $BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Servers hold up to 19k sockets: raise the soft open-files limit to the hard one.
+ulimit -n "$(ulimit -Hn)"
 
 OUT=${BENCH_OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 D=${D:-20}
@@ -42,7 +46,7 @@ trap cleanup EXIT
 
 log() { echo "bench: $*" >&2; }
 
-cargo build --release --locked --bin opswire --bin opswire-bench --example raw_writer --example otlp_sink >&2
+cargo build --release --locked --bin opswire --bin opswire-bench --example raw_writer --example otlp_sink --example actix_ws_floor >&2
 [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2
 BIN=target/release
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -128,6 +132,10 @@ for rep in $(seq 1 "$REPEAT"); do
         idle)
             for n in 1000 19000; do
                 start_opswire; D=5 run "idle-opswire-$n-r$rep" "$n" --idle --jwt-secret "$SECRET"; stop_all
+                start_other $BIN/examples/actix_ws_floor 127.0.0.1:$PORT
+                D=5 run "idle-actixws-$n-r$rep" "$n" --idle; stop_all
+                start_other $BIN/examples/raw_writer 127.0.0.1:$PORT --teams t0
+                D=5 run "idle-raw-$n-r$rep" "$n" --idle; stop_all
             done ;;
         stalled)
             start_opswire

@@ -12,7 +12,7 @@ import re
 import sys
 
 NAME = re.compile(r"^(?P<case>[a-z]+)-(?P<server>[a-z]+)-(?P<n>\d+)-r(?P<rep>\d+)\.json$")
-SERVERS = {"opswire": 0, "raw": 1, "ws": 2, "socketio": 3}
+SERVERS = {"opswire": 0, "actixws": 1, "raw": 2, "ws": 3, "socketio": 4}
 
 
 def load(d):
