@@ -49,8 +49,9 @@ log() { echo "bench: $*" >&2; }
 cargo build --release --locked --bin opswire --bin opswire-bench --example raw_writer --example otlp_sink --example actix_ws_floor >&2
 [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2
 BIN=target/release
-SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export OPSWIRE_JWT_SECRET=$SECRET
+# The server and the generator (which mints read tokens) both read the key
+# from the environment: it never appears on a command line.
+export OPSWIRE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 # 10 teams t0..t9; this host's sampler feeds t0.
 config() {
@@ -120,7 +121,7 @@ for rep in $(seq 1 "$REPEAT"); do
         case $c in
         table)
             for n in $NS; do
-                start_opswire; run "table-opswire-$n-r$rep" "$n" "${TEN[@]}" --jwt-secret "$SECRET"; stop_all
+                start_opswire; run "table-opswire-$n-r$rep" "$n" "${TEN[@]}"; stop_all
             done ;;
         peers)
             for n in $NS; do
@@ -131,7 +132,7 @@ for rep in $(seq 1 "$REPEAT"); do
             done ;;
         idle)
             for n in 1000 19000; do
-                start_opswire; D=5 run "idle-opswire-$n-r$rep" "$n" --idle --jwt-secret "$SECRET"; stop_all
+                start_opswire; D=5 run "idle-opswire-$n-r$rep" "$n" --idle; stop_all
                 start_other $BIN/examples/actix_ws_floor 127.0.0.1:$PORT
                 D=5 run "idle-actixws-$n-r$rep" "$n" --idle; stop_all
                 start_other $BIN/examples/raw_writer 127.0.0.1:$PORT --teams t0
@@ -139,24 +140,24 @@ for rep in $(seq 1 "$REPEAT"); do
             done ;;
         stalled)
             start_opswire
-            run "stalled-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET" \
+            run "stalled-opswire-10000-r$rep" 10000 "${TEN[@]}" \
                 --stalled-share 0.1 --stalled-rcvbuf 4096
             stop_all
-            start_opswire; run "clean-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"; stop_all ;;
+            start_opswire; run "clean-opswire-10000-r$rep" 10000 "${TEN[@]}"; stop_all ;;
         oneteam)
-            start_opswire; run "oneteam-opswire-10000-r$rep" 10000 --teams t0 --jwt-secret "$SECRET"; stop_all
+            start_opswire; run "oneteam-opswire-10000-r$rep" 10000 --teams t0; stop_all
             start_other $BIN/examples/raw_writer 127.0.0.1:$PORT --teams t0
             run "oneteam-raw-10000-r$rep" 10000 --teams t0; stop_all ;;
         tracing)
             taskset -c 1 $BIN/examples/otlp_sink 127.0.0.1:14317 > "$WORK/sink.log" 2>&1 &
             local_sink=$!
             start_opswire true OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:14317 OTEL_TRACES_SAMPLER=always_on
-            run "tracing-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"
+            run "tracing-opswire-10000-r$rep" 10000 "${TEN[@]}"
             stop_all; kill $local_sink; wait $local_sink 2>/dev/null || true
             tail -n 1 "$WORK/sink.log" > "$OUT/tracing-sink-r$rep.txt"
-            start_opswire; run "notracing-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"; stop_all ;;
+            start_opswire; run "notracing-opswire-10000-r$rep" 10000 "${TEN[@]}"; stop_all ;;
         flat)
-            start_opswire false; run "flat-opswire-10000-r$rep" 10000 "${TEN[@]}" --jwt-secret "$SECRET"; stop_all ;;
+            start_opswire false; run "flat-opswire-10000-r$rep" 10000 "${TEN[@]}"; stop_all ;;
         sampler)
             [ "$rep" = 1 ] && taskset -c 0 cargo run --release --locked --example sampler_cost -- 50 200 \
                 > "$OUT/sampler.txt" 2>/dev/null ;;

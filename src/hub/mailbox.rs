@@ -73,7 +73,8 @@ pub enum Take {
     Ready,
     /// Closed and empty: the writer is done.
     Finished,
-    /// The session gave up on the connection: drop it without a close frame.
+    /// The session gave up on the connection: end it without a close frame
+    /// (whatever was queued is dropped).
     Aborted,
 }
 

@@ -145,9 +145,11 @@ impl MessageBody for Outbound {
                 this.mailbox.mark_ended(None);
                 Poll::Ready(None)
             }
+            // Ending the body ends an upgraded connection. (An error would
+            // do the same, but actix logs every body error at ERROR.)
             Poll::Ready(Take::Aborted) => {
                 this.mailbox.mark_ended(None);
-                Poll::Ready(Some(Err(std::io::Error::other("session aborted"))))
+                Poll::Ready(None)
             }
             Poll::Ready(Take::Ready) => Poll::Ready(Some(Ok(this.frame_batch()))),
         }
