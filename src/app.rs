@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prometheus::IntGauge;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
@@ -99,12 +100,15 @@ pub struct ConnectionLimiter {
     open: Arc<AtomicUsize>,
     max: usize,
     gauge: IntGauge,
+    /// Notified when the last connection closes.
+    idle: Arc<Notify>,
 }
 
 /// One admitted connection; dropping it frees the slot.
 pub struct ConnectionGuard {
     open: Arc<AtomicUsize>,
     gauge: IntGauge,
+    idle: Arc<Notify>,
 }
 
 impl ConnectionLimiter {
@@ -113,6 +117,7 @@ impl ConnectionLimiter {
             open: Arc::new(AtomicUsize::new(0)),
             max,
             gauge,
+            idle: Arc::new(Notify::new()),
         }
     }
 
@@ -127,17 +132,31 @@ impl ConnectionLimiter {
         Some(ConnectionGuard {
             open: self.open.clone(),
             gauge: self.gauge.clone(),
+            idle: self.idle.clone(),
         })
     }
 
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// Resolves once no connection is open.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
         self.gauge.dec();
     }
 }

@@ -96,6 +96,9 @@ pub struct SamplerConfig {
     /// writes one team's burst at a time, so delivery lag grows with the
     /// largest team rather than with every subscriber of the server.
     pub stagger: bool,
+    /// Threads one team's metrics burst is split over, when it has
+    /// thousands of subscribers; 0: one per core this process may use.
+    pub fanout_threads: usize,
 }
 
 impl Default for SamplerConfig {
@@ -107,6 +110,7 @@ impl Default for SamplerConfig {
             team: None,
             stale_after_ticks: 5,
             stagger: true,
+            fanout_threads: 0,
         }
     }
 }
@@ -408,6 +412,12 @@ impl Config {
         }
         if self.sampler.stale_after_ticks == 0 {
             return Err(invalid("sampler.stale_after_ticks", "must be at least 1"));
+        }
+        if self.sampler.fanout_threads > 64 {
+            return Err(invalid(
+                "sampler.fanout_threads",
+                format!("{} is out of range 0..=64", self.sampler.fanout_threads),
+            ));
         }
         if self.teams.is_empty() {
             self.teams.push(TeamConfig {

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub frames_published: IntCounterVec,
     pub frames_dropped: IntCounterVec,
     pub slow_consumer_closes: IntCounter,
+    /// Metrics frames the fan-out wrote straight to a WebSocket.
+    pub frames_direct: IntCounter,
     pub fanout: HistogramVec,
     pub history_frames: IntGaugeVec,
     pub sampler_duration: Histogram,
@@ -200,6 +202,14 @@ impl Metrics {
                 IntCounter::new(
                     "opswire_slow_consumer_closes_total",
                     "Subscribers closed with 4008 because their queue overflowed.",
+                )
+                .expect("valid metric"),
+            ),
+            frames_direct: reg(
+                &registry,
+                IntCounter::new(
+                    "opswire_frames_direct_total",
+                    "Metrics frames the fan-out wrote straight to a WebSocket subscriber's socket (the rest of `websocket_messages_total{direction=\"out\",type=\"data\"}` went through the connection's own writer: logs, alerts, and frames that found the subscriber backed up).",
                 )
                 .expect("valid metric"),
             ),

@@ -7,8 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::Server;
-use actix_web::{middleware, web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, Server};
+use actix_web::{middleware, web, App};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
@@ -63,6 +65,10 @@ impl Application {
                 queue_len: config.limits.queue_len,
                 max_subscriptions: config.limits.max_subscriptions,
                 host_stale_after: tick * config.sampler.stale_after_ticks,
+                fanout_threads: match config.sampler.fanout_threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                },
             },
             metrics.clone(),
         );
@@ -94,19 +100,35 @@ impl Application {
         } else {
             config.workers
         };
-        let server = HttpServer::new(move || {
+        // actix-web's `HttpServer`, spelled out, for the one thing it does
+        // not offer: an upgrade service, which takes WebSocket connections
+        // out of the HTTP/1 dispatcher (see `transport::ws::upgrade`).
+        let make_app = move || {
             App::new()
                 .app_data(data.clone())
                 .wrap(middleware::from_fn(crate::http::track))
                 .configure(crate::http::routes)
-        })
-        .workers(workers)
-        .max_connections(config.max_connections().max(1024))
-        .backlog(4096)
-        .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout_s)
-        .listen(listener)?
-        .run();
+        };
+        let server = actix_server::Server::build()
+            .workers(workers)
+            .max_concurrent_connections(config.max_connections().max(1024))
+            .backlog(4096)
+            .disable_signals()
+            .shutdown_timeout(config.shutdown_timeout_s)
+            .listen("opswire", listener, move || {
+                let app = make_app.clone();
+                HttpService::build()
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .local_addr(addr)
+                    .upgrade(crate::transport::ws::upgrade::service(make_app.clone()))
+                    .h1(map_config(
+                        app().into_factory().map_err(|e| e.error_response()),
+                        |_| AppConfig::default(),
+                    ))
+                    .tcp()
+            })?
+            .run();
 
         Ok(Application {
             addr,
@@ -140,10 +162,14 @@ impl Application {
         let ticker = spawn_ticker(state.clone())?;
         let handle = self.server.handle();
         let token = state.shutdown.clone();
+        let grace = Duration::from_secs(self.state.config.shutdown_timeout_s);
         tokio::spawn(async move {
             token.cancelled().await;
             state.set_draining();
             tracing::info!("shutting down: closing sessions with 1012");
+            // WebSocket sessions run as tasks of their own, which
+            // actix-server does not wait for: wait here, then stop it.
+            let _ = tokio::time::timeout(grace, state.connections.closed()).await;
             handle.stop(true).await;
         });
         tracing::info!(addr = %self.addr, dev_mode = self.state.auth.dev_mode(), "opswire listening");

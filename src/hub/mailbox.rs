@@ -1,21 +1,33 @@
-//! A subscriber's bounded outbound queue.
+//! A subscriber's bounded outbound queue, and, for a WebSocket, the door
+//! to its socket.
 //!
 //! Metrics frames are conflated (one slot per team: the newest wins), logs
 //! and alerts queue in order up to `capacity`; when that overflows the
 //! mailbox is marked lagged and refuses everything after, so the session
 //! sends what it holds, then `lagged`, then closes with 4008.
-//! Pushing never waits: the hub holds a team lock while it fans out.
+//! Nothing here ever waits: the hub fans out from the ticker thread and
+//! from publishers' tasks.
 //!
 //! Two kinds of consumer drain it. SSE's session task awaits [`Mailbox::ready`]
-//! and [`Mailbox::drain`]s. A WebSocket's response body polls it directly
-//! ([`Mailbox::poll_take`]), so a frame goes from the hub to the socket
-//! without waking the session's own task; the session queues its replies
-//! with [`Mailbox::push_control`] and learns that the body is done through
-//! [`Mailbox::ended`].
+//! and [`Mailbox::drain`]s. A WebSocket's writer polls it
+//! ([`Mailbox::poll_take`]) and queues its own replies with
+//! [`Mailbox::push_control`].
+//!
+//! A WebSocket also lends the mailbox its socket (a [`Wire`]). Then a
+//! metrics frame offered while nothing is queued, nothing is being
+//! written and no reply is being prepared goes **straight to the socket**
+//! from the fan-out ([`Mailbox::offer_metrics`]): one non-blocking write
+//! of the frame every subscriber shares, no task woken, nothing
+//! allocated. That is what a 1 Hz burst to thousands of subscribers
+//! costs least as. Only when the socket pushes back (or a write is
+//! already under way) is the frame queued for the writer, as before.
+//! Every write to the socket happens either under this mailbox's lock
+//! (the fan-out) or while the writer has marked itself `writing` (which
+//! keeps the fan-out off), so bytes of two frames never interleave.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -54,13 +66,52 @@ pub enum Control {
 }
 
 /// Control frames queued before the session waits for the writer: the
-/// session (reading a burst of ops) can outrun the writer on the same
-/// thread, and a client that stops reading must push back on it.
+/// session (reading a burst of ops) can outrun the writer, and a client
+/// that stops reading must push back on it.
 const CONTROL_CAP: usize = 64;
 
-/// What [`Mailbox::poll_take`] hands the writer.
+/// A socket the fan-out may write a text frame to directly.
+pub trait Wire: Send + Sync {
+    /// Writes `frame` (a text message's payload) if the socket takes it
+    /// now; never waits. `encoded` caches the frame as this kind of wire
+    /// puts it on the socket: the first subscriber of a fan-out builds
+    /// it, every other one writes the same bytes.
+    fn try_send(&self, frame: &Frame, encoded: &OnceLock<Bytes>) -> Sent;
+}
+
+/// What a [`Wire`] did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// All of it went out.
+    All,
+    /// Part of it went out; these bytes (the rest) must follow before
+    /// anything else is written.
+    Part(Bytes),
+    /// The socket is full: nothing went out.
+    Full,
+    /// The socket failed: the peer is gone.
+    Failed,
+}
+
+/// What became of a metrics frame offered to a subscriber.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Written straight to the subscriber's socket.
+    Written,
+    /// Queued for the subscriber's writer; `true` when it replaced an
+    /// undelivered frame of the same team (conflated).
+    Queued(bool),
+    /// The subscriber is lagged or gone: it takes nothing more.
+    Refused,
+    /// Not (or no longer) subscribed to this team's metrics.
+    Ignored,
+}
+
+/// What [`Mailbox::poll_take`] hands the writer, in the order it goes out.
 #[derive(Debug, Default)]
 pub struct Outgoing {
+    /// The rest of a frame the fan-out wrote part of: goes first.
+    pub owed: Option<Bytes>,
     pub control: Vec<Control>,
     pub data: Vec<Delivery>,
     pub lagged: Option<Lagged>,
@@ -104,6 +155,57 @@ struct Inbox {
     ended: Option<Option<(u16, String)>>,
     /// Metrics frames replaced before delivery (for the close span).
     conflated: u64,
+    /// The socket, while the connection lives (WebSocket only).
+    wire: Option<Arc<dyn Wire>>,
+    /// The rest of a frame the fan-out wrote part of.
+    owed: Option<Bytes>,
+    /// The writer took a batch and is putting it on the wire.
+    writing: bool,
+    /// The session is preparing frames that must go before any data (a
+    /// `subscribed` reply and its replay).
+    held: bool,
+    /// Teams whose metrics this subscriber takes. The fan-out works from
+    /// a snapshot of the team's subscribers; this keeps a snapshot older
+    /// than an unsubscribe from delivering after it.
+    metrics_from: TeamSet,
+}
+
+/// A few team ids, inline: the fan-out checks one per subscriber per
+/// frame, and a pointer chase to a heap vector is a cache miss each time.
+#[derive(Default)]
+struct TeamSet {
+    inline: [TeamId; 3],
+    len: usize,
+    more: Vec<TeamId>,
+}
+
+impl TeamSet {
+    fn contains(&self, team: TeamId) -> bool {
+        self.inline[..self.len.min(3)].contains(&team)
+            || (self.len > 3 && self.more.contains(&team))
+    }
+
+    fn insert(&mut self, team: TeamId) {
+        if self.contains(team) {
+            return;
+        }
+        if self.len < 3 {
+            self.inline[self.len] = team;
+        } else {
+            self.more.push(team);
+        }
+        self.len += 1;
+    }
+
+    fn remove(&mut self, team: TeamId) {
+        let mut all: Vec<TeamId> = self.inline[..self.len.min(3)].to_vec();
+        all.append(&mut self.more);
+        all.retain(|&t| t != team);
+        *self = TeamSet::default();
+        for t in all {
+            self.insert(t);
+        }
+    }
 }
 
 impl Inbox {
@@ -111,18 +213,28 @@ impl Inbox {
         self.metrics.is_empty()
             && self.events.is_empty()
             && self.control.is_empty()
+            && self.owed.is_none()
             && (self.lagged.is_none() || self.lagged_taken)
+    }
+
+    /// Whether the fan-out may write to the socket now: nothing queued,
+    /// nothing on its way, nothing being prepared.
+    fn direct(&self) -> Option<&Arc<dyn Wire>> {
+        if self.writing || self.held || self.ended.is_some() || !self.is_empty() {
+            return None;
+        }
+        self.wire.as_ref()
     }
 }
 
 pub struct Mailbox {
     inbox: Mutex<Inbox>,
     notify: Notify,
-    ended: Notify,
     /// The writer took control frames (room for more).
     drained: Notify,
     capacity: usize,
-    /// Frames the writer has put on the wire (control and data).
+    /// Frames put on the wire (control and data, by the writer and the
+    /// fan-out).
     sent: AtomicU64,
 }
 
@@ -131,7 +243,6 @@ impl Mailbox {
         Mailbox {
             inbox: Mutex::new(Inbox::default()),
             notify: Notify::new(),
-            ended: Notify::new(),
             drained: Notify::new(),
             capacity,
             sent: AtomicU64::new(0),
@@ -152,21 +263,61 @@ impl Mailbox {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a metrics frame, replacing an undelivered one of the same
-    /// team. Returns whether it replaced (conflated) one, or None when the
-    /// subscriber is lagged or gone (the hub then drops it).
-    pub fn push_metrics(&self, d: Delivery) -> Option<bool> {
+    /// Lends the mailbox the connection's socket: from now on metrics
+    /// frames may be written straight to it (see the module docs).
+    pub fn attach_wire(&self, wire: Arc<dyn Wire>) {
+        self.lock().wire = Some(wire);
+    }
+
+    /// This subscriber now takes `team`'s metrics (the hub calls it under
+    /// the team's lock, when it joins the subscribers).
+    pub fn accept_metrics(&self, team: TeamId) {
+        self.lock().metrics_from.insert(team);
+    }
+
+    /// Offers a metrics frame: written to the socket if the way is clear,
+    /// else queued, replacing an undelivered one of the same team.
+    /// `encoded` is shared by every subscriber of this fan-out (see
+    /// [`Wire::try_send`]).
+    pub fn offer_metrics(&self, d: &Delivery, encoded: &OnceLock<Bytes>) -> Offer {
         let mut inbox = self.lock();
-        if inbox.closed || inbox.lagged.is_some() {
-            return None;
+        if inbox.closed || inbox.aborted || inbox.lagged.is_some() {
+            return Offer::Refused;
+        }
+        if !inbox.metrics_from.contains(d.team) {
+            return Offer::Ignored;
+        }
+        if let Some(wire) = inbox.direct() {
+            match wire.try_send(&d.frame, encoded) {
+                Sent::All => {
+                    drop(inbox);
+                    self.count_sent(1);
+                    return Offer::Written;
+                }
+                Sent::Part(rest) => {
+                    // The writer finishes it when the socket has room.
+                    inbox.owed = Some(rest);
+                    let waker = inbox.waker.take();
+                    drop(inbox);
+                    self.count_sent(1);
+                    self.wake(waker);
+                    return Offer::Written;
+                }
+                Sent::Full => {}
+                Sent::Failed => {
+                    drop(inbox);
+                    self.abort();
+                    return Offer::Refused;
+                }
+            }
         }
         let was_empty = inbox.is_empty();
         let replaced = if let Some(slot) = inbox.metrics.iter_mut().find(|m| m.team == d.team) {
-            *slot = d;
+            *slot = d.clone();
             inbox.conflated += 1;
             true
         } else {
-            inbox.metrics.push(d);
+            inbox.metrics.push(d.clone());
             false
         };
         let waker = if was_empty { inbox.waker.take() } else { None };
@@ -174,7 +325,13 @@ impl Mailbox {
         if was_empty {
             self.wake(waker);
         }
-        Some(replaced)
+        Offer::Queued(replaced)
+    }
+
+    /// Whether the subscriber still takes data (not lagged, not closing).
+    pub fn takes_data(&self) -> bool {
+        let inbox = self.lock();
+        !(inbox.closed || inbox.aborted || inbox.lagged.is_some())
     }
 
     /// Queues a log or alert frame, in order.
@@ -214,6 +371,8 @@ impl Mailbox {
         inbox.closed = true;
         inbox.metrics.clear();
         inbox.events.clear();
+        // The writer has the socket itself; the fan-out is done with it.
+        inbox.wire = None;
         let waker = inbox.waker.take();
         drop(inbox);
         self.wake(waker);
@@ -227,6 +386,8 @@ impl Mailbox {
         inbox.metrics.clear();
         inbox.events.clear();
         inbox.control.clear();
+        inbox.owed = None;
+        inbox.wire = None;
         let waker = inbox.waker.take();
         drop(inbox);
         self.wake(waker);
@@ -251,10 +412,30 @@ impl Mailbox {
         Push::Queued
     }
 
-    /// Queues several control frames at once, whatever their number: a
-    /// `subscribed` reply and its replay must not be split by live frames.
+    /// Keeps the fan-out off the socket while the session prepares frames
+    /// that must go first (a subscribe: call before joining the team, so
+    /// no live frame can overtake the `subscribed` reply). Metrics offered
+    /// meanwhile are queued. Ended by [`Mailbox::push_control_all`] or
+    /// [`Mailbox::release`].
+    pub fn hold(&self) {
+        self.lock().held = true;
+    }
+
+    /// Ends a [`Mailbox::hold`] without queueing anything.
+    pub fn release(&self) {
+        let mut inbox = self.lock();
+        inbox.held = false;
+        let waker = (!inbox.is_empty()).then(|| inbox.waker.take()).flatten();
+        drop(inbox);
+        self.wake(waker);
+    }
+
+    /// Queues several control frames at once, whatever their number (a
+    /// `subscribed` reply and its replay must not be split by live
+    /// frames), and ends a [`Mailbox::hold`].
     pub fn push_control_all(&self, frames: impl IntoIterator<Item = Control>) -> bool {
         let mut inbox = self.lock();
+        inbox.held = false;
         if inbox.aborted || inbox.ended.is_some() {
             return false;
         }
@@ -275,21 +456,31 @@ impl Mailbox {
         self.drained.notified().await
     }
 
-    /// The writer's side: moves everything queued into `out` (control
-    /// first, then metrics, then events in order, then the lagged marker
-    /// once), or parks the writer until something comes.
+    /// The writer's side: moves everything queued into `out` (what the
+    /// fan-out owes first, then control, then metrics, then events in
+    /// order, then the lagged marker once) and marks the writer
+    /// `writing`, or parks the writer until something comes.
     pub fn poll_take(&self, cx: &mut Context<'_>, out: &mut Outgoing) -> Poll<Take> {
         let mut inbox = self.lock();
         if inbox.aborted {
             return Poll::Ready(Take::Aborted);
         }
         if inbox.is_empty() {
+            inbox.writing = false;
             if inbox.closed {
                 return Poll::Ready(Take::Finished);
             }
-            inbox.waker = Some(cx.waker().clone());
+            if !inbox
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inbox.waker = Some(cx.waker().clone());
+            }
             return Poll::Pending;
         }
+        inbox.writing = true;
+        out.owed = inbox.owed.take();
         let took_control = !inbox.control.is_empty();
         out.control.extend(inbox.control.drain(..));
         out.data.append(&mut inbox.metrics);
@@ -306,25 +497,13 @@ impl Mailbox {
     }
 
     /// The writer is done (it wrote a close, or the connection went):
-    /// nothing more is queued, and [`Mailbox::ended`] resolves.
+    /// nothing more is queued or written.
     pub fn mark_ended(&self, close: Option<(u16, String)>) {
         let mut inbox = self.lock();
         if inbox.ended.is_none() {
             inbox.ended = Some(close);
         }
-        drop(inbox);
-        self.ended.notify_one();
-    }
-
-    /// Resolves once the writer is done, with the close it wrote (if any).
-    pub async fn ended(&self) -> Option<(u16, String)> {
-        loop {
-            let notified = self.ended.notified();
-            if let Some(close) = self.lock().ended.clone() {
-                return close;
-            }
-            notified.await;
-        }
+        inbox.wire = None;
     }
 
     /// Counts frames put on the wire.
@@ -338,9 +517,13 @@ impl Mailbox {
     }
 
     /// Drops undelivered frames of `team` whose stream is in `streams`
-    /// (after an unsubscribe).
+    /// (after an unsubscribe); without metrics, the fan-out's older
+    /// snapshots deliver none either.
     pub fn purge(&self, team: TeamId, streams: &[Stream]) {
         let mut inbox = self.lock();
+        if streams.contains(&Stream::Metrics) {
+            inbox.metrics_from.remove(team);
+        }
         inbox
             .metrics
             .retain(|d| !(d.team == team && streams.contains(&d.stream)));
@@ -386,9 +569,24 @@ mod tests {
     #[test]
     fn metrics_conflate_per_team_and_events_overflow_to_lagged() {
         let m = Mailbox::new(2);
-        assert_eq!(m.push_metrics(d(0, Stream::Metrics, 1)), Some(false));
-        assert_eq!(m.push_metrics(d(0, Stream::Metrics, 2)), Some(true));
-        assert_eq!(m.push_metrics(d(1, Stream::Metrics, 1)), Some(false));
+        m.accept_metrics(0);
+        m.accept_metrics(1);
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 1), &OnceLock::new()),
+            Offer::Queued(false)
+        );
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 2), &OnceLock::new()),
+            Offer::Queued(true)
+        );
+        assert_eq!(
+            m.offer_metrics(&d(1, Stream::Metrics, 1), &OnceLock::new()),
+            Offer::Queued(false)
+        );
+        assert_eq!(
+            m.offer_metrics(&d(2, Stream::Metrics, 1), &OnceLock::new()),
+            Offer::Ignored
+        );
         assert_eq!(m.push_event(d(0, Stream::Logs, 1)), Push::Queued);
         assert_eq!(m.push_event(d(0, Stream::Logs, 2)), Push::Queued);
         assert_eq!(m.push_event(d(0, Stream::Logs, 3)), Push::Full);
@@ -398,6 +596,10 @@ mod tests {
             last_seq: 2,
         });
         assert_eq!(m.push_event(d(0, Stream::Logs, 4)), Push::Closed);
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 3), &OnceLock::new()),
+            Offer::Refused
+        );
         let mut out = Vec::new();
         let lagged = m.drain(&mut out);
         let seqs: Vec<_> = out.iter().map(|d| (d.team, d.stream, d.seq)).collect();
@@ -411,5 +613,129 @@ mod tests {
             ]
         );
         assert_eq!(lagged.unwrap().last_seq, 2);
+    }
+
+    /// A wire that records what it was given and answers as told.
+    #[derive(Default)]
+    struct FakeWire {
+        answers: Mutex<VecDeque<Sent>>,
+        got: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl Wire for FakeWire {
+        fn try_send(&self, frame: &Frame, _: &OnceLock<Bytes>) -> Sent {
+            self.got.lock().unwrap().push(frame.as_bytes().to_vec());
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Sent::All)
+        }
+    }
+
+    fn take(m: &Mailbox) -> (Poll<Take>, Outgoing) {
+        let mut out = Outgoing::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        (m.poll_take(&mut cx, &mut out), out)
+    }
+
+    #[test]
+    fn team_sets_spill_and_shrink() {
+        let mut t = TeamSet::default();
+        for team in [5, 1, 9, 7, 1] {
+            t.insert(team);
+        }
+        assert!([5, 1, 9, 7].iter().all(|&x| t.contains(x)));
+        assert_eq!(t.len, 4);
+        t.remove(1);
+        assert!(!t.contains(1) && t.contains(7) && t.contains(5));
+        assert_eq!((t.len, t.more.len()), (3, 0));
+    }
+
+    #[test]
+    fn metrics_go_straight_to_the_wire_only_when_nothing_is_ahead_of_them() {
+        let m = Mailbox::new(8);
+        let wire = Arc::new(FakeWire::default());
+        m.attach_wire(wire.clone());
+        m.accept_metrics(0);
+        // Nothing queued: written directly, nothing for the writer.
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 1), &OnceLock::new()),
+            Offer::Written
+        );
+        assert!(take(&m).0.is_pending());
+        // A reply queued: the frame waits behind it.
+        m.push_control(Control::Text(Frame::from("reply")));
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 2), &OnceLock::new()),
+            Offer::Queued(false)
+        );
+        let (p, out) = take(&m);
+        assert_eq!(p, Poll::Ready(Take::Ready));
+        assert_eq!(out.control.len(), 1);
+        assert_eq!(out.data[0].seq, 2);
+        // The writer is writing that batch: the fan-out keeps off.
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 3), &OnceLock::new()),
+            Offer::Queued(false)
+        );
+        let (_, out) = take(&m);
+        assert_eq!(out.data[0].seq, 3);
+        assert!(take(&m).0.is_pending(), "writer done, parked");
+        // A subscribe being prepared holds live frames back.
+        m.hold();
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 4), &OnceLock::new()),
+            Offer::Queued(false)
+        );
+        assert!(m.push_control_all([Control::Text(Frame::from("subscribed"))]));
+        let (_, out) = take(&m);
+        assert_eq!((out.control.len(), out.data[0].seq), (1, 4));
+        assert!(take(&m).0.is_pending());
+        // A partial write: the rest is owed, ahead of everything else.
+        wire.answers
+            .lock()
+            .unwrap()
+            .push_back(Sent::Part(Bytes::from_static(b"rest")));
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 5), &OnceLock::new()),
+            Offer::Written
+        );
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 6), &OnceLock::new()),
+            Offer::Queued(false)
+        );
+        let (_, out) = take(&m);
+        assert_eq!(out.owed.as_deref(), Some(&b"rest"[..]));
+        assert_eq!(out.data[0].seq, 6);
+        assert!(take(&m).0.is_pending());
+        // A full socket: queued for the writer instead.
+        wire.answers.lock().unwrap().push_back(Sent::Full);
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 7), &OnceLock::new()),
+            Offer::Queued(false)
+        );
+        assert_eq!(take(&m).1.data[0].seq, 7);
+        assert!(take(&m).0.is_pending());
+        // Unsubscribed: an older snapshot's frame is not delivered.
+        m.purge(0, &[Stream::Metrics]);
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 8), &OnceLock::new()),
+            Offer::Ignored
+        );
+        let written: Vec<_> = wire.got.lock().unwrap().clone();
+        assert_eq!(
+            written,
+            vec![b"1".to_vec(), b"5".to_vec(), b"7".to_vec()],
+            "the wire saw exactly the frames offered while the way was clear"
+        );
+        // A failed socket: the subscriber is aborted and refuses the rest.
+        m.accept_metrics(0);
+        wire.answers.lock().unwrap().push_back(Sent::Failed);
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 9), &OnceLock::new()),
+            Offer::Refused
+        );
+        assert_eq!(take(&m).0, Poll::Ready(Take::Aborted));
     }
 }

@@ -9,23 +9,36 @@
 //! subscriber. Fan-out never waits on a subscriber: a full queue makes that
 //! subscriber lagged (logs, alerts) or replaces its older frame (metrics).
 //! The lock is a std `Mutex`, never held across an `.await`.
+//!
+//! Metrics frames fan out from the ticker thread **outside** the team's
+//! lock: under it the hub only builds the frame and takes the team's
+//! subscriber snapshot (one reference-counted list, rebuilt only when the
+//! membership changed), so a burst to thousands of sockets never holds up
+//! a subscribe, an agent's update or a log publish of that team. Each
+//! subscriber's mailbox then writes the frame straight to its socket when
+//! nothing is ahead of it (see [`mailbox`]). Log and alert frames, which
+//! may come many per second from a publisher's task, are queued under the
+//! lock, in seq order, and written by each connection's own writer in
+//! batches.
 
 mod mailbox;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
-pub use mailbox::{Control, Delivery, Lagged, Mailbox, Outgoing, Push, Take};
+pub use mailbox::{Control, Delivery, Lagged, Mailbox, Offer, Outgoing, Push, Sent, Take, Wire};
 
 use crate::metrics::Metrics;
 use crate::protocol::{
     to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, Frame, HostSnapshot, Level,
     LogFilter, LogRecord, MetricsData, ResumePoint, Stream,
 };
+use crate::time::now_micros;
 
 /// Index of a team in the hub (config order).
 pub type TeamId = usize;
@@ -56,6 +69,104 @@ pub struct HubSettings {
     pub max_subscriptions: usize,
     /// Hosts not updated for this long drop out of metrics frames.
     pub host_stale_after: Duration,
+    /// Threads a large metrics burst is split over (1: the ticker alone).
+    pub fanout_threads: usize,
+}
+
+/// Subscribers a fan-out thread takes at least: below that, starting a
+/// thread costs more than it saves.
+const FANOUT_CHUNK: usize = 1024;
+
+/// What one metrics fan-out did.
+#[derive(Default)]
+struct FanoutCount {
+    /// Subscribers that got the frame (written or queued).
+    fanout: u64,
+    /// Written straight to the socket.
+    written: u64,
+    /// Queued in place of an undelivered older frame.
+    conflated: u64,
+    /// Lagged or closing: to be dropped from the team.
+    refused: u64,
+}
+
+impl std::ops::AddAssign for FanoutCount {
+    fn add_assign(&mut self, o: FanoutCount) {
+        self.fanout += o.fanout;
+        self.written += o.written;
+        self.conflated += o.conflated;
+        self.refused += o.refused;
+    }
+}
+
+/// Offers one metrics frame to `mailboxes`, in order.
+fn offer_all(
+    mailboxes: &[Arc<Mailbox>],
+    d: &Delivery,
+    encoded: &OnceLock<Bytes>,
+    lag: &prometheus::Histogram,
+) -> FanoutCount {
+    let mut n = FanoutCount::default();
+    for mailbox in mailboxes {
+        match mailbox.offer_metrics(d, encoded) {
+            Offer::Written => {
+                n.fanout += 1;
+                n.written += 1;
+                lag.observe((now_micros() - d.ts).max(0) as f64 / 1e6);
+            }
+            Offer::Queued(replaced) => {
+                n.fanout += 1;
+                n.conflated += replaced as u64;
+            }
+            Offer::Refused => n.refused += 1,
+            Offer::Ignored => {}
+        }
+    }
+    n
+}
+
+/// Offers one metrics frame to every mailbox, split over up to `threads`
+/// threads (the caller's among them) when there are enough of them; a
+/// thread that cannot be started leaves its share to the caller.
+fn fan_out_metrics(
+    mailboxes: &[Arc<Mailbox>],
+    d: &Delivery,
+    lag: &prometheus::Histogram,
+    threads: usize,
+) -> FanoutCount {
+    let encoded = OnceLock::new();
+    let threads = threads.min(mailboxes.len() / FANOUT_CHUNK).max(1);
+    if threads == 1 {
+        return offer_all(mailboxes, d, &encoded, lag);
+    }
+    let chunk = mailboxes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = mailboxes.chunks(chunk);
+        let mine = parts.next().unwrap_or_default();
+        let mut inline = Vec::new();
+        let handles: Vec<_> = parts
+            .filter_map(|part| {
+                let spawned = std::thread::Builder::new()
+                    .name("opswire-fanout".into())
+                    .spawn_scoped(scope, || offer_all(part, d, &encoded, lag));
+                match spawned {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        inline.push(part);
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut total = offer_all(mine, d, &encoded, lag);
+        for part in inline {
+            total += offer_all(part, d, &encoded, lag);
+        }
+        for h in handles {
+            total += h.join().unwrap_or_default();
+        }
+        total
+    })
 }
 
 #[derive(Clone)]
@@ -170,6 +281,28 @@ struct TeamState {
     resolved: VecDeque<String>,
     resolved_set: HashSet<String>,
     subscribers: Vec<Subscriber>,
+    /// The mailboxes taking this team's metrics, as of the last publish:
+    /// what the fan-out works from once the lock is released.
+    metrics_targets: Arc<Vec<Arc<Mailbox>>>,
+    /// `subscribers` changed since `metrics_targets` was taken.
+    targets_stale: bool,
+}
+
+impl TeamState {
+    /// The metrics fan-out's snapshot, rebuilt if the membership changed.
+    fn metrics_targets(&mut self) -> Arc<Vec<Arc<Mailbox>>> {
+        if self.targets_stale {
+            self.metrics_targets = Arc::new(
+                self.subscribers
+                    .iter()
+                    .filter(|s| s.has(Stream::Metrics))
+                    .map(|s| s.mailbox.clone())
+                    .collect(),
+            );
+            self.targets_stale = false;
+        }
+        self.metrics_targets.clone()
+    }
 }
 
 /// What a subscribe did: which resumes succeeded, and the frames the
@@ -207,6 +340,8 @@ impl Hub {
                     resolved: VecDeque::new(),
                     resolved_set: HashSet::new(),
                     subscribers: Vec::new(),
+                    metrics_targets: Arc::new(Vec::new()),
+                    targets_stale: false,
                 }),
             })
             .collect();
@@ -358,40 +493,36 @@ impl Hub {
         let serialize_us = serialize.elapsed().as_micros() as u64;
         st.metrics_seq = seq;
         st.latest_metrics = Some((seq, ts, frame.clone()));
-        let fanout_span = fanout_span(frame.len());
-        let mut fanout = 0u64;
-        let mut conflated = 0u64;
-        let mut i = 0;
-        while i < st.subscribers.len() {
-            let sub = &st.subscribers[i];
-            if !sub.has(Stream::Metrics) {
-                i += 1;
-                continue;
-            }
-            let pushed = sub.mailbox.push_metrics(Delivery {
-                team,
-                stream: Stream::Metrics,
-                seq,
-                ts,
-                frame: frame.clone(),
-            });
-            match pushed {
-                Some(replaced) => {
-                    fanout += 1;
-                    conflated += replaced as u64;
-                    i += 1;
-                }
-                // Lagged on another team's stream, or closing: it gets
-                // nothing more, so it no longer counts here either.
-                None => {
-                    st.subscribers.swap_remove(i);
-                }
-            }
-        }
-        let subscribers = st.subscribers.len();
+        let targets = st.metrics_targets();
+        let mut subscribers = st.subscribers.len();
         drop(st);
-        fanout_span.record("opswire.fanout", fanout);
-        fanout_span.record("opswire.conflated", conflated);
+        // The fan-out, outside the lock: every subscriber shares `frame`.
+        let fanout_span = fanout_span(frame.len());
+        let delivery = Delivery {
+            team,
+            stream: Stream::Metrics,
+            seq,
+            ts,
+            frame,
+        };
+        let n = fan_out_metrics(
+            &targets,
+            &delivery,
+            &m.delivery_lag[Stream::Metrics as usize],
+            self.shared.settings.fanout_threads,
+        );
+        drop(targets);
+        if n.refused > 0 {
+            // Lagged on another team's stream, or closing: it gets
+            // nothing more, so it no longer counts here either.
+            let mut st = self.lock(team);
+            st.subscribers.retain(|s| s.mailbox.takes_data());
+            st.targets_stale = true;
+            subscribers = st.subscribers.len();
+        }
+        fanout_span.record("opswire.fanout", n.fanout);
+        fanout_span.record("opswire.conflated", n.conflated);
+        fanout_span.record("opswire.written", n.written);
         drop(fanout_span);
         span.record("opswire.seq", seq);
         span.record("opswire.serialize_us", serialize_us);
@@ -399,13 +530,17 @@ impl Hub {
             .with_label_values(&[name])
             .set(subscribers as i64);
         m.frames_published.with_label_values(&["metrics"]).inc();
+        if n.written > 0 {
+            m.data_frames_out.inc_by(n.written);
+            m.frames_direct.inc_by(n.written);
+        }
         m.fanout
             .with_label_values(&["metrics"])
-            .observe(fanout as f64);
-        if conflated > 0 {
+            .observe(n.fanout as f64);
+        if n.conflated > 0 {
             m.frames_dropped
                 .with_label_values(&["metrics", "conflated"])
-                .inc_by(conflated);
+                .inc_by(n.conflated);
         }
     }
 
@@ -643,9 +778,11 @@ impl Hub {
                     m.slow_consumer_closes.inc();
                     lagged += 1;
                     st.subscribers.swap_remove(i);
+                    st.targets_stale = true;
                 }
                 Push::Closed => {
                     st.subscribers.swap_remove(i);
+                    st.targets_stale = true;
                 }
             }
         }
@@ -797,6 +934,10 @@ impl SessionHandle {
                 }
             }
         }
+        if wanted & Stream::Metrics.bit() != 0 {
+            self.mailbox.accept_metrics(team);
+        }
+        st.targets_stale = true;
         match pos {
             Some(p) => {
                 let sub = &mut st.subscribers[p];
@@ -835,6 +976,7 @@ impl SessionHandle {
             .collect();
         {
             let mut st = self.hub.lock(team);
+            st.targets_stale = true;
             if let Some(p) = st.subscribers.iter().position(|s| s.session == self.id) {
                 if remaining == 0 {
                     st.subscribers.swap_remove(p);
@@ -868,6 +1010,7 @@ impl Drop for SessionHandle {
         for &team in self.subscriptions.keys() {
             let mut st = self.hub.lock(team);
             st.subscribers.retain(|s| s.session != self.id);
+            st.targets_stale = true;
         }
         self.hub.shared.sessions.fetch_sub(1, Ordering::Relaxed);
     }
@@ -898,6 +1041,7 @@ fn fanout_span(bytes: usize) -> tracing::Span {
         "opswire.fanout" = tracing::field::Empty,
         "opswire.conflated" = tracing::field::Empty,
         "opswire.lagged" = tracing::field::Empty,
+        "opswire.written" = tracing::field::Empty,
     )
 }
 
@@ -924,6 +1068,7 @@ mod tests {
                 queue_len: queue,
                 max_subscriptions: 8,
                 host_stale_after: Duration::from_secs(5),
+                fanout_threads: 1,
             },
             Arc::new(Metrics::new()),
         )
@@ -984,6 +1129,36 @@ mod tests {
                 .unwrap()
                 .recovered[&Stream::Logs]
         );
+    }
+
+    #[test]
+    fn a_large_burst_splits_over_threads_and_reaches_everyone_once() {
+        let boxes: Vec<Arc<Mailbox>> = (0..2 * FANOUT_CHUNK + 7)
+            .map(|i| {
+                let m = Arc::new(Mailbox::new(4));
+                // Every third one has left the team: not offered.
+                if i % 3 != 0 {
+                    m.accept_metrics(0);
+                }
+                m
+            })
+            .collect();
+        let d = Delivery {
+            team: 0,
+            stream: Stream::Metrics,
+            seq: 1,
+            ts: now_micros(),
+            frame: Frame::from("m"),
+        };
+        let lag = Metrics::new().delivery_lag[0].clone();
+        let n = fan_out_metrics(&boxes, &d, &lag, 8);
+        let taking = boxes.len() - boxes.len().div_ceil(3);
+        assert_eq!(n.fanout as usize, taking);
+        for (i, m) in boxes.iter().enumerate() {
+            let mut out = Vec::new();
+            m.drain(&mut out);
+            assert_eq!(out.len(), usize::from(i % 3 != 0), "mailbox {i}");
+        }
     }
 
     #[test]

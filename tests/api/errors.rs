@@ -133,3 +133,131 @@ async fn a_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
         .await
         .is_none());
 }
+
+/// Sends `request` on a fresh connection; the whole answer, up to the
+/// server's close.
+async fn raw_http(app: &TestApp, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, sock.read_to_end(&mut out))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn handshakes_that_are_not_websocket_upgrades_get_400_naming_why() {
+    let app = spawn_app();
+    let auth = format!("Authorization: Bearer {}\r\n", token(&["alpha"]));
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    // A plain GET: no upgrade at all.
+    let res = reqwest::Client::new()
+        .get(app.url("/ws"))
+        .bearer_auth(token(&["alpha"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("websocket handshake"),
+        "{body}"
+    );
+    // `Upgrade: websocket, foo` passes a lenient handshake check, but the
+    // HTTP/1 parser does not hand the socket over: refused, not hung.
+    let res = raw_http(
+        &app,
+        &format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket, foo\r\n{key}{auth}\r\n"
+        ),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    assert!(res.contains("a WebSocket upgrade needs"), "{res}");
+    // A version the server does not speak.
+    let res = raw_http(
+        &app,
+        &format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n{auth}\r\n"
+        ),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    assert!(res.contains("websocket handshake"), "{res}");
+    // The server keeps serving WebSockets.
+    let mut c = app.subscriber("alpha", &["metrics"]).await;
+    assert_alive(&mut c).await;
+}
+
+#[tokio::test]
+async fn an_upgrade_request_to_another_path_gets_that_paths_answer() {
+    let app = spawn_app();
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    // Upgrades go to opswire's upgrade service whatever the path: it
+    // answers with the route's own response, whole, and closes.
+    let res = raw_http(
+        &app,
+        &format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{key}\r\n"
+        ),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("connection: close"),
+        "{res}"
+    );
+    let res = raw_http(
+        &app,
+        &format!(
+            "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{key}\r\n"
+        ),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 404"), "{res}");
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_not_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app();
+    // The handshake and the first frame (auth) in one write: the server
+    // reads both at once and must carry the frame over to the session.
+    let op = json!({"op": "auth", "id": 7, "token": token(&["alpha"])}).to_string();
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    assert!(op.len() < 65536);
+    bytes.extend_from_slice(&[0x81, 0x80 | 126]);
+    bytes.extend_from_slice(&(op.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(&mask);
+    bytes.extend(op.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    sock.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let welcome = tokio::time::timeout(WAIT, async {
+        loop {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(at) = text.find("{\"type\":\"welcome\"") {
+                return text[at..].to_owned();
+            }
+        }
+    })
+    .await
+    .expect("welcome after the pipelined auth op");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+    assert!(welcome.contains("\"id\":7"), "{welcome}");
+}

@@ -8,6 +8,7 @@ mod auth;
 mod bench;
 mod cli;
 mod errors;
+mod fanout;
 mod http_api;
 mod isolation;
 mod lifecycle;

@@ -1,37 +1,50 @@
-//! The reader half of a WebSocket: frames decoded from the request
-//! payload, continuations put together up to the frame limit.
+//! The reader half of a WebSocket: frames decoded from the socket,
+//! continuations put together up to the frame limit.
 //!
 //! The state lives in [`Inbound`], not in the future of [`Inbound::recv`],
-//! so `recv` can lose a `select!` race without losing bytes.
+//! so `recv` can lose a `select!` race without losing bytes. Reads go
+//! through a buffer on the stack; the connection keeps bytes only while a
+//! frame is incomplete, so an idle connection holds no read buffer.
 
 use std::io;
 
-use actix_http::ws::{Codec, Frame, Item, ProtocolError};
-use actix_web::dev::Payload;
+use actix_http::ws::{CloseReason, Codec, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use futures_util::StreamExt;
+use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-pub use actix_ws::AggregatedMessage as Message;
+/// A whole message from the client.
+#[derive(Debug)]
+pub enum Message {
+    Text(ByteString),
+    /// Binary messages are refused; their content is not kept.
+    Binary,
+    Ping(Bytes),
+    Pong,
+    Close(Option<CloseReason>),
+}
+
+/// Bytes read per `read(2)`: a client's ops are small.
+const READ_CHUNK: usize = 4096;
 
 pub struct Inbound {
-    payload: Payload,
     buf: BytesMut,
     codec: Codec,
     max: usize,
     /// A fragmented message being put together: text or binary, its parts.
     partial: Option<(bool, BytesMut)>,
-    /// The payload ended (or failed): only what is buffered is left.
+    /// The peer closed its side (or the socket failed): only what is
+    /// buffered is left.
     done: bool,
 }
 
 impl Inbound {
-    /// Reads `payload`, refusing frames and messages over `max` bytes.
-    pub fn new(payload: Payload, max: usize) -> Inbound {
+    /// Reads from the socket, starting with `buffered` (what came with the
+    /// handshake), refusing frames and messages over `max` bytes.
+    pub fn new(buffered: &[u8], max: usize) -> Inbound {
         Inbound {
-            payload,
-            buf: BytesMut::new(),
+            buf: BytesMut::from(buffered),
             codec: Codec::new().max_size(max),
             max,
             partial: None,
@@ -40,29 +53,42 @@ impl Inbound {
     }
 
     /// The next message; None when the client is gone.
-    pub async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
+    pub async fn recv(&mut self, io: &TcpStream) -> Option<Result<Message, ProtocolError>> {
         loop {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(frame)) => {
                     if let Some(msg) = self.assemble(frame) {
+                        self.shrink();
                         return Some(msg);
                     }
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => self.shrink(),
                 Err(e) => return Some(Err(e)),
             }
             if self.done {
                 return None;
             }
-            match self.payload.next().await {
-                Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(ProtocolError::Io(io::Error::other(e))));
-                }
-                None => self.done = true,
+            if let Err(e) = io.readable().await {
+                self.done = true;
+                return Some(Err(ProtocolError::Io(e)));
             }
+            match read_some(io, &mut self.buf) {
+                Ok(0) => self.done = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(ProtocolError::Io(e)));
+                }
+            }
+        }
+    }
+
+    /// Frees the buffer once everything in it is decoded.
+    fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -71,9 +97,9 @@ impl Inbound {
     fn assemble(&mut self, frame: Frame) -> Option<Result<Message, ProtocolError>> {
         match frame {
             Frame::Text(b) => Some(text(b)),
-            Frame::Binary(b) => Some(Ok(Message::Binary(b))),
+            Frame::Binary(_) => Some(Ok(Message::Binary)),
             Frame::Ping(b) => Some(Ok(Message::Ping(b))),
-            Frame::Pong(b) => Some(Ok(Message::Pong(b))),
+            Frame::Pong(_) => Some(Ok(Message::Pong)),
             Frame::Close(r) => Some(Ok(Message::Close(r))),
             Frame::Continuation(item) => {
                 let (first, part, last) = match item {
@@ -108,7 +134,7 @@ impl Inbound {
                 Some(if is_text {
                     text(acc.freeze())
                 } else {
-                    Ok(Message::Binary(acc.freeze()))
+                    Ok(Message::Binary)
                 })
             }
         }
@@ -119,4 +145,13 @@ fn text(b: Bytes) -> Result<Message, ProtocolError> {
     ByteString::try_from(b)
         .map(Message::Text)
         .map_err(|e| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// One non-blocking read appended to `buf`. A plain function, so the
+/// stack buffer never becomes part of the connection's future.
+fn read_some(io: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = io.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }

@@ -1,27 +1,35 @@
 //! The WebSocket transport.
 //!
-//! A connection has two halves. The writer is the response body
-//! ([`outbound::Outbound`]): actix-web's dispatcher polls it, and it takes
-//! frames straight from the session's mailbox, where the hub queues them.
-//! The session task reads ([`inbound::Inbound`]) and is a single `select!`
-//! over: shutdown, the auth deadline, the token's expiry, the heartbeat,
-//! the client's next message, and the writer ending. It queues its replies
-//! in the mailbox too, so it never waits on the socket, and it never awaits
-//! another session. A client that stops reading is cut off when it stops
-//! answering pings (or when its queue overflows).
+//! The handshake is an ordinary actix-web request (`GET /ws`: routing,
+//! middleware, the HTTP span, auth, origin, limits). What it answers with
+//! is handed to [`upgrade`], which runs outside actix-http's HTTP/1
+//! dispatcher: it writes the `101` and runs the connection on the bare
+//! socket, so a connection holds no HTTP buffers and no dispatcher, and
+//! the hub can write metrics frames to the socket directly.
+//!
+//! A connection is one future with two halves polled together. The writer
+//! ([`outbound::Outbound`]) writes what the session's mailbox queues. The
+//! session reads ([`inbound::Inbound`]) and is a single `select!` over:
+//! shutdown, the auth deadline, the token's expiry, the heartbeat and the
+//! client's next message. It queues its replies in the mailbox too, so it
+//! never waits on the socket, and it never awaits another session. A
+//! client that stops reading is cut off when it stops answering pings (or
+//! when its queue overflows).
 
 mod inbound;
 mod outbound;
+pub mod upgrade;
+mod wire;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_http::ws::ProtocolError;
-use actix_web::body::MessageBody;
+use actix_web::body::BoxBody;
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tracing::field::Empty;
@@ -30,7 +38,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::{AppState, ConnectionGuard};
 use crate::auth::{AuthError, Principal, Scope};
-use crate::hub::{Control, HubError, Mailbox, Push, SessionHandle, TeamId};
+use crate::hub::{Control, Mailbox, Push, SessionHandle, TeamId};
 use crate::protocol::{
     parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
     PublishOp, Reply, SilenceOp, Stream, SERVER_NAME, SUBPROTOCOL,
@@ -39,7 +47,9 @@ use crate::time::now_micros;
 use crate::transport::{http_error, origin_allowed, principal_from_request, session_name};
 
 use inbound::{Inbound, Message};
-use outbound::Outbound;
+use outbound::{Ended, Outbound};
+use tokio::net::TcpStream;
+use wire::WsWire;
 
 /// Close codes of the protocol.
 pub mod close {
@@ -53,10 +63,10 @@ pub mod close {
 }
 
 /// `GET /ws`: checks capacity, the `Authorization` header and origin, then
-/// upgrades and spawns the session task.
+/// answers `101` with the prepared connection attached, for [`upgrade`]
+/// to run on the socket.
 pub async fn handler(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let m = &state.metrics;
@@ -130,11 +140,28 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let mut response = actix_http::ws::handshake(req.head())?;
+    let mut response = match actix_http::ws::handshake(req.head()) {
+        Ok(r) => r,
+        Err(e) => {
+            handshake.record("opswire.result", "rejected_handshake");
+            return Ok(http_error(
+                ErrorCode::BadRequest,
+                format!("websocket handshake: {e}"),
+            ));
+        }
+    };
+    if req.extensions().get::<upgrade::UpgradePath>().is_none() {
+        // Valid for `ws::handshake`, yet not an upgrade to HTTP/1's parser
+        // (say `Upgrade: websocket, foo`): no socket to take over.
+        handshake.record("opswire.result", "rejected_upgrade");
+        return Ok(http_error(
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade needs `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    }
     if offers_subprotocol(&req) {
         response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
     }
-    let stream = Inbound::new(body.into_inner(), state.config.limits.max_frame_bytes);
     let outcome = if origin_ok {
         "accepted"
     } else {
@@ -142,13 +169,29 @@ pub async fn handler(
     };
     m.connections_total.with_label_values(&[outcome]).inc();
     handshake.record("opswire.result", outcome);
-    let state = state.into_inner();
-    let mut conn = Connection::new(state.clone(), name, principal, guard);
+    let mut conn = Connection::new(state.into_inner(), name, principal, guard);
     conn.parent = handshake.context();
-    let writer = Outbound::new(state, conn.mailbox.clone());
     tracing::debug!(session = %conn.name, user_agent, "websocket connected");
-    actix_web::rt::spawn(conn.run(stream, origin_ok));
-    Ok(response.message_body(writer.boxed())?.into())
+    let mut response = HttpResponse::from(response.message_body(BoxBody::new(()))?);
+    response
+        .extensions_mut()
+        .insert(Accepted { conn, origin_ok });
+    Ok(response)
+}
+
+/// A connection the `/ws` handler accepted, riding on its `101` response
+/// to [`upgrade`], which runs it on the socket.
+pub struct Accepted {
+    conn: Connection,
+    origin_ok: bool,
+}
+
+impl Accepted {
+    /// Runs the connection on `io` until it ends; `buffered` is what the
+    /// client sent after its handshake, already read.
+    pub async fn run(self, io: TcpStream, buffered: BytesMut) {
+        self.conn.run(io, buffered, self.origin_ok).await
+    }
 }
 
 /// Whether the client offered opswire's subprotocol (then it is echoed).
@@ -164,9 +207,9 @@ fn offers_subprotocol(req: &HttpRequest) -> bool {
 enum Flow {
     Continue,
     Close(u16, String),
-    /// The writer is done: it sent this close (lagged: 4008), or the
-    /// connection went (None).
-    Ended(Option<(u16, String)>),
+    /// The writer is done: it sent a close (lagged: 4008), or the
+    /// connection went.
+    Ended(Ended),
     /// The socket is gone or unwritable: drop it without a close frame.
     Abort,
 }
@@ -182,6 +225,8 @@ struct Connection {
     parent: opentelemetry::Context,
     started: Instant,
     frames_received: u64,
+    /// The client sent its close frame.
+    peer_closed: bool,
     /// The error code of the op being handled, for its span.
     op_error: Option<ErrorCode>,
     principal: Option<Principal>,
@@ -225,6 +270,7 @@ impl Connection {
             parent: opentelemetry::Context::new(),
             started: Instant::now(),
             frames_received: 0,
+            peer_closed: false,
             op_error: None,
             principal,
             mailbox: hub.mailbox().clone(),
@@ -238,41 +284,74 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut stream: Inbound, origin_ok: bool) {
-        let flow = if !origin_ok {
-            Box::pin(self.close_with_error(
-                ErrorCode::Forbidden,
-                "origin not allowed (websocket.allowed_origins)",
-                close::POLICY,
-            ))
-            .await
-        } else {
-            self.event_loop(&mut stream).await
+    async fn run(mut self, io: TcpStream, buffered: BytesMut, origin_ok: bool) {
+        // Frames go out as they are made: no Nagle delay on a burst.
+        let _ = io.set_nodelay(true);
+        let wire = Arc::new(WsWire(io));
+        self.mailbox.attach_wire(wire.clone());
+        let io = wire.io();
+        let mut inbound = Inbound::new(&buffered, self.state.config.limits.max_frame_bytes);
+        drop(buffered);
+        let mut writer = Outbound::new(self.state.clone(), self.mailbox.clone());
+        let flow = {
+            let session = async {
+                if origin_ok {
+                    self.event_loop(&mut inbound, io).await
+                } else {
+                    Box::pin(self.close_with_error(
+                        ErrorCode::Forbidden,
+                        "origin not allowed (websocket.allowed_origins)",
+                        close::POLICY,
+                    ))
+                    .await
+                }
+            };
+            tokio::select! {
+                biased;
+                ended = writer.run(io) => Flow::Ended(ended),
+                flow = session => flow,
+            }
         };
-        let (code, reason) = match flow {
+        // Whether our close frame went out (then the close handshake is
+        // finished before the socket is).
+        let (code, reason, closed) = match flow {
             Flow::Close(code, reason) => {
                 // The writer sends the close after what is queued; give it
                 // a moment, so shutdown does not outrun it.
-                if self
+                let ended = if self
                     .mailbox
                     .push_control_all([Control::Close(code, reason.clone())])
                 {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), self.mailbox.ended()).await;
+                    tokio::time::timeout(Duration::from_secs(1), writer.run(io))
+                        .await
+                        .ok()
+                } else {
+                    None
+                };
+                let closed = matches!(ended, Some(Ended::Closed(..)));
+                if !closed {
+                    self.mailbox.abort();
                 }
-                (code.to_string(), reason)
+                (code.to_string(), reason, closed)
             }
-            Flow::Ended(Some((code, reason))) => (code.to_string(), reason),
-            Flow::Abort | Flow::Continue | Flow::Ended(None) => {
+            Flow::Ended(Ended::Closed(code, reason)) => (code.to_string(), reason, true),
+            Flow::Abort | Flow::Continue | Flow::Ended(_) => {
                 self.mailbox.abort();
-                ("abnormal".to_string(), "connection lost".to_string())
+                ("abnormal".to_string(), "connection lost".to_string(), false)
             }
         };
-        let reason = reason.as_str();
+        self.record_close(&code, &reason);
+        if closed && !self.peer_closed {
+            linger(io, &mut inbound).await;
+        }
+    }
+
+    /// The close's metric, span and log line.
+    fn record_close(&self, code: &str, reason: &str) {
         let frames_sent = self.mailbox.sent();
-        let label = match code.as_str() {
+        let label = match code {
             "1000" | "1001" | "1002" | "1003" | "1007" | "1008" | "1009" | "1011" | "1012"
-            | "4008" | "abnormal" => code.as_str(),
+            | "4008" | "abnormal" => code,
             _ => "other",
         };
         self.state
@@ -306,7 +385,7 @@ impl Connection {
         });
     }
 
-    async fn event_loop(&mut self, stream: &mut Inbound) -> Flow {
+    async fn event_loop(&mut self, stream: &mut Inbound, io: &TcpStream) -> Flow {
         let cfg = self.state.config.clone();
         let shutdown = self.state.shutdown.clone();
         if self.principal.is_some() {
@@ -319,7 +398,6 @@ impl Connection {
         let hb = Duration::from_secs(cfg.websocket.heartbeat_s);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mailbox = self.mailbox.clone();
         loop {
             // A connection lives no longer than its token: clients send a
             // fresh `auth` op before `exp` to stay connected.
@@ -347,8 +425,7 @@ impl Connection {
                 // Boxed: op handling (auth, silence via HTTP, publish) is
                 // rare next to frames going out, and inlining its future
                 // would make every idle session's task several KiB bigger.
-                msg = stream.recv() => Box::pin(self.on_message(msg)).await,
-                close = mailbox.ended() => Flow::Ended(close),
+                msg = stream.recv(io) => Box::pin(self.on_message(msg)).await,
             };
             if !matches!(flow, Flow::Continue) {
                 return flow;
@@ -465,7 +542,7 @@ impl Connection {
                     .observe(started.elapsed().as_secs_f64());
                 flow
             }
-            Some(Ok(Message::Binary(_))) => {
+            Some(Ok(Message::Binary)) => {
                 self.frames_received += 1;
                 if let Some(flow) = self.rate_limit(None).await {
                     return flow;
@@ -489,11 +566,12 @@ impl Connection {
                     Flow::Abort
                 }
             }
-            Some(Ok(Message::Pong(_))) => {
+            Some(Ok(Message::Pong)) => {
                 self.last_pong = Instant::now();
                 Flow::Continue
             }
             Some(Ok(Message::Close(reason))) => {
+                self.peer_closed = true;
                 // Echo the client's code; the metric label stays bounded.
                 let code = reason.as_ref().map_or(close::NORMAL, |r| u16::from(r.code));
                 let text = reason.and_then(|r| r.description).unwrap_or_default();
@@ -626,6 +704,9 @@ impl Connection {
                 let mut streams = s.streams.clone();
                 streams.sort();
                 streams.dedup();
+                // No live frame may reach the socket before `subscribed`
+                // and its replay: hold the fan-out off until they are queued.
+                self.mailbox.hold();
                 match self.hub.subscribe(team, &streams, &s.resume, filter) {
                     Ok(sub) => {
                         // The reply and its replay in one go: live frames
@@ -645,10 +726,10 @@ impl Connection {
                             Flow::Abort
                         }
                     }
-                    Err(e @ HubError::TooManySubscriptions(_)) => {
+                    Err(e) => {
+                        self.mailbox.release();
                         self.error(id, ErrorCode::BadRequest, &e.to_string()).await
                     }
-                    Err(e) => self.error(id, ErrorCode::BadRequest, &e.to_string()).await,
                 }
             }
             Op::Unsubscribe(u) => {
@@ -844,4 +925,21 @@ impl Connection {
             }
         }
     }
+}
+
+/// After our close frame: send FIN, then wait (at most a second) for the
+/// client's close frame or its FIN, and close the socket; the server
+/// closes first, as RFC 6455 §7.1.1 asks, and what the client sent
+/// meanwhile is read, so the close does not turn into a reset.
+async fn linger(io: &TcpStream, inbound: &mut Inbound) {
+    let _ = socket2::SockRef::from(io).shutdown(std::net::Shutdown::Write);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match inbound.recv(io).await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
 }

@@ -1,21 +1,23 @@
-//! The WebSocket response body: the writer half of a connection.
+//! The writer half of a WebSocket.
 //!
-//! actix-web writes a response body by polling it. This body polls the
-//! session's [`Mailbox`] directly: a frame queued by the hub wakes the
-//! connection's HTTP dispatcher, which takes everything queued, frames it
-//! (one buffer, one write for the whole batch) and writes it. The
-//! session's own task is not involved in fan-out at all: it handles what
-//! the client sends and queues replies as [`Control`] frames. Compared with
-//! a channel between the two tasks, a frame costs one task wake instead of
-//! two, and an idle connection holds no channel.
+//! Metrics frames usually never come here: the hub's fan-out writes them
+//! straight to the socket (see `hub::mailbox`). The writer puts on the
+//! wire everything that was queued instead: the session's replies
+//! ([`Control`]), log and alert frames, metrics frames that found the way
+//! blocked, and the rest of a frame the fan-out could write only part of.
+//! It takes everything queued at once, frames it into one buffer and
+//! writes that with as few `write(2)`s as the socket allows; it never
+//! waits on the socket while holding the mailbox, and the mailbox keeps
+//! the fan-out off the socket while a batch is on its way.
 
-use std::pin::Pin;
+use std::future::poll_fn;
+use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_http::ws::{CloseCode, CloseReason, Codec, Message};
-use actix_web::body::{BodySize, MessageBody};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;
 
 use crate::app::AppState;
@@ -25,13 +27,27 @@ use crate::time::now_micros;
 
 use super::close;
 
+/// How the writer ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// It wrote this close frame (the session's, or 4008 after `lagged`).
+    Closed(u16, String),
+    /// Closed and empty, or aborted: no close frame.
+    Dropped,
+    /// The socket failed.
+    Lost,
+}
+
 pub struct Outbound {
     state: Arc<AppState>,
     mailbox: Arc<Mailbox>,
     codec: Codec,
     batch: Outgoing,
-    /// A close frame went out: the body ends at the next poll.
-    closed: bool,
+    /// Framed bytes not yet on the wire.
+    pending: Bytes,
+    /// The close frame inside `pending`: once it is written, the writer
+    /// is done.
+    closing: Option<(u16, String)>,
 }
 
 impl Outbound {
@@ -41,8 +57,53 @@ impl Outbound {
             mailbox,
             codec: Codec::new(),
             batch: Outgoing::default(),
-            closed: false,
+            pending: Bytes::new(),
+            closing: None,
         }
+    }
+
+    /// Writes until the writer is done; cancel-safe (the state is here).
+    pub async fn run(&mut self, io: &TcpStream) -> Ended {
+        poll_fn(|cx| self.poll_write(cx, io)).await
+    }
+
+    /// Writes what is queued; Pending when everything is written (parked
+    /// on the mailbox) or the socket is full (parked on writability).
+    fn poll_write(&mut self, cx: &mut Context<'_>, io: &TcpStream) -> Poll<Ended> {
+        loop {
+            while !self.pending.is_empty() {
+                match io.try_write(&self.pending) {
+                    Ok(n) => self.pending.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        match io.poll_write_ready(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return Poll::Ready(self.end(Ended::Lost)),
+                        }
+                    }
+                    Err(_) => return Poll::Ready(self.end(Ended::Lost)),
+                }
+            }
+            if let Some((code, reason)) = self.closing.take() {
+                return Poll::Ready(self.end(Ended::Closed(code, reason)));
+            }
+            match self.mailbox.poll_take(cx, &mut self.batch) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Take::Finished | Take::Aborted) => {
+                    return Poll::Ready(self.end(Ended::Dropped))
+                }
+                Poll::Ready(Take::Ready) => self.pending = self.frame_batch(),
+            }
+        }
+    }
+
+    fn end(&mut self, how: Ended) -> Ended {
+        let close = match &how {
+            Ended::Closed(code, reason) => Some((*code, reason.clone())),
+            _ => None,
+        };
+        self.mailbox.mark_ended(close);
+        how
     }
 
     fn encode(&mut self, msg: Message, buf: &mut BytesMut) {
@@ -63,8 +124,12 @@ impl Outbound {
                 Control::Close(_, r) => r.len() + 4,
             })
             .chain(self.batch.data.iter().map(|d| d.frame.len() + 10))
-            .sum();
+            .sum::<usize>()
+            + self.batch.owed.as_ref().map_or(0, |b| b.len());
         let mut buf = BytesMut::with_capacity(size + 128);
+        if let Some(owed) = self.batch.owed.take() {
+            buf.extend_from_slice(&owed);
+        }
         let mut frames = 0u64;
         let control = std::mem::take(&mut self.batch.control);
         for c in control {
@@ -113,53 +178,12 @@ impl Outbound {
     }
 
     fn write_close(&mut self, code: u16, reason: String, buf: &mut BytesMut) {
-        self.mailbox.mark_ended(Some((code, reason.clone())));
-        let description = (!reason.is_empty()).then_some(reason);
-        let reason = CloseReason {
+        let description = (!reason.is_empty()).then(|| reason.clone());
+        let close = CloseReason {
             code: CloseCode::from(code),
             description,
         };
-        self.encode(Message::Close(Some(reason)), buf);
-        self.closed = true;
-    }
-}
-
-impl MessageBody for Outbound {
-    type Error = std::io::Error;
-
-    fn size(&self) -> BodySize {
-        BodySize::Stream
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
-        if this.closed {
-            return Poll::Ready(None);
-        }
-        match this.mailbox.poll_take(cx, &mut this.batch) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Take::Finished) => {
-                this.mailbox.mark_ended(None);
-                Poll::Ready(None)
-            }
-            // Ending the body ends an upgraded connection. (An error would
-            // do the same, but actix logs every body error at ERROR.)
-            Poll::Ready(Take::Aborted) => {
-                this.mailbox.mark_ended(None);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Take::Ready) => Poll::Ready(Some(Ok(this.frame_batch()))),
-        }
-    }
-}
-
-impl Drop for Outbound {
-    /// The dispatcher drops the body when the connection ends, however it
-    /// ends: the session learns it here.
-    fn drop(&mut self) {
-        self.mailbox.mark_ended(None);
+        self.encode(Message::Close(Some(close)), buf);
+        self.closing = Some((code, reason));
     }
 }
