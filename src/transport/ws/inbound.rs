@@ -69,7 +69,12 @@ impl Inbound {
             if self.done {
                 return None;
             }
-            if let Err(e) = io.readable().await {
+            // `poll_read_ready`, not `readable()`: it takes the socket's
+            // one reader slot, which still holds the waker of the HTTP
+            // dispatcher that read the handshake; left there, that waker
+            // would keep the dispatcher's finished task (≈ 1.8 KiB)
+            // allocated until the client next sends something.
+            if let Err(e) = std::future::poll_fn(|cx| io.poll_read_ready(cx)).await {
                 self.done = true;
                 return Some(Err(ProtocolError::Io(e)));
             }
