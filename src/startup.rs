@@ -167,10 +167,15 @@ impl Application {
             token.cancelled().await;
             state.set_draining();
             tracing::info!("shutting down: closing sessions with 1012");
-            // WebSocket sessions run as tasks of their own, which
-            // actix-server does not wait for: wait here, then stop it.
-            let _ = tokio::time::timeout(grace, state.connections.closed()).await;
-            handle.stop(true).await;
+            // No new connections from here on. WebSocket sessions run as
+            // tasks of their own, which actix-server does not wait for:
+            // wait for them (and SSE streams) here, then stop it; forcibly
+            // if they outlived the grace period.
+            handle.pause().await;
+            let drained = tokio::time::timeout(grace, state.connections.closed())
+                .await
+                .is_ok();
+            handle.stop(drained).await;
         });
         tracing::info!(addr = %self.addr, dev_mode = self.state.auth.dev_mode(), "opswire listening");
         let result = self.server.await;

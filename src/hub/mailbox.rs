@@ -164,46 +164,57 @@ struct Inbox {
     /// The session is preparing frames that must go before any data (a
     /// `subscribed` reply and its replay).
     held: bool,
-    /// Teams whose metrics this subscriber takes. The fan-out works from
-    /// a snapshot of the team's subscribers; this keeps a snapshot older
-    /// than an unsubscribe from delivering after it.
-    metrics_from: TeamSet,
+    /// Teams whose metrics this subscriber takes, from which seq on. The
+    /// fan-out works from a snapshot of the team's subscribers; this keeps
+    /// a snapshot older than an unsubscribe (or than an unsubscribe and a
+    /// new subscribe) from delivering after it.
+    metrics_from: TeamFloors,
 }
 
-/// A few team ids, inline: the fan-out checks one per subscriber per
-/// frame, and a pointer chase to a heap vector is a cache miss each time.
+/// For each team whose metrics a subscriber takes, the first `seq` it
+/// takes live (older ones reached it in its replay, or belong to an
+/// earlier subscription). Kept inline: the fan-out checks it once per
+/// subscriber per frame, and a pointer chase to a heap vector would be a
+/// cache miss each time.
 #[derive(Default)]
-struct TeamSet {
-    inline: [TeamId; 3],
+struct TeamFloors {
+    inline: [(TeamId, u64); 3],
     len: usize,
-    more: Vec<TeamId>,
+    more: Vec<(TeamId, u64)>,
 }
 
-impl TeamSet {
-    fn contains(&self, team: TeamId) -> bool {
-        self.inline[..self.len.min(3)].contains(&team)
-            || (self.len > 3 && self.more.contains(&team))
+impl TeamFloors {
+    fn all(&self) -> impl Iterator<Item = &(TeamId, u64)> {
+        self.inline[..self.len.min(3)].iter().chain(&self.more)
     }
 
-    fn insert(&mut self, team: TeamId) {
-        if self.contains(team) {
+    /// The first live seq of `team`, if subscribed.
+    fn floor(&self, team: TeamId) -> Option<u64> {
+        self.all().find(|(t, _)| *t == team).map(|&(_, f)| f)
+    }
+
+    fn set(&mut self, team: TeamId, from: u64) {
+        if let Some(slot) = self.inline[..self.len.min(3)]
+            .iter_mut()
+            .chain(self.more.iter_mut())
+            .find(|(t, _)| *t == team)
+        {
+            slot.1 = from;
             return;
         }
         if self.len < 3 {
-            self.inline[self.len] = team;
+            self.inline[self.len] = (team, from);
         } else {
-            self.more.push(team);
+            self.more.push((team, from));
         }
         self.len += 1;
     }
 
     fn remove(&mut self, team: TeamId) {
-        let mut all: Vec<TeamId> = self.inline[..self.len.min(3)].to_vec();
-        all.append(&mut self.more);
-        all.retain(|&t| t != team);
-        *self = TeamSet::default();
-        for t in all {
-            self.insert(t);
+        let rest: Vec<(TeamId, u64)> = self.all().copied().filter(|(t, _)| *t != team).collect();
+        *self = TeamFloors::default();
+        for (t, f) in rest {
+            self.set(t, f);
         }
     }
 }
@@ -269,10 +280,11 @@ impl Mailbox {
         self.lock().wire = Some(wire);
     }
 
-    /// This subscriber now takes `team`'s metrics (the hub calls it under
-    /// the team's lock, when it joins the subscribers).
-    pub fn accept_metrics(&self, team: TeamId) {
-        self.lock().metrics_from.insert(team);
+    /// This subscriber now takes `team`'s metrics frames from seq `from`
+    /// on (the hub calls it under the team's lock, when it joins the
+    /// subscribers: `from` is the seq after the one it replays).
+    pub fn accept_metrics(&self, team: TeamId, from: u64) {
+        self.lock().metrics_from.set(team, from);
     }
 
     /// Offers a metrics frame: written to the socket if the way is clear,
@@ -284,7 +296,11 @@ impl Mailbox {
         if inbox.closed || inbox.aborted || inbox.lagged.is_some() {
             return Offer::Refused;
         }
-        if !inbox.metrics_from.contains(d.team) {
+        if inbox
+            .metrics_from
+            .floor(d.team)
+            .is_none_or(|from| d.seq < from)
+        {
             return Offer::Ignored;
         }
         if let Some(wire) = inbox.direct() {
@@ -517,8 +533,8 @@ impl Mailbox {
     }
 
     /// Drops undelivered frames of `team` whose stream is in `streams`
-    /// (after an unsubscribe); without metrics, the fan-out's older
-    /// snapshots deliver none either.
+    /// (after an unsubscribe); for metrics, frames of the fan-out's older
+    /// snapshots are refused too.
     pub fn purge(&self, team: TeamId, streams: &[Stream]) {
         let mut inbox = self.lock();
         if streams.contains(&Stream::Metrics) {
@@ -569,8 +585,8 @@ mod tests {
     #[test]
     fn metrics_conflate_per_team_and_events_overflow_to_lagged() {
         let m = Mailbox::new(2);
-        m.accept_metrics(0);
-        m.accept_metrics(1);
+        m.accept_metrics(0, 1);
+        m.accept_metrics(1, 1);
         assert_eq!(
             m.offer_metrics(&d(0, Stream::Metrics, 1), &OnceLock::new()),
             Offer::Queued(false)
@@ -640,15 +656,18 @@ mod tests {
     }
 
     #[test]
-    fn team_sets_spill_and_shrink() {
-        let mut t = TeamSet::default();
-        for team in [5, 1, 9, 7, 1] {
-            t.insert(team);
+    fn team_floors_spill_update_and_shrink() {
+        let mut t = TeamFloors::default();
+        for (team, from) in [(5, 1), (1, 2), (9, 3), (7, 4), (1, 6)] {
+            t.set(team, from);
         }
-        assert!([5, 1, 9, 7].iter().all(|&x| t.contains(x)));
+        assert_eq!(
+            [5, 1, 9, 7, 8].map(|x| t.floor(x)),
+            [Some(1), Some(6), Some(3), Some(4), None]
+        );
         assert_eq!(t.len, 4);
         t.remove(1);
-        assert!(!t.contains(1) && t.contains(7) && t.contains(5));
+        assert_eq!([1, 7, 5].map(|x| t.floor(x)), [None, Some(4), Some(1)]);
         assert_eq!((t.len, t.more.len()), (3, 0));
     }
 
@@ -657,7 +676,7 @@ mod tests {
         let m = Mailbox::new(8);
         let wire = Arc::new(FakeWire::default());
         m.attach_wire(wire.clone());
-        m.accept_metrics(0);
+        m.accept_metrics(0, 1);
         // Nothing queued: written directly, nothing for the writer.
         assert_eq!(
             m.offer_metrics(&d(0, Stream::Metrics, 1), &OnceLock::new()),
@@ -729,11 +748,21 @@ mod tests {
             vec![b"1".to_vec(), b"5".to_vec(), b"7".to_vec()],
             "the wire saw exactly the frames offered while the way was clear"
         );
+        // Subscribed again, replayed up to 9: a snapshot older than that
+        // (still delivering 8) is refused; 10 is taken.
+        m.accept_metrics(0, 10);
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 8), &OnceLock::new()),
+            Offer::Ignored
+        );
+        assert_eq!(
+            m.offer_metrics(&d(0, Stream::Metrics, 10), &OnceLock::new()),
+            Offer::Written
+        );
         // A failed socket: the subscriber is aborted and refuses the rest.
-        m.accept_metrics(0);
         wire.answers.lock().unwrap().push_back(Sent::Failed);
         assert_eq!(
-            m.offer_metrics(&d(0, Stream::Metrics, 9), &OnceLock::new()),
+            m.offer_metrics(&d(0, Stream::Metrics, 11), &OnceLock::new()),
             Offer::Refused
         );
         assert_eq!(take(&m).0, Poll::Ready(Take::Aborted));

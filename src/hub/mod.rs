@@ -163,7 +163,10 @@ fn fan_out_metrics(
             total += offer_all(part, d, &encoded, lag);
         }
         for h in handles {
-            total += h.join().unwrap_or_default();
+            total += h.join().unwrap_or_else(|_| {
+                tracing::error!("a metrics fan-out thread panicked; its share missed this frame");
+                FanoutCount::default()
+            });
         }
         total
     })
@@ -934,8 +937,9 @@ impl SessionHandle {
                 }
             }
         }
-        if wanted & Stream::Metrics.bit() != 0 {
-            self.mailbox.accept_metrics(team);
+        if wanted & Stream::Metrics.bit() != 0 && current & Stream::Metrics.bit() == 0 {
+            // Live from the frame after the replayed one.
+            self.mailbox.accept_metrics(team, st.metrics_seq + 1);
         }
         st.targets_stale = true;
         match pos {
@@ -1138,7 +1142,7 @@ mod tests {
                 let m = Arc::new(Mailbox::new(4));
                 // Every third one has left the team: not offered.
                 if i % 3 != 0 {
-                    m.accept_metrics(0);
+                    m.accept_metrics(0, 1);
                 }
                 m
             })

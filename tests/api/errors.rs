@@ -223,6 +223,58 @@ async fn an_upgrade_request_to_another_path_gets_that_paths_answer() {
     )
     .await;
     assert!(res.starts_with("HTTP/1.1 404"), "{res}");
+    // A streaming answer (SSE) on that path: delimited by the close, not
+    // announced as chunked (which, after an upgrade request, it cannot be).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let req = format!(
+        "GET /sse?team=alpha&streams=metrics&access_token={} HTTP/1.1\r\nHost: x\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\n{key}\r\n",
+        token(&["alpha"])
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let text = tokio::time::timeout(WAIT, async {
+        loop {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if text.contains("event: metrics") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("a metrics event");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let head = text[..text.find("\r\n\r\n").unwrap()].to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+}
+
+#[tokio::test]
+async fn answers_pipelined_ahead_of_an_upgrade_are_not_lost() {
+    let app = spawn_app();
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    // Two requests in one write: the dispatcher answers the first and
+    // hands the connection over for the second before flushing.
+    let res = raw_http(
+        &app,
+        &format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{key}\
+             Authorization: Bearer nope\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    let second = res[4..].find("HTTP/1.1 ").map(|i| &res[i + 4..]);
+    assert!(
+        second.is_some_and(|r| r.starts_with("HTTP/1.1 401")),
+        "{res}"
+    );
 }
 
 #[tokio::test]

@@ -340,6 +340,8 @@ impl Connection {
                 ("abnormal".to_string(), "connection lost".to_string(), false)
             }
         };
+        // Nothing more is queued for this connection while it lingers.
+        self.mailbox.close();
         self.record_close(&code, &reason);
         if closed && !self.peer_closed {
             linger(io, &mut inbound).await;

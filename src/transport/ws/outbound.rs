@@ -27,6 +27,9 @@ use crate::time::now_micros;
 
 use super::close;
 
+/// Batches one poll of the writer writes at most.
+const BATCHES_PER_POLL: usize = 16;
+
 /// How the writer ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -70,6 +73,10 @@ impl Outbound {
     /// Writes what is queued; Pending when everything is written (parked
     /// on the mailbox) or the socket is full (parked on writability).
     fn poll_write(&mut self, cx: &mut Context<'_>, io: &TcpStream) -> Poll<Ended> {
+        // Writes to a fast socket never block, and a flood of log frames
+        // would keep this loop going: after a few batches, let the other
+        // connections of this worker run.
+        let mut batches = 0;
         loop {
             while !self.pending.is_empty() {
                 match io.try_write(&self.pending) {
@@ -87,6 +94,11 @@ impl Outbound {
             if let Some((code, reason)) = self.closing.take() {
                 return Poll::Ready(self.end(Ended::Closed(code, reason)));
             }
+            if batches == BATCHES_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            batches += 1;
             match self.mailbox.poll_take(cx, &mut self.batch) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Take::Finished | Take::Aborted) => {

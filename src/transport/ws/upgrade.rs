@@ -1,7 +1,8 @@
 //! WebSocket upgrades, taken out of actix-http's HTTP/1 dispatcher.
 //!
-//! actix-http hands every `Upgrade: websocket` request of a connection to
-//! the service built here, together with the connection itself. The
+//! actix-http hands every `Upgrade: websocket` request without a chunked
+//! body (and every `CONNECT`) to the service built here, together with
+//! the connection itself. The
 //! service runs the request through the same actix-web [`App`] as every
 //! other request (routing, middleware, the HTTP span, the `/ws` handler's
 //! checks), marked with [`UpgradePath`]. When the answer is a `101` that
@@ -114,44 +115,67 @@ where
         let accepted = res.extensions_mut().remove::<Accepted>();
         let parts = framed.into_parts();
         let (mut codec, mut io) = (parts.codec, parts.io);
-        let mut buf = BytesMut::new();
-        match accepted {
+        // The dispatcher hands over without flushing: answers to requests
+        // pipelined ahead of this one may still be in its write buffer.
+        let mut buf = parts.write_buf;
+        let outcome = match accepted {
             Some(accepted) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let (head, _) = res.into_parts();
                 codec.encode(Message::Item((head, BodySize::None)), &mut buf)?;
-                if let Err(e) = io.write_all(&buf).await {
-                    // Gone before its `101`: nothing to serve, nothing to
-                    // report above debug.
-                    tracing::debug!(error = %e, "websocket client left during the handshake");
-                    return Ok(());
+                match io.write_all(&buf).await {
+                    Ok(()) => {
+                        // Only what the client already sent moves on; the
+                        // dispatcher's buffers are freed here.
+                        let buffered = BytesMut::from(&parts.read_buf[..]);
+                        drop((parts.read_buf, buf, codec));
+                        // A task of its own, on this worker: the
+                        // dispatcher's task (sized for any HTTP
+                        // connection) ends here.
+                        actix_web::rt::spawn(accepted.run(io, buffered));
+                        Ok(())
+                    }
+                    Err(e) => Err(UpgradeError::Io(e)),
                 }
-                // Only what the client already sent moves on; the
-                // dispatcher's buffers are freed here.
-                let buffered = BytesMut::from(&parts.read_buf[..]);
-                drop((parts.read_buf, parts.write_buf, buf, codec));
-                // A task of its own, on this worker: the dispatcher's task
-                // (sized for any HTTP connection) ends here.
-                actix_web::rt::spawn(accepted.run(io, buffered));
-                Ok(())
             }
             _ => {
-                drop((parts.read_buf, parts.write_buf));
-                let (mut head, body) = res.into_parts();
-                head.head_mut().set_connection_type(ConnectionType::Close);
-                let size = body.size();
-                codec.encode(Message::Item((head, size)), &mut buf)?;
-                let mut body = pin!(body);
-                while let Some(chunk) = poll_fn(|cx| body.as_mut().poll_next(cx)).await {
-                    let chunk = chunk.map_err(|e| UpgradeError::Body(e.to_string()))?;
-                    codec.encode(Message::Chunk(Some(chunk)), &mut buf)?;
-                    io.write_all(&buf).await?;
-                    buf.clear();
-                }
-                codec.encode(Message::Chunk(None), &mut buf)?;
-                io.write_all(&buf).await?;
-                io.shutdown().await?;
-                Ok(())
+                drop(parts.read_buf);
+                refuse(res, codec, buf, io).await
             }
+        };
+        // A client gone mid-answer is not the server's error: actix-http
+        // would log it at ERROR.
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "websocket upgrade: client gone during the answer");
         }
+        Ok(())
     }
+}
+
+/// Writes a whole non-`101` answer and closes the connection. A streaming
+/// body (another route's, say `/sse`) is delimited by the close: after an
+/// upgrade request the codec cannot chunk.
+async fn refuse(
+    res: Response<BoxBody>,
+    mut codec: h1::Codec,
+    mut buf: BytesMut,
+    mut io: TcpStream,
+) -> Result<(), UpgradeError> {
+    let (mut head, body) = res.into_parts();
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    let size = body.size();
+    if size == BodySize::Stream {
+        head.head_mut().no_chunking(true);
+    }
+    codec.encode(Message::Item((head, size)), &mut buf)?;
+    let mut body = pin!(body);
+    while let Some(chunk) = poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(|e| UpgradeError::Body(e.to_string()))?;
+        codec.encode(Message::Chunk(Some(chunk)), &mut buf)?;
+        io.write_all(&buf).await?;
+        buf.clear();
+    }
+    codec.encode(Message::Chunk(None), &mut buf)?;
+    io.write_all(&buf).await?;
+    io.shutdown().await?;
+    Ok(())
 }
