@@ -498,7 +498,9 @@ impl Mailbox {
         inbox.writing = true;
         out.owed = inbox.owed.take();
         let took_control = !inbox.control.is_empty();
-        out.control.extend(inbox.control.drain(..));
+        // Taken whole: replies are rare, and an idle connection should not
+        // keep the queue's allocation.
+        out.control.extend(std::mem::take(&mut inbox.control));
         out.data.append(&mut inbox.metrics);
         out.data.extend(inbox.events.drain(..));
         if inbox.lagged.is_some() && !inbox.lagged_taken {

@@ -91,6 +91,9 @@ impl Outbound {
                     Err(_) => return Poll::Ready(self.end(Ended::Lost)),
                 }
             }
+            // All written: let the batch's buffer go (an advanced `Bytes`
+            // still holds it), so an idle connection keeps none.
+            self.pending = Bytes::new();
             if let Some((code, reason)) = self.closing.take() {
                 return Poll::Ready(self.end(Ended::Closed(code, reason)));
             }
