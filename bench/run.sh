@@ -14,6 +14,8 @@
 #             the raw writer
 #   stalled   10k with 10 % stalled clients (and the clean 10k next to it)
 #   oneteam   one team of 10k: opswire vs the minimal raw writer
+#   floor     10 teams at 10k and 19k: opswire, then the raw writer with its
+#             teams staggered the same way (the floor of the table's runs)
 #   tracing   10k with OTLP export on (sampler 1.0) to a local OTLP sink
 #   flat      10k with sampler.stagger = false (every team at once)
 #   sampler   the sampler's CPU cost per sample
@@ -34,7 +36,7 @@ RAMP=${RAMP:-2000}
 NS=${NS:-"1000 2000 5000 10000 19000"}
 PORT=18090
 CASES=("$@")
-[ ${#CASES[@]} -eq 0 ] && CASES=(table peers idle stalled oneteam tracing flat sampler)
+[ ${#CASES[@]} -eq 0 ] && CASES=(table peers idle stalled oneteam floor tracing flat sampler)
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
@@ -148,6 +150,12 @@ for rep in $(seq 1 "$REPEAT"); do
             start_opswire; run "oneteam-opswire-10000-r$rep" 10000 --teams t0; stop_all
             start_other $BIN/examples/raw_writer 127.0.0.1:$PORT --teams t0
             run "oneteam-raw-10000-r$rep" 10000 --teams t0; stop_all ;;
+        floor)
+            for n in 10000 19000; do
+                start_opswire; run "floor-opswire-$n-r$rep" "$n" "${TEN[@]}"; stop_all
+                start_other $BIN/examples/raw_writer 127.0.0.1:$PORT --team-prefix t --team-count 10 --stagger
+                run "floor-raw-$n-r$rep" "$n" "${TEN[@]}"; stop_all
+            done ;;
         tracing)
             taskset -c 1 $BIN/examples/otlp_sink 127.0.0.1:14317 > "$WORK/sink.log" 2>&1 &
             local_sink=$!
