@@ -140,7 +140,7 @@ async fn grpc_export_tells_a_connections_story_and_frames_link_to_traces() {
     connection_story(&bin, &rx).await;
 
     // A publish op with its own traceparent: the frame carries that trace,
-    // and the publish and fan-out spans are exported in it.
+    // and the publish span (serialization and fan-out) is exported in it.
     let mut reader = bin.ws(&token(&["default"]), &[]).await;
     reader.subscribe("default", &["logs", "metrics"]).await;
     let mut agent = bin.ws(&token_with(&["default"], "ingest", 60), &[]).await;
@@ -157,7 +157,7 @@ async fn grpc_export_tells_a_connections_story_and_frames_link_to_traces() {
     let spans = rx
         .wait_for_spans(
             |s| {
-                ["ws publish", "publish logs", "fan-out"]
+                ["ws publish", "publish logs"]
                     .iter()
                     .all(|n| find(s, n, OP_TRACE).is_some())
             },
@@ -174,10 +174,14 @@ async fn grpc_export_tells_a_connections_story_and_frames_link_to_traces() {
         log["seq"].as_u64().map(|s| s.to_string()).as_deref()
     );
     assert!(publish.attr("opswire.serialize_us").is_some());
-    let fanout = find(&spans, "fan-out", OP_TRACE).unwrap();
-    assert_eq!(fanout.parent_span_id, publish.span_id);
-    assert_eq!(fanout.attr("opswire.fanout"), Some("1"));
-    assert_eq!(fanout.attr("opswire.lagged"), Some("0"));
+    assert!(publish.attr("opswire.fanout_us").is_some());
+    assert_eq!(publish.attr("opswire.fanout"), Some("1"));
+    assert_eq!(publish.attr("opswire.lagged"), Some("0"));
+    assert!(publish.attr("messaging.message.body.size").is_some());
+    assert!(
+        !spans.iter().any(|s| s.name == "fan-out"),
+        "the fan-out is part of the publish span"
+    );
 
     // Metrics frames link to their tick's trace.
     let m = reader.next_of_type("metrics").await;
@@ -193,6 +197,10 @@ async fn grpc_export_tells_a_connections_story_and_frames_link_to_traces() {
         .await;
     assert!(find(&spans, "metrics tick", &trace).is_some());
     assert!(find(&spans, "sample host", &trace).is_some());
+    let publish = find(&spans, "publish metrics", &trace).unwrap();
+    assert!(publish.attr("opswire.fanout").is_some());
+    assert!(publish.attr("opswire.written").is_some());
+    assert!(publish.attr("opswire.conflated").is_some());
     let mut bin = bin;
     assert!(bin.terminate().success());
 }
