@@ -556,6 +556,20 @@ impl Op {
             Op::Silence(_) => "silence",
         }
     }
+
+    /// The name of the op's span: static, so naming the span of every
+    /// inbound frame allocates nothing. An unparsable frame's span is
+    /// `ws invalid`.
+    pub fn span_name(&self) -> &'static str {
+        match self {
+            Op::Auth(_) => "ws auth",
+            Op::Subscribe(_) => "ws subscribe",
+            Op::Unsubscribe(_) => "ws unsubscribe",
+            Op::Ping => "ws ping",
+            Op::Publish(_) => "ws publish",
+            Op::Silence(_) => "ws silence",
+        }
+    }
 }
 
 /// Why an inbound frame could not be turned into an [`Op`].

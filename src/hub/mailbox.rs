@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::hub::TeamId;
@@ -173,49 +174,27 @@ struct Inbox {
 
 /// For each team whose metrics a subscriber takes, the first `seq` it
 /// takes live (older ones reached it in its replay, or belong to an
-/// earlier subscription). Kept inline: the fan-out checks it once per
-/// subscriber per frame, and a pointer chase to a heap vector would be a
-/// cache miss each time.
+/// earlier subscription). Inline for up to three teams: the fan-out checks
+/// it once per subscriber per frame, and a pointer chase to a heap vector
+/// would be a cache miss each time.
 #[derive(Default)]
-struct TeamFloors {
-    inline: [(TeamId, u64); 3],
-    len: usize,
-    more: Vec<(TeamId, u64)>,
-}
+struct TeamFloors(SmallVec<[(TeamId, u64); 3]>);
 
 impl TeamFloors {
-    fn all(&self) -> impl Iterator<Item = &(TeamId, u64)> {
-        self.inline[..self.len.min(3)].iter().chain(&self.more)
-    }
-
     /// The first live seq of `team`, if subscribed.
     fn floor(&self, team: TeamId) -> Option<u64> {
-        self.all().find(|(t, _)| *t == team).map(|&(_, f)| f)
+        self.0.iter().find(|(t, _)| *t == team).map(|&(_, f)| f)
     }
 
     fn set(&mut self, team: TeamId, from: u64) {
-        if let Some(slot) = self.inline[..self.len.min(3)]
-            .iter_mut()
-            .chain(self.more.iter_mut())
-            .find(|(t, _)| *t == team)
-        {
-            slot.1 = from;
-            return;
+        match self.0.iter_mut().find(|(t, _)| *t == team) {
+            Some(slot) => slot.1 = from,
+            None => self.0.push((team, from)),
         }
-        if self.len < 3 {
-            self.inline[self.len] = (team, from);
-        } else {
-            self.more.push((team, from));
-        }
-        self.len += 1;
     }
 
     fn remove(&mut self, team: TeamId) {
-        let rest: Vec<(TeamId, u64)> = self.all().copied().filter(|(t, _)| *t != team).collect();
-        *self = TeamFloors::default();
-        for (t, f) in rest {
-            self.set(t, f);
-        }
+        self.0.retain(|(t, _)| *t != team);
     }
 }
 
@@ -230,6 +209,11 @@ impl Inbox {
 
     /// Whether the fan-out may write to the socket now: nothing queued,
     /// nothing on its way, nothing being prepared.
+    /// Lagged, closing or aborted: it takes no data frame any more.
+    fn refuses_data(&self) -> bool {
+        self.closed || self.aborted || self.lagged.is_some()
+    }
+
     fn direct(&self) -> Option<&Arc<dyn Wire>> {
         if self.writing || self.held || self.ended.is_some() || !self.is_empty() {
             return None;
@@ -293,7 +277,7 @@ impl Mailbox {
     /// [`Wire::try_send`]).
     pub fn offer_metrics(&self, d: &Delivery, encoded: &OnceLock<Bytes>) -> Offer {
         let mut inbox = self.lock();
-        if inbox.closed || inbox.aborted || inbox.lagged.is_some() {
+        if inbox.refuses_data() {
             return Offer::Refused;
         }
         if inbox
@@ -346,14 +330,13 @@ impl Mailbox {
 
     /// Whether the subscriber still takes data (not lagged, not closing).
     pub fn takes_data(&self) -> bool {
-        let inbox = self.lock();
-        !(inbox.closed || inbox.aborted || inbox.lagged.is_some())
+        !self.lock().refuses_data()
     }
 
     /// Queues a log or alert frame, in order.
     pub fn push_event(&self, d: Delivery) -> Push {
         let mut inbox = self.lock();
-        if inbox.closed || inbox.lagged.is_some() {
+        if inbox.refuses_data() {
             return Push::Closed;
         }
         if inbox.events.len() >= self.capacity {
@@ -667,10 +650,10 @@ mod tests {
             [5, 1, 9, 7, 8].map(|x| t.floor(x)),
             [Some(1), Some(6), Some(3), Some(4), None]
         );
-        assert_eq!(t.len, 4);
+        assert_eq!(t.0.len(), 4);
         t.remove(1);
         assert_eq!([1, 7, 5].map(|x| t.floor(x)), [None, Some(4), Some(1)]);
-        assert_eq!((t.len, t.more.len()), (3, 0));
+        assert_eq!(t.0.len(), 3);
     }
 
     #[test]

@@ -292,6 +292,13 @@ struct TeamState {
 }
 
 impl TeamState {
+    /// The subscribers, to change: the metrics fan-out's snapshot is
+    /// rebuilt at the next publish.
+    fn subscribers_mut(&mut self) -> &mut Vec<Subscriber> {
+        self.targets_stale = true;
+        &mut self.subscribers
+    }
+
     /// The metrics fan-out's snapshot, rebuilt if the membership changed.
     fn metrics_targets(&mut self) -> Arc<Vec<Arc<Mailbox>>> {
         if self.targets_stale {
@@ -520,8 +527,7 @@ impl Hub {
             // Lagged on another team's stream, or closing: it gets
             // nothing more, so it no longer counts here either.
             let mut st = self.lock(team);
-            st.subscribers.retain(|s| s.mailbox.takes_data());
-            st.targets_stale = true;
+            st.subscribers_mut().retain(|s| s.mailbox.takes_data());
             subscribers = st.subscribers.len();
         }
         span.record("opswire.fanout_us", micros_since(fanout_started));
@@ -789,12 +795,10 @@ impl Hub {
                         .inc();
                     m.slow_consumer_closes.inc();
                     lagged += 1;
-                    st.subscribers.swap_remove(i);
-                    st.targets_stale = true;
+                    st.subscribers_mut().swap_remove(i);
                 }
                 Push::Closed => {
-                    st.subscribers.swap_remove(i);
-                    st.targets_stale = true;
+                    st.subscribers_mut().swap_remove(i);
                 }
             }
         }
@@ -952,17 +956,16 @@ impl SessionHandle {
             // Live from the frame after the replayed one.
             self.mailbox.accept_metrics(team, st.metrics_seq + 1);
         }
-        st.targets_stale = true;
         match pos {
             Some(p) => {
-                let sub = &mut st.subscribers[p];
+                let sub = &mut st.subscribers_mut()[p];
                 sub.streams = wanted;
                 if log_filter.is_some() {
                     sub.log_filter = log_filter;
                 }
                 sub.last_seq = last_seq;
             }
-            None => st.subscribers.push(Subscriber {
+            None => st.subscribers_mut().push(Subscriber {
                 session: self.id,
                 mailbox: self.mailbox.clone(),
                 streams: wanted,
@@ -991,12 +994,12 @@ impl SessionHandle {
             .collect();
         {
             let mut st = self.hub.lock(team);
-            st.targets_stale = true;
-            if let Some(p) = st.subscribers.iter().position(|s| s.session == self.id) {
+            let subscribers = st.subscribers_mut();
+            if let Some(p) = subscribers.iter().position(|s| s.session == self.id) {
                 if remaining == 0 {
-                    st.subscribers.swap_remove(p);
+                    subscribers.swap_remove(p);
                 } else {
-                    st.subscribers[p].streams = remaining;
+                    subscribers[p].streams = remaining;
                 }
             }
         }
@@ -1024,8 +1027,7 @@ impl Drop for SessionHandle {
         self.mailbox.close();
         for &team in self.subscriptions.keys() {
             let mut st = self.hub.lock(team);
-            st.subscribers.retain(|s| s.session != self.id);
-            st.targets_stale = true;
+            st.subscribers_mut().retain(|s| s.session != self.id);
         }
         self.hub.shared.sessions.fetch_sub(1, Ordering::Relaxed);
     }

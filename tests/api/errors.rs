@@ -134,6 +134,14 @@ async fn a_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
         .is_none());
 }
 
+/// A WebSocket upgrade request for `path`, with `extra` header lines.
+fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
 /// Sends `request` on a fresh connection; the whole answer, up to the
 /// server's close.
 async fn raw_http(app: &TestApp, request: &str) -> String {
@@ -200,37 +208,26 @@ async fn handshakes_that_are_not_websocket_upgrades_get_400_naming_why() {
 #[tokio::test]
 async fn an_upgrade_request_to_another_path_gets_that_paths_answer() {
     let app = spawn_app();
-    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     // Upgrades go to opswire's upgrade service whatever the path: it
     // answers with the route's own response, whole, and closes.
-    let res = raw_http(
-        &app,
-        &format!(
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{key}\r\n"
-        ),
-    )
-    .await;
+    let res = raw_http(&app, &upgrade_request("/healthz", "")).await;
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     assert!(
         res.to_ascii_lowercase().contains("connection: close"),
         "{res}"
     );
-    let res = raw_http(
-        &app,
-        &format!(
-            "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{key}\r\n"
-        ),
-    )
-    .await;
+    let res = raw_http(&app, &upgrade_request("/nowhere", "")).await;
     assert!(res.starts_with("HTTP/1.1 404"), "{res}");
     // A streaming answer (SSE) on that path: delimited by the close, not
     // announced as chunked (which, after an upgrade request, it cannot be).
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let req = format!(
-        "GET /sse?team=alpha&streams=metrics&access_token={} HTTP/1.1\r\nHost: x\r\n\
-         Connection: Upgrade\r\nUpgrade: websocket\r\n{key}\r\n",
-        token(&["alpha"])
+    let req = upgrade_request(
+        &format!(
+            "/sse?team=alpha&streams=metrics&access_token={}",
+            token(&["alpha"])
+        ),
+        "",
     );
     sock.write_all(req.as_bytes()).await.unwrap();
     let mut got = Vec::new();
@@ -257,15 +254,13 @@ async fn an_upgrade_request_to_another_path_gets_that_paths_answer() {
 #[tokio::test]
 async fn answers_pipelined_ahead_of_an_upgrade_are_not_lost() {
     let app = spawn_app();
-    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     // Two requests in one write: the dispatcher answers the first and
     // hands the connection over for the second before flushing.
     let res = raw_http(
         &app,
         &format!(
-            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
-             GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{key}\
-             Authorization: Bearer nope\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{}",
+            upgrade_request("/ws", "Authorization: Bearer nope\r\n")
         ),
     )
     .await;

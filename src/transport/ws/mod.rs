@@ -214,20 +214,6 @@ enum Flow {
     Abort,
 }
 
-/// The span name of an op: a static string, so naming the span of every
-/// inbound frame allocates nothing.
-fn op_span_name(op: &str) -> &'static str {
-    match op {
-        "auth" => "ws auth",
-        "subscribe" => "ws subscribe",
-        "unsubscribe" => "ws unsubscribe",
-        "ping" => "ws ping",
-        "publish" => "ws publish",
-        "silence" => "ws silence",
-        _ => "ws invalid",
-    }
-}
-
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
@@ -656,7 +642,7 @@ impl Connection {
         let span = tracing::info_span!(
             parent: None,
             "ws.op",
-            otel.name = op_span_name(op_name),
+            otel.name = inbound.op.as_ref().map_or("ws invalid", |op| op.span_name()),
             otel.kind = "server",
             "messaging.system" = "opswire",
             "messaging.operation.type" = "process",
