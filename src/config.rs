@@ -161,15 +161,29 @@ impl Default for HistoryConfig {
 pub struct LimitsConfig {
     /// Largest inbound WebSocket message, bytes; larger → close 1009.
     pub max_frame_bytes: usize,
-    /// Inbound ops per second per connection (token bucket refill).
+    /// Largest inbound message before the connection has authenticated
+    /// (what an `auth` op needs; `max_frame_bytes` if that is smaller);
+    /// larger → close 1009.
+    pub max_auth_frame_bytes: usize,
+    /// Inbound frames per second per connection (token bucket refill).
+    /// Every frame counts: ops, pings, pongs, parts of fragmented messages.
     pub inbound_rate: u32,
-    /// Token bucket size for inbound ops.
+    /// Token bucket size for inbound frames.
     pub inbound_burst: u32,
     /// Rate for connections with an `ingest` token.
     pub ingest_rate: u32,
     /// Burst for connections with an `ingest` token.
     pub ingest_burst: u32,
-    /// Ops refused for rate within one second before the connection is closed (1008).
+    /// Ops per second of all connections of one token subject (`sub`)
+    /// together, read scope.
+    pub subject_inbound_rate: u32,
+    /// Token bucket size of one subject, read scope.
+    pub subject_inbound_burst: u32,
+    /// Ops per second of all connections of one subject, ingest scope.
+    pub subject_ingest_rate: u32,
+    /// Token bucket size of one subject, ingest scope.
+    pub subject_ingest_burst: u32,
+    /// Frames refused for rate within one second before the connection is closed (1008).
     pub max_violations: u32,
     /// Log/alert frames queued per subscriber before it is `lagged` (4008).
     pub queue_len: usize,
@@ -177,20 +191,33 @@ pub struct LimitsConfig {
     pub max_subscriptions: usize,
     /// Concurrent WebSocket + SSE connections; default: the fd limit minus a reserve.
     pub max_connections: Option<usize>,
+    /// Of those, connections that have not authenticated yet (a WebSocket
+    /// waiting for its `auth` op); default: a quarter of `max_connections`.
+    pub max_unauthenticated: Option<usize>,
+    /// Firing alerts kept per team (the oldest is evicted beyond it).
+    /// `queue_len` caps it too: a new subscriber gets them all.
+    pub max_firing_alerts: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_frame_bytes: 64 * 1024,
+            max_auth_frame_bytes: 8 * 1024,
             inbound_rate: 20,
             inbound_burst: 50,
             ingest_rate: 2000,
             ingest_burst: 5000,
+            subject_inbound_rate: 200,
+            subject_inbound_burst: 2000,
+            subject_ingest_rate: 20_000,
+            subject_ingest_burst: 50_000,
             max_violations: 20,
             queue_len: 1024,
             max_subscriptions: 64,
             max_connections: None,
+            max_unauthenticated: None,
+            max_firing_alerts: 1000,
         }
     }
 }
@@ -202,6 +229,9 @@ pub struct WebSocketConfig {
     pub heartbeat_s: u64,
     /// Seconds a client has to send `auth` when it gave no header.
     pub auth_timeout_s: u64,
+    /// Milliseconds it has instead when three quarters of
+    /// `limits.max_connections` are open (slots are scarce then).
+    pub auth_timeout_busy_ms: u64,
     /// Origins allowed to connect (`*` for any). Empty: same-origin
     /// browsers and non-browser clients (no `Origin` header).
     pub allowed_origins: Vec<String>,
@@ -212,6 +242,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             heartbeat_s: 20,
             auth_timeout_s: 5,
+            auth_timeout_busy_ms: 1000,
             allowed_origins: Vec::new(),
         }
     }
@@ -274,6 +305,9 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Longest JSON line / message, bytes.
     pub max_line_bytes: usize,
+    /// Seconds a request body may take to arrive, from the first byte the
+    /// handler reads (408 beyond).
+    pub body_timeout_s: u64,
     /// Resource attribute naming the team of OTLP log records.
     pub otlp_team_attribute: String,
     /// Stream opswire's own access log as logs of this team.
@@ -285,6 +319,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_body_bytes: 1024 * 1024,
             max_line_bytes: 16 * 1024,
+            body_timeout_s: 10,
             otlp_team_attribute: "opswire.team".into(),
             access_log_team: None,
         }
@@ -511,11 +546,21 @@ impl Config {
                 "must be between 256 and 16777216",
             ));
         }
+        if l.max_auth_frame_bytes < 256 {
+            return Err(invalid(
+                "limits.max_auth_frame_bytes",
+                "must be at least 256",
+            ));
+        }
         for (field, v) in [
             ("limits.inbound_rate", l.inbound_rate),
             ("limits.inbound_burst", l.inbound_burst),
             ("limits.ingest_rate", l.ingest_rate),
             ("limits.ingest_burst", l.ingest_burst),
+            ("limits.subject_inbound_rate", l.subject_inbound_rate),
+            ("limits.subject_inbound_burst", l.subject_inbound_burst),
+            ("limits.subject_ingest_rate", l.subject_ingest_rate),
+            ("limits.subject_ingest_burst", l.subject_ingest_burst),
             ("limits.max_violations", l.max_violations),
         ] {
             if v == 0 {
@@ -527,6 +572,9 @@ impl Config {
         }
         if l.max_subscriptions == 0 {
             return Err(invalid("limits.max_subscriptions", "must be at least 1"));
+        }
+        if l.max_firing_alerts == 0 {
+            return Err(invalid("limits.max_firing_alerts", "must be at least 1"));
         }
         let fd_limit = raise_fd_limit();
         let ceiling = fd_limit.saturating_sub(FD_RESERVE).max(1);
@@ -542,6 +590,24 @@ impl Config {
                 ))
             }
             Some(_) => {}
+        }
+        let max = l.max_connections.unwrap_or(1);
+        match l.max_unauthenticated {
+            None => l.max_unauthenticated = Some((max / 4).max(1)),
+            Some(0) => return Err(invalid("limits.max_unauthenticated", "must be at least 1")),
+            Some(n) if n > max => {
+                return Err(invalid(
+                    "limits.max_unauthenticated",
+                    format!("{n} exceeds limits.max_connections ({max})"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.websocket.auth_timeout_busy_ms == 0 {
+            return Err(invalid(
+                "websocket.auth_timeout_busy_ms",
+                "must be at least 1",
+            ));
         }
         if self.websocket.heartbeat_s == 0 || self.websocket.heartbeat_s > 3600 {
             return Err(invalid("websocket.heartbeat_s", "must be 1..=3600"));
@@ -605,6 +671,9 @@ impl Config {
         if am.timeout_ms == 0 {
             return Err(invalid("alertmanager.timeout_ms", "must be at least 1"));
         }
+        if self.ingest.body_timeout_s == 0 || self.ingest.body_timeout_s > 3600 {
+            return Err(invalid("ingest.body_timeout_s", "must be 1..=3600"));
+        }
         if self.ingest.max_body_bytes < 1024 {
             return Err(invalid("ingest.max_body_bytes", "must be at least 1024"));
         }
@@ -657,6 +726,14 @@ impl Config {
     /// The connection limit after [`Config::validate`] resolved it.
     pub fn max_connections(&self) -> usize {
         self.limits.max_connections.unwrap_or(1024)
+    }
+
+    /// The share of it for connections not yet authenticated, after
+    /// [`Config::validate`] resolved it.
+    pub fn max_unauthenticated(&self) -> usize {
+        self.limits
+            .max_unauthenticated
+            .unwrap_or_else(|| (self.max_connections() / 4).max(1))
     }
 
     /// Compiled host globs of each team, in config order.

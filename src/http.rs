@@ -15,6 +15,12 @@ use crate::transport::{http_error, principal_from_request, sse, ws};
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // A query string that does not parse (say `team` twice) gets the
+    // JSON error body every other refusal has.
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        let res = http_error(ErrorCode::BadRequest, format!("query string: {e}"));
+        actix_web::error::InternalError::from_response(e, res).into()
+    }));
     crate::web::routes(cfg);
     cfg.route("/api/v1/info", web::get().to(info))
         .route("/ws", web::get().to(ws::handler))
@@ -40,7 +46,7 @@ pub async fn track(
     let started = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     if let Some(s) = &state {
-        if let Err(msg) = dev_mode_guard(s, &req) {
+        if let Err(msg) = dev_mode_guard(s, &req).and_then(|()| origin_guard(s, &req)) {
             let res = crate::transport::http_error(ErrorCode::Forbidden, msg);
             return Ok(req.into_response(res).map_into_right_body());
         }
@@ -165,6 +171,28 @@ fn dev_mode_guard(state: &AppState, req: &ServiceRequest) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// A browser page may change state (POST logs, alerts) only from an
+/// origin the WebSocket would take too: its own, or one listed in
+/// `websocket.allowed_origins`. Reads are left to the usual checks.
+fn origin_guard(state: &AppState, req: &ServiceRequest) -> Result<(), String> {
+    use actix_web::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    if crate::transport::origin_allowed(req.request(), &state.config.websocket.allowed_origins) {
+        return Ok(());
+    }
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?");
+    Err(format!(
+        "origin `{origin}` may not {} here (same origin or websocket.allowed_origins)",
+        req.method()
+    ))
 }
 
 fn http_version(v: actix_web::http::Version) -> &'static str {

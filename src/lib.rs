@@ -8,6 +8,7 @@
 //!
 //! * [`config`] — typed configuration: file, environment, flags; validated once.
 //! * [`auth`] — JWT verification, teams and scopes, dev mode.
+//! * [`budget`] — rate budgets of inbound frames, per connection and per token subject.
 //! * [`sampler`] — `sysinfo` → [`protocol::HostSnapshot`], off the async runtime.
 //! * [`hub`] — topics per team and stream: seq/epoch, history, fan-out.
 //! * [`transport`] — WebSocket (`/ws`) and SSE (`/sse`) sessions over the hub.
@@ -15,6 +16,7 @@
 //! * [`ingest`] — sources over HTTP: Alertmanager webhook, log ingest (JSON, OTLP).
 //! * [`agent`] — `opswire agent`: samples and tails on another host, publishes to a hub.
 //! * [`metrics`] — the Prometheus registry.
+//! * [`faults`] — what the HTTP stack logs about clients: counted, one rate-limited WARN.
 //! * [`startup`] — [`startup::Application`]: build, run, shut down.
 //!
 //! The binary (`src/main.rs`) and the integration tests both go through
@@ -24,7 +26,9 @@ pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod budget;
 pub mod config;
+pub mod faults;
 pub mod http;
 pub mod hub;
 pub mod ingest;

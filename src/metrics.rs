@@ -46,6 +46,15 @@ pub struct Metrics {
     pub ingest_total: IntCounterVec,
     pub ingest_rejected: IntCounterVec,
     pub alerts_unrouted: IntCounterVec,
+    /// Firing alerts per team (capped by `limits.max_firing_alerts`).
+    pub alerts_firing: IntGaugeVec,
+    /// Firing alerts dropped from a full set, oldest first.
+    pub alerts_evicted: IntCounterVec,
+    /// Firing alerts resolved because their `endsAt` passed.
+    pub alerts_expired: IntCounterVec,
+    /// HTTP connections the dispatcher dropped for the client's fault
+    /// (a malformed request head, a body cut short).
+    pub http_client_errors: IntCounter,
     pub otlp_export_failures: IntCounterVec,
     host_cpu: GaugeVec,
     host_load1: GaugeVec,
@@ -126,6 +135,29 @@ impl Metrics {
                 "opswire_alerts_unrouted_total",
                 "Alerts sent to the default team because their team label was missing or unknown.",
                 &["reason"],
+            ),
+            alerts_firing: gauge_vec(
+                "opswire_alerts_firing",
+                "Alerts firing now, per team (new subscribers get them all).",
+                &["team"],
+            ),
+            alerts_evicted: counter_vec(
+                "opswire_alerts_evicted_total",
+                "Firing alerts dropped because the team held limits.max_firing_alerts (oldest first).",
+                &["team"],
+            ),
+            alerts_expired: counter_vec(
+                "opswire_alerts_expired_total",
+                "Firing alerts resolved by opswire because their endsAt passed.",
+                &["team"],
+            ),
+            http_client_errors: reg(
+                &registry,
+                IntCounter::new(
+                    "opswire_http_client_errors_total",
+                    "HTTP connections dropped for the client's fault (malformed request head, body cut short).",
+                )
+                .expect("valid metric"),
             ),
             otlp_export_failures: counter_vec(
                 "opswire_otlp_export_failures_total",

@@ -20,6 +20,26 @@ pub const SERVER_NAME: &str = concat!("opswire/", env!("CARGO_PKG_VERSION"));
 /// The WebSocket subprotocol a client may offer.
 pub const SUBPROTOCOL: &str = "opswire.v1";
 
+/// Close codes of the protocol (RFC 6455 §7.4 and opswire's own).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    /// Not RFC 6455: reserved bits, an unknown opcode, an unmasked or
+    /// fragmented control frame, a broken fragment sequence.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// Authentication failed or expired, origin not allowed, rate limit
+    /// exceeded repeatedly.
+    pub const POLICY: u16 = 1008;
+    /// A frame or message over the limit.
+    pub const TOO_LARGE: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    /// The server is shutting down: reconnect with backoff and resume.
+    pub const RESTART: u16 = 1012;
+    /// Slow consumer, after `lagged`: reconnect and resume.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
 /// A stream of a team.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -312,6 +332,8 @@ pub enum ErrorCode {
     TooLarge,
     NotFound,
     Unavailable,
+    /// HTTP only: a request body that did not arrive in time (408).
+    Timeout,
 }
 
 impl ErrorCode {
@@ -325,6 +347,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -338,6 +361,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 408,
         }
     }
 }

@@ -69,6 +69,9 @@ impl Application {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => n,
                 },
+                // A new subscriber gets every firing alert: no more than
+                // its queue holds.
+                max_firing_alerts: config.limits.max_firing_alerts.min(config.limits.queue_len),
             },
             metrics.clone(),
         );
@@ -109,6 +112,10 @@ impl Application {
                 .wrap(middleware::from_fn(crate::http::track))
                 .configure(crate::http::routes)
         };
+        // A peer that stops taking data (no ACK, or a zero window) is cut
+        // off by the kernel after two heartbeats: an SSE client that stops
+        // reading holds no slot for longer than a silent WebSocket does.
+        let stalled_after = Duration::from_secs(2 * config.websocket.heartbeat_s);
         let server = actix_server::Server::build()
             .workers(workers)
             .max_concurrent_connections(config.max_connections().max(1024))
@@ -118,6 +125,10 @@ impl Application {
             .listen("opswire", listener, move || {
                 let app = make_app.clone();
                 HttpService::build()
+                    .on_connect_ext(move |io: &tokio::net::TcpStream, _| {
+                        let _ =
+                            socket2::SockRef::from(io).set_tcp_user_timeout(Some(stalled_after));
+                    })
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .local_addr(addr)
@@ -160,6 +171,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
         let ticker = spawn_ticker(state.clone())?;
+        tokio::spawn(crate::faults::report(
+            state.metrics.http_client_errors.clone(),
+            state.shutdown.clone(),
+        ));
         let handle = self.server.handle();
         let token = state.shutdown.clone();
         let grace = Duration::from_secs(self.state.config.shutdown_timeout_s);
@@ -268,6 +283,7 @@ fn spawn_ticker(state: Arc<AppState>) -> std::io::Result<std::thread::JoinHandle
                 let ts = now_micros();
                 let mut published = 0u64;
                 while slot < schedule.len() && tick_start + schedule[slot].0 <= Instant::now() {
+                    state.hub.expire_alerts(schedule[slot].1, ts);
                     state.hub.publish_metrics(schedule[slot].1, ts);
                     slot += 1;
                     published += 1;

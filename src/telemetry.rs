@@ -33,7 +33,7 @@ use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider, S
 use opentelemetry_sdk::Resource;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{filter_fn, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -224,10 +224,16 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
             json: log.format == LogFormat::Json,
         })
         .with_writer(std::io::stderr)
-        .with_filter(console_filter);
+        .with_filter(console_filter)
+        .with_filter(filter_fn(|m| !crate::faults::is_client_fault(m)));
+    // Counted and reported instead, rate-limited (see `faults`).
+    let faults = crate::faults::Counter.with_filter(filter_fn(crate::faults::is_client_fault));
 
     let Some(plan) = export_plan(cfg) else {
-        let _ = tracing_subscriber::registry().with(console).try_init();
+        let _ = tracing_subscriber::registry()
+            .with(console)
+            .with(faults)
+            .try_init();
         return Ok(Telemetry::default());
     };
 
@@ -304,6 +310,7 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
 
     let _ = tracing_subscriber::registry()
         .with(console)
+        .with(faults)
         .with(trace_layer)
         .with(log_layer)
         .try_init();

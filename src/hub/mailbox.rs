@@ -46,6 +46,9 @@ pub struct Delivery {
     /// The frame's `ts` (unix µs), for the delivery-lag histogram.
     pub ts: i64,
     pub frame: Frame,
+    /// Part of a subscribe's replay: old by design, so not a delivery
+    /// whose lag is measured.
+    pub replay: bool,
 }
 
 /// Where a lagged subscriber should resume from.
@@ -207,6 +210,17 @@ impl Inbox {
             && (self.lagged.is_none() || self.lagged_taken)
     }
 
+    /// Whether the writer has something to take now: while a subscribe is
+    /// being prepared ([`Mailbox::hold`]) only the session's own frames
+    /// go, so neither a replay nor a live frame overtakes `subscribed`.
+    fn has_takeable(&self) -> bool {
+        if self.held {
+            !self.control.is_empty() || self.owed.is_some()
+        } else {
+            !self.is_empty()
+        }
+    }
+
     /// Whether the fan-out may write to the socket now: nothing queued,
     /// nothing on its way, nothing being prepared.
     /// Lagged, closing or aborted: it takes no data frame any more.
@@ -335,11 +349,49 @@ impl Mailbox {
 
     /// Queues a log or alert frame, in order.
     pub fn push_event(&self, d: Delivery) -> Push {
+        self.push_bounded(d, self.capacity)
+    }
+
+    /// Queues a frame of a subscribe's replay (the hub calls it under the
+    /// team's lock, so live frames queue after it). A replay from history
+    /// takes queue slots like any frame (`Full`: the subscriber lags and
+    /// resumes from where it got to); the firing alerts (`firing: true`,
+    /// at most `limits.max_firing_alerts`, no more than the queue holds)
+    /// are always queued, counted against the queue for what follows.
+    pub fn push_replay(&self, d: Delivery, firing: bool) -> Push {
+        let room = if firing {
+            self.capacity.saturating_mul(2)
+        } else {
+            self.capacity
+        };
+        self.push_bounded(d, room)
+    }
+
+    /// Queues the latest metrics frame of a team as a subscribe's replay:
+    /// it takes the team's conflated slot, and a live frame replaces it.
+    pub fn replay_metrics(&self, d: Delivery) {
+        let mut inbox = self.lock();
+        if inbox.refuses_data() {
+            return;
+        }
+        let was_empty = inbox.is_empty();
+        match inbox.metrics.iter_mut().find(|m| m.team == d.team) {
+            Some(slot) => *slot = d,
+            None => inbox.metrics.push(d),
+        }
+        let waker = if was_empty { inbox.waker.take() } else { None };
+        drop(inbox);
+        if was_empty {
+            self.wake(waker);
+        }
+    }
+
+    fn push_bounded(&self, d: Delivery, room: usize) -> Push {
         let mut inbox = self.lock();
         if inbox.refuses_data() {
             return Push::Closed;
         }
-        if inbox.events.len() >= self.capacity {
+        if inbox.events.len() >= room {
             return Push::Full;
         }
         let was_empty = inbox.is_empty();
@@ -464,9 +516,9 @@ impl Mailbox {
         if inbox.aborted {
             return Poll::Ready(Take::Aborted);
         }
-        if inbox.is_empty() {
+        if !inbox.has_takeable() {
             inbox.writing = false;
-            if inbox.closed {
+            if inbox.closed && inbox.is_empty() {
                 return Poll::Ready(Take::Finished);
             }
             if !inbox
@@ -484,6 +536,13 @@ impl Mailbox {
         // Taken whole: replies are rare, and an idle connection should not
         // keep the queue's allocation.
         out.control.extend(std::mem::take(&mut inbox.control));
+        if inbox.held {
+            drop(inbox);
+            if took_control {
+                self.drained.notify_one();
+            }
+            return Poll::Ready(Take::Ready);
+        }
         out.data.append(&mut inbox.metrics);
         out.data.extend(inbox.events.drain(..));
         if inbox.lagged.is_some() && !inbox.lagged_taken {
@@ -564,6 +623,7 @@ mod tests {
             seq,
             ts: 0,
             frame: Frame::from(format!("{seq}")),
+            replay: false,
         }
     }
 

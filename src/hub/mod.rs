@@ -71,6 +71,8 @@ pub struct HubSettings {
     pub host_stale_after: Duration,
     /// Threads a large metrics burst is split over (1: the ticker alone).
     pub fanout_threads: usize,
+    /// Firing alerts kept per team; the oldest is evicted beyond it.
+    pub max_firing_alerts: usize,
 }
 
 /// Subscribers a fan-out thread takes at least: below that, starting a
@@ -271,6 +273,86 @@ struct Firing {
     ts: i64,
     frame: Frame,
     record: AlertRecord,
+    /// Its `ends_at` (unix µs): it stops firing then.
+    ends_at: Option<i64>,
+}
+
+/// The alerts of a team firing now: at most `max` of them, oldest
+/// evicted first; an alert whose `endsAt` passes is resolved.
+#[derive(Default)]
+struct FiringSet {
+    by_fingerprint: HashMap<String, Firing>,
+    /// Fingerprints by the seq of their frame: oldest first.
+    order: BTreeMap<u64, String>,
+    /// The earliest `ends_at` of the set, if any has one.
+    next_expiry: Option<i64>,
+}
+
+impl FiringSet {
+    fn get(&self, fp: &str) -> Option<&Firing> {
+        self.by_fingerprint.get(fp)
+    }
+
+    fn len(&self) -> usize {
+        self.by_fingerprint.len()
+    }
+
+    /// Adds or replaces `f`; returns how many older ones it evicted.
+    fn insert(&mut self, fp: String, f: Firing, max: usize) -> u64 {
+        if let Some(end) = f.ends_at {
+            self.next_expiry = Some(self.next_expiry.map_or(end, |n| n.min(end)));
+        }
+        self.order.insert(f.seq, fp.clone());
+        if let Some(old) = self.by_fingerprint.insert(fp, f) {
+            self.order.remove(&old.seq);
+        }
+        let mut evicted = 0;
+        while self.by_fingerprint.len() > max {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.by_fingerprint.remove(&oldest);
+            evicted += 1;
+        }
+        evicted
+    }
+
+    fn remove(&mut self, fp: &str) -> bool {
+        match self.by_fingerprint.remove(fp) {
+            Some(old) => {
+                self.order.remove(&old.seq);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The records whose `ends_at` is at or before `now`, oldest first.
+    fn expired(&mut self, now: i64) -> Vec<AlertRecord> {
+        if self.next_expiry.is_none_or(|n| n > now) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut next = None;
+        for fp in self.order.values() {
+            let f = &self.by_fingerprint[fp];
+            match f.ends_at {
+                Some(end) if end <= now => out.push(f.record.clone()),
+                Some(end) => next = Some(next.map_or(end, |n: i64| n.min(end))),
+                None => {}
+            }
+        }
+        self.next_expiry = next;
+        out
+    }
+
+    /// The frames of every firing alert, in seq order.
+    fn frames(&self) -> impl Iterator<Item = (u64, i64, Frame)> + '_ {
+        self.order.values().map(|fp| {
+            let f = &self.by_fingerprint[fp];
+            (f.seq, f.ts, f.frame.clone())
+        })
+    }
 }
 
 struct TeamState {
@@ -279,8 +361,8 @@ struct TeamState {
     hosts: BTreeMap<String, HostEntry>,
     logs: History,
     alerts: History,
-    /// Currently firing alerts by fingerprint.
-    firing: HashMap<String, Firing>,
+    /// Currently firing alerts.
+    firing: FiringSet,
     resolved: VecDeque<String>,
     resolved_set: HashSet<String>,
     subscribers: Vec<Subscriber>,
@@ -292,6 +374,11 @@ struct TeamState {
 }
 
 impl TeamState {
+    /// The frames of the alerts firing now, oldest first.
+    fn alerts_firing(&self) -> Vec<(u64, i64, Frame)> {
+        self.firing.frames().collect()
+    }
+
     /// The subscribers, to change: the metrics fan-out's snapshot is
     /// rebuilt at the next publish.
     fn subscribers_mut(&mut self) -> &mut Vec<Subscriber> {
@@ -315,15 +402,16 @@ impl TeamState {
     }
 }
 
-/// What a subscribe did: which resumes succeeded, and the frames the
-/// session must send right after `subscribed`, in order.
+/// What a subscribe did: which resumes succeeded, and where each log and
+/// alert stream stood. The replay itself is queued in the mailbox.
 #[derive(Debug, Default)]
 pub struct Subscribed {
     pub recovered: BTreeMap<Stream, bool>,
-    pub replay: Vec<Delivery>,
     /// The seq of each subscribed log/alert stream at subscribe time:
-    /// everything up to it is in `replay` or was not asked for.
+    /// everything up to it is in the replay or was not asked for.
     pub positions: BTreeMap<Stream, u64>,
+    /// The last replayed frame's seq of each stream that replayed any.
+    pub replayed: BTreeMap<Stream, u64>,
 }
 
 /// Per-team numbers for `/api/v1/teams`.
@@ -346,7 +434,7 @@ impl Hub {
                     hosts: BTreeMap::new(),
                     logs: History::new(settings.history_logs),
                     alerts: History::new(settings.history_alerts),
-                    firing: HashMap::new(),
+                    firing: FiringSet::default(),
                     resolved: VecDeque::new(),
                     resolved_set: HashSet::new(),
                     subscribers: Vec::new(),
@@ -515,6 +603,7 @@ impl Hub {
             seq,
             ts,
             frame,
+            replay: false,
         };
         let n = fan_out_metrics(
             &targets,
@@ -633,9 +722,47 @@ impl Hub {
     /// Publishes an alert transition to `team`. A repeat of the current
     /// state of a fingerprint (firing again with the same content, or
     /// resolved again) is dropped: returns None then, else the new seq.
+    /// Alerts whose `endsAt` has passed are resolved on the way.
     pub fn publish_alert(&self, team: TeamId, record: &AlertRecord, ts: i64) -> Option<u64> {
-        let name = &self.shared.topics[team].name;
         let mut st = self.lock(team);
+        let seq = self.publish_alert_locked(&mut st, team, record, ts);
+        self.resolve_expired(&mut st, team, ts);
+        seq
+    }
+
+    /// Resolves the alerts of `team` whose `endsAt` is at or before `now`
+    /// (unix µs): a `resolved` frame each, as Alertmanager itself counts
+    /// such an alert resolved. The ticker calls it every tick.
+    pub fn expire_alerts(&self, team: TeamId, now: i64) {
+        let mut st = self.lock(team);
+        self.resolve_expired(&mut st, team, now);
+    }
+
+    fn resolve_expired(&self, st: &mut TeamState, team: TeamId, now: i64) {
+        let expired = st.firing.expired(now);
+        if expired.is_empty() {
+            return;
+        }
+        let name = &self.shared.topics[team].name;
+        self.shared
+            .metrics
+            .alerts_expired
+            .with_label_values(&[name])
+            .inc_by(expired.len() as u64);
+        for mut record in expired {
+            record.status = AlertStatus::Resolved;
+            self.publish_alert_locked(st, team, &record, now);
+        }
+    }
+
+    fn publish_alert_locked(
+        &self,
+        st: &mut TeamState,
+        team: TeamId,
+        record: &AlertRecord,
+        ts: i64,
+    ) -> Option<u64> {
+        let name = &self.shared.topics[team].name;
         let fp = &record.fingerprint;
         match record.status {
             AlertStatus::Firing => {
@@ -644,7 +771,7 @@ impl Hub {
                 }
             }
             AlertStatus::Resolved => {
-                if !st.firing.contains_key(fp) && st.resolved_set.contains(fp) {
+                if st.firing.get(fp).is_none() && st.resolved_set.contains(fp) {
                     return None;
                 }
             }
@@ -652,30 +779,29 @@ impl Hub {
         // Deduplicated above without a span: repeats are not publishes.
         let span = publish_span(name, Stream::Alerts);
         let _entered = span.enter();
-        let (seq, frame) = self.append(
-            &mut st,
-            team,
-            Stream::Alerts,
-            ts,
-            record,
-            &span,
-            Level::Info,
-            "",
-        );
+        let (seq, frame) =
+            self.append(st, team, Stream::Alerts, ts, record, &span, Level::Info, "");
+        let m = &self.shared.metrics;
         match record.status {
             AlertStatus::Firing => {
                 if st.resolved_set.remove(fp) {
                     st.resolved.retain(|f| f != fp);
                 }
-                st.firing.insert(
-                    fp.clone(),
-                    Firing {
-                        seq,
-                        ts,
-                        frame: frame.clone(),
-                        record: record.clone(),
-                    },
-                );
+                let firing = Firing {
+                    seq,
+                    ts,
+                    frame: frame.clone(),
+                    record: record.clone(),
+                    ends_at: record
+                        .ends_at
+                        .as_deref()
+                        .and_then(crate::time::parse_rfc3339_micros),
+                };
+                let max = self.shared.settings.max_firing_alerts;
+                let evicted = st.firing.insert(fp.clone(), firing, max);
+                if evicted > 0 {
+                    m.alerts_evicted.with_label_values(&[name]).inc_by(evicted);
+                }
             }
             AlertStatus::Resolved => {
                 st.firing.remove(fp);
@@ -689,10 +815,11 @@ impl Hub {
                 }
             }
         }
+        m.alerts_firing
+            .with_label_values(&[name])
+            .set(st.firing.len() as i64);
         let held = st.alerts.ring.len();
-        let fanout =
-            self.fan_out_event(&mut st, team, Stream::Alerts, seq, ts, &frame, None, &span);
-        drop(st);
+        let fanout = self.fan_out_event(st, team, Stream::Alerts, seq, ts, &frame, None, &span);
         self.count_publish(team, Stream::Alerts, fanout, held);
         Some(seq)
     }
@@ -700,13 +827,11 @@ impl Hub {
     /// The alerts of `team` firing now, oldest first.
     pub fn firing_alerts(&self, team: TeamId) -> Vec<AlertRecord> {
         let st = self.lock(team);
-        let mut v: Vec<_> = st
-            .firing
+        st.firing
+            .order
             .values()
-            .map(|f| (f.seq, f.record.clone()))
-            .collect();
-        v.sort_by_key(|(s, _)| *s);
-        v.into_iter().map(|(_, r)| r).collect()
+            .map(|fp| st.firing.by_fingerprint[fp].record.clone())
+            .collect()
     }
 
     /// The firing alert of `team` with this fingerprint, if any.
@@ -776,6 +901,7 @@ impl Hub {
                 seq,
                 ts,
                 frame: frame.clone(),
+                replay: false,
             });
             match pushed {
                 Push::Queued => {
@@ -845,14 +971,18 @@ impl SessionHandle {
             .sum()
     }
 
-    /// Subscribes to `streams` of `team` (adding to what the session has).
+    /// Subscribes to `streams` of `team` (adding to what the session has)
+    /// and queues the replay in the session's mailbox.
     ///
     /// Under the team lock, so nothing published concurrently is missed or
-    /// doubled: the replay holds every frame up to now, the mailbox every
-    /// frame after. Replay order: the latest metrics frame, then logs, then
-    /// alerts. Without a `resume` for alerts, the currently firing alerts
-    /// are replayed; with one that cannot be honoured (`recovered:false`)
-    /// too, since the client has to resync.
+    /// doubled: the replay holds every frame up to now, and live frames
+    /// queue after it. Replay order: the latest metrics frame, then logs,
+    /// then alerts. Without a `resume` for alerts, the currently firing
+    /// alerts are replayed; with one that cannot be honoured
+    /// (`recovered:false`) too, since the client has to resync. A replay
+    /// takes queue slots like live frames (see [`Mailbox::push_replay`]).
+    /// A WebSocket session [`Mailbox::hold`]s its writer first, so the
+    /// replay goes out after its `subscribed` reply.
     pub fn subscribe(
         &mut self,
         team: TeamId,
@@ -878,79 +1008,80 @@ impl SessionHandle {
             .clone()
             .or_else(|| pos.and_then(|p| st.subscribers[p].log_filter.clone()));
         let mut last_seq = pos.map_or([0; 3], |p| st.subscribers[p].last_seq);
+        let mailbox = &self.mailbox;
         for &stream in streams {
             // Already subscribed: its frames are flowing; replaying again
             // would double them.
             if current & stream.bit() != 0 {
                 continue;
             }
-            match stream {
+            let delivery = |(seq, ts, frame): (u64, i64, Frame)| Delivery {
+                team,
+                stream,
+                seq,
+                ts,
+                frame,
+                replay: true,
+            };
+            let hist = match stream {
                 Stream::Metrics => {
-                    if let Some((seq, ts, frame)) = &st.latest_metrics {
-                        out.replay.push(Delivery {
-                            team,
-                            stream,
-                            seq: *seq,
-                            ts: *ts,
-                            frame: frame.clone(),
-                        });
+                    if let Some(latest) = st.latest_metrics.clone() {
+                        mailbox.replay_metrics(delivery(latest));
+                    }
+                    continue;
+                }
+                Stream::Logs => &st.logs,
+                Stream::Alerts => &st.alerts,
+            };
+            let filter = filter_for_replay
+                .as_ref()
+                .filter(|_| stream == Stream::Logs);
+            out.positions.insert(stream, hist.seq);
+            let replayed = resume.get(&stream).map(|r| {
+                if r.epoch == epoch {
+                    hist.since(r.seq, filter)
+                } else {
+                    None
+                }
+            });
+            // The seq the subscriber is known to have (for `lagged`).
+            let mut known = hist.seq;
+            match replayed {
+                Some(Some(frames)) => {
+                    out.recovered.insert(stream, true);
+                    known = resume[&stream].seq;
+                    for f in frames {
+                        let seq = f.0;
+                        if mailbox.push_replay(delivery(f), false) != Push::Queued {
+                            mailbox.set_lagged(Lagged {
+                                team,
+                                stream,
+                                last_seq: known,
+                            });
+                            break;
+                        }
+                        known = seq;
+                        out.replayed.insert(stream, seq);
+                    }
+                    if mailbox.takes_data() {
+                        known = hist.seq;
                     }
                 }
-                Stream::Logs | Stream::Alerts => {
-                    let hist = if stream == Stream::Logs {
-                        &st.logs
-                    } else {
-                        &st.alerts
-                    };
-                    let filter = if stream == Stream::Logs {
-                        filter_for_replay.as_ref()
-                    } else {
-                        None
-                    };
-                    last_seq[stream as usize] = hist.seq;
-                    out.positions.insert(stream, hist.seq);
-                    let replayed = resume.get(&stream).map(|r| {
-                        if r.epoch == epoch {
-                            hist.since(r.seq, filter)
-                        } else {
-                            None
-                        }
-                    });
-                    match replayed {
-                        Some(Some(frames)) => {
-                            out.recovered.insert(stream, true);
-                            out.replay
-                                .extend(frames.into_iter().map(|(seq, ts, frame)| Delivery {
-                                    team,
-                                    stream,
-                                    seq,
-                                    ts,
-                                    frame,
-                                }));
-                        }
-                        Some(None) | None => {
-                            if replayed.is_some() {
-                                out.recovered.insert(stream, false);
-                            }
-                            if stream == Stream::Alerts {
-                                let mut firing: Vec<_> = st
-                                    .firing
-                                    .values()
-                                    .map(|f| Delivery {
-                                        team,
-                                        stream,
-                                        seq: f.seq,
-                                        ts: f.ts,
-                                        frame: f.frame.clone(),
-                                    })
-                                    .collect();
-                                firing.sort_by_key(|d| d.seq);
-                                out.replay.extend(firing);
+                Some(None) | None => {
+                    if replayed.is_some() {
+                        out.recovered.insert(stream, false);
+                    }
+                    if stream == Stream::Alerts {
+                        for f in st.alerts_firing() {
+                            let seq = f.0;
+                            if mailbox.push_replay(delivery(f), true) == Push::Queued {
+                                out.replayed.insert(stream, seq);
                             }
                         }
                     }
                 }
             }
+            last_seq[stream as usize] = known;
         }
         if wanted & Stream::Metrics.bit() != 0 && current & Stream::Metrics.bit() == 0 {
             // Live from the frame after the replayed one.
@@ -1093,6 +1224,7 @@ mod tests {
                 max_subscriptions: 8,
                 host_stale_after: Duration::from_secs(5),
                 fanout_threads: 1,
+                max_firing_alerts: 3,
             },
             Arc::new(Metrics::new()),
         )
@@ -1114,6 +1246,13 @@ mod tests {
         out.iter().map(|d| d.seq).collect()
     }
 
+    /// What the session's mailbox holds (its replay, then live frames).
+    fn queued(s: &SessionHandle) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        s.mailbox().drain(&mut out);
+        out
+    }
+
     #[test]
     fn resume_replays_exactly_the_missed_frames() {
         let h = hub(100);
@@ -1130,7 +1269,7 @@ mod tests {
         )]);
         let r = s.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
         assert!(r.recovered[&Stream::Logs]);
-        assert_eq!(seqs(&r.replay), vec![3, 4]);
+        assert_eq!(seqs(&queued(&s)), vec![3, 4]);
         // Beyond the history (5 kept): not recoverable.
         for i in 0..10 {
             h.publish_log(0, &log(&i.to_string()), 1);
@@ -1138,7 +1277,7 @@ mod tests {
         let mut s2 = h.open_session();
         let r = s2.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
         assert!(!r.recovered[&Stream::Logs]);
-        assert!(r.replay.is_empty());
+        assert!(queued(&s2).is_empty());
         // A stale epoch: not recoverable.
         let stale = BTreeMap::from([(
             Stream::Logs,
@@ -1173,6 +1312,7 @@ mod tests {
             seq: 1,
             ts: now_micros(),
             frame: Frame::from("m"),
+            replay: false,
         };
         let lag = Metrics::new().delivery_lag[0].clone();
         let n = fan_out_metrics(&boxes, &d, &lag, 8);
@@ -1229,10 +1369,9 @@ mod tests {
         assert_eq!(h.publish_alert(0, &rec, 1), Some(1));
         assert_eq!(h.publish_alert(0, &rec, 2), None);
         let mut s = h.open_session();
-        let r = s
-            .subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+        s.subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
             .unwrap();
-        assert_eq!(seqs(&r.replay), vec![1]);
+        assert_eq!(seqs(&queued(&s)), vec![1]);
         rec.status = AlertStatus::Resolved;
         assert_eq!(h.publish_alert(0, &rec, 3), Some(2));
         assert_eq!(h.publish_alert(0, &rec, 4), None);
@@ -1269,5 +1408,114 @@ mod tests {
         s.mailbox().drain(&mut out);
         assert!(out.is_empty());
         assert_eq!(s.streams_of(0), vec![Stream::Logs]);
+    }
+
+    fn alert(fp: &str, ends_at: Option<&str>) -> AlertRecord {
+        AlertRecord {
+            status: AlertStatus::Firing,
+            fingerprint: fp.into(),
+            alertname: "HighCpu".into(),
+            severity: "critical".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            starts_at: "2026-11-22T10:00:00Z".into(),
+            ends_at: ends_at.map(Into::into),
+            generator_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_firing_set_is_capped_oldest_first_and_counted() {
+        let h = hub(10);
+        for i in 0..5 {
+            h.publish_alert(0, &alert(&format!("f{i}"), None), 1);
+        }
+        // max_firing_alerts = 3: f0 and f1 were evicted.
+        let fps: Vec<_> = h
+            .firing_alerts(0)
+            .into_iter()
+            .map(|a| a.fingerprint)
+            .collect();
+        assert_eq!(fps, ["f2", "f3", "f4"]);
+        let m = &h.shared.metrics;
+        assert_eq!(m.alerts_evicted.with_label_values(&["a"]).get(), 2);
+        assert_eq!(m.alerts_firing.with_label_values(&["a"]).get(), 3);
+        // A new subscriber gets exactly the capped set.
+        let mut s = h.open_session();
+        s.subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+            .unwrap();
+        assert_eq!(seqs(&queued(&s)), vec![3, 4, 5]);
+        // Re-firing with new content moves it to the newest end.
+        let mut again = alert("f2", None);
+        again.severity = "warning".into();
+        h.publish_alert(0, &again, 2);
+        h.publish_alert(0, &alert("f5", None), 3);
+        let fps: Vec<_> = h
+            .firing_alerts(0)
+            .into_iter()
+            .map(|a| a.fingerprint)
+            .collect();
+        assert_eq!(fps, ["f4", "f2", "f5"]);
+    }
+
+    #[test]
+    fn alerts_whose_end_passed_are_resolved_with_a_frame() {
+        let h = hub(10);
+        let mut s = h.open_session();
+        s.subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+            .unwrap();
+        let soon = "2026-11-22T10:05:00Z";
+        let end = crate::time::parse_rfc3339_micros(soon).unwrap();
+        h.publish_alert(0, &alert("f1", Some(soon)), end - 10);
+        h.publish_alert(0, &alert("f2", None), end - 5);
+        h.expire_alerts(0, end - 1);
+        assert_eq!(h.firing_alerts(0).len(), 2);
+        h.expire_alerts(0, end);
+        let left: Vec<_> = h
+            .firing_alerts(0)
+            .into_iter()
+            .map(|a| a.fingerprint)
+            .collect();
+        assert_eq!(left, ["f2"]);
+        let frames = queued(&s);
+        assert_eq!(seqs(&frames), vec![1, 2, 3]);
+        let last: serde_json::Value = serde_json::from_str(&frames[2].frame).unwrap();
+        assert_eq!(
+            (&last["data"]["status"], &last["data"]["fingerprint"]),
+            (&serde_json::json!("resolved"), &serde_json::json!("f1"))
+        );
+        assert_eq!(
+            h.shared
+                .metrics
+                .alerts_expired
+                .with_label_values(&["a"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_replay_takes_queue_slots_and_lags_where_it_stops() {
+        // History of 5, a queue of 2: resuming from 0 queues 1 and 2,
+        // then lags at 2 (the client resumes from there).
+        let h = hub(2);
+        for i in 0..5 {
+            h.publish_log(0, &log(&i.to_string()), 1);
+        }
+        let mut s = h.open_session();
+        let resume = BTreeMap::from([(
+            Stream::Logs,
+            ResumePoint {
+                epoch: h.epoch().into(),
+                seq: 0,
+            },
+        )]);
+        let r = s.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
+        assert!(r.recovered[&Stream::Logs]);
+        let mut out = Vec::new();
+        let lagged = s.mailbox().drain(&mut out);
+        assert_eq!(seqs(&out), vec![1, 2]);
+        assert!(out.iter().all(|d| d.replay));
+        assert_eq!(lagged.map(|l| l.last_seq), Some(2));
     }
 }

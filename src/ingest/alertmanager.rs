@@ -214,11 +214,10 @@ pub async fn webhook(
     if let Err(r) = authorize(&state, &req) {
         return r.respond(&state, "alertmanager");
     }
-    let body =
-        match crate::ingest::read_body(&req, payload, state.config.ingest.max_body_bytes).await {
-            Ok(b) => b,
-            Err(r) => return r.respond(&state, "alertmanager"),
-        };
+    let body = match crate::ingest::read_body(&state, &req, payload).await {
+        Ok(b) => b,
+        Err(r) => return r.respond(&state, "alertmanager"),
+    };
     let hook: Webhook = match serde_json::from_slice(&body) {
         Ok(h) => h,
         Err(e) => {

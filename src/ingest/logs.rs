@@ -43,7 +43,7 @@ pub async fn json(
         Ok(t) => t,
         Err(r) => return r.respond(&state, "http"),
     };
-    let body = match read_body(&req, payload, state.config.ingest.max_body_bytes).await {
+    let body = match read_body(&state, &req, payload).await {
         Ok(b) => b,
         Err(r) => return r.respond(&state, "http"),
     };
@@ -141,7 +141,7 @@ pub async fn otlp(
         Ok(p) => p,
         Err(r) => return r.respond(&state, "otlp"),
     };
-    let body = match read_body(&req, payload, state.config.ingest.max_body_bytes).await {
+    let body = match read_body(&state, &req, payload).await {
         Ok(b) => b,
         Err(r) => return r.respond(&state, "otlp"),
     };

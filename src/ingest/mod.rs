@@ -51,13 +51,37 @@ impl Refusal {
     }
 }
 
-/// Reads a request body of at most `limit` bytes (413 `too_large` beyond,
-/// with the same JSON error body as every other refusal).
+/// Reads a request body of at most `ingest.max_body_bytes` (413
+/// `too_large` beyond) within `ingest.body_timeout_s` (408 `timeout`: a
+/// body that trickles in or never comes holds no connection for longer),
+/// with the same JSON error body as every other refusal.
 pub async fn read_body(
+    state: &AppState,
     req: &HttpRequest,
+    payload: actix_web::web::Payload,
+) -> Result<bytes::Bytes, Refusal> {
+    let cfg = &state.config.ingest;
+    let timeout = std::time::Duration::from_secs(cfg.body_timeout_s);
+    match tokio::time::timeout(timeout, read_limited(payload, cfg.max_body_bytes)).await {
+        Ok(body) => decode_body(req, body?, cfg.max_body_bytes),
+        Err(_) => {
+            state.metrics.http_client_errors.inc();
+            Err(Refusal::new(
+                ErrorCode::Timeout,
+                "timeout",
+                format!(
+                    "the body did not arrive within {} s (ingest.body_timeout_s)",
+                    cfg.body_timeout_s
+                ),
+            ))
+        }
+    }
+}
+
+async fn read_limited(
     mut payload: actix_web::web::Payload,
     limit: usize,
-) -> Result<bytes::Bytes, Refusal> {
+) -> Result<bytes::BytesMut, Refusal> {
     use futures_util::StreamExt;
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -71,6 +95,15 @@ pub async fn read_body(
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+/// Undoes the body's `Content-Encoding` (identity or gzip), within `limit`.
+fn decode_body(
+    req: &HttpRequest,
+    body: bytes::BytesMut,
+    limit: usize,
+) -> Result<bytes::Bytes, Refusal> {
     let encoding = req
         .headers()
         .get(actix_web::http::header::CONTENT_ENCODING)

@@ -133,17 +133,14 @@ pub async fn handler(
         .or_else(|| query.last_event_id.clone());
     let resume = last_id.as_deref().map(parse_event_id).unwrap_or_default();
 
-    let Some(guard) = state.connections.try_acquire() else {
-        m.connections_total
-            .with_label_values(&["rejected_limit"])
-            .inc();
-        return http_error(
-            ErrorCode::Unavailable,
-            format!(
-                "connection limit reached ({} connections)",
-                state.config.max_connections()
-            ),
-        );
+    let guard = match state.connections.try_acquire() {
+        Ok(g) => g,
+        Err(refused) => {
+            m.connections_total
+                .with_label_values(&["rejected_limit"])
+                .inc();
+            return http_error(ErrorCode::Unavailable, refused.message());
+        }
     };
     let mut hub = state.hub.open_session();
     let sub = match hub.subscribe(team, &streams, &resume, filter) {
@@ -155,20 +152,25 @@ pub async fn handler(
 
     let epoch = state.hub.epoch().to_owned();
     let mut positions: BTreeMap<Stream, u64> = BTreeMap::new();
-    for s in &streams {
-        if *s != Stream::Metrics {
-            // Start at the resume point (the replay advances it), or at
-            // the hub's position at subscribe time when not resuming.
-            let start = match (resume.get(s), sub.recovered.get(s)) {
-                (Some(r), Some(true)) => r.seq,
-                _ => sub.positions.get(s).copied().unwrap_or(0),
-            };
-            positions.insert(*s, start);
-        }
+    let mut catch_up = BTreeMap::new();
+    for (&s, &now) in &sub.positions {
+        // Resumed with frames to replay: start at the resume point, and
+        // jump to where the hub stood once the last replayed frame is out
+        // (frames a filter left out move the position too). Else start
+        // where the hub stands.
+        let start = match (resume.get(&s), sub.replayed.get(&s)) {
+            (Some(r), Some(&last)) if sub.recovered.get(&s) == Some(&true) => {
+                catch_up.insert(s, (last, now));
+                r.seq
+            }
+            _ => now,
+        };
+        positions.insert(s, start);
     }
     let mut out = SseOut {
         epoch,
         positions,
+        catch_up,
         pending: VecDeque::new(),
     };
     out.retry(3000);
@@ -196,16 +198,6 @@ pub async fn handler(
             recovered: sub.recovered,
         }),
     );
-    for d in &sub.replay {
-        out.data(d);
-    }
-    // Everything up to the hub's current seq is now delivered (or
-    // filtered out); live frames continue from there.
-    for (s, seq) in sub.positions {
-        if let Some(p) = out.positions.get_mut(&s) {
-            *p = (*p).max(seq);
-        }
-    }
 
     let hb = Duration::from_secs(state.config.websocket.heartbeat_s);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
@@ -247,8 +239,10 @@ pub async fn handler(
                                         let now = crate::time::now_micros();
                     for d in st.batch.drain(..) {
                         st.out.data(&d);
-                        let lag_us = (now - d.ts).max(0);
-                        st.state.metrics.delivery_lag[d.stream as usize].observe(lag_us as f64 / 1e6);
+                        if !d.replay {
+                            let lag_us = (now - d.ts).max(0);
+                            st.state.metrics.delivery_lag[d.stream as usize].observe(lag_us as f64 / 1e6);
+                        }
                     }
                     if let Some(l) = lagged {
                         let frame = to_frame(&Reply::Lagged {
@@ -295,6 +289,9 @@ struct SseState {
 struct SseOut {
     epoch: String,
     positions: BTreeMap<Stream, u64>,
+    /// Per resumed stream: the last replayed seq, and the hub's position
+    /// to take once it is out.
+    catch_up: BTreeMap<Stream, (u64, u64)>,
     pending: VecDeque<Bytes>,
 }
 
@@ -335,6 +332,12 @@ impl SseOut {
     fn data(&mut self, d: &Delivery) {
         if let Some(p) = self.positions.get_mut(&d.stream) {
             *p = (*p).max(d.seq);
+            if let Some(&(last, now)) = self.catch_up.get(&d.stream) {
+                if d.seq >= last {
+                    *p = (*p).max(now);
+                    self.catch_up.remove(&d.stream);
+                }
+            }
         }
         let id = encode_event_id(&self.epoch, &self.positions);
         let mut b = BytesMut::with_capacity(d.frame.len() + id.len() + 32);

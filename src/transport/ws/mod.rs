@@ -21,46 +21,33 @@ mod outbound;
 pub mod upgrade;
 mod wire;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_http::ws::ProtocolError;
 use actix_web::body::BoxBody;
 use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tracing::field::Empty;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::{AppState, ConnectionGuard};
 use crate::auth::{AuthError, Principal, Scope};
+use crate::budget::{ConnectionBudget, Verdict};
 use crate::hub::{Control, Mailbox, Push, SessionHandle, TeamId};
 use crate::protocol::{
-    parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
+    close, parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
     PublishOp, Reply, SilenceOp, Stream, SERVER_NAME, SUBPROTOCOL,
 };
 use crate::time::now_micros;
 use crate::transport::{http_error, origin_allowed, principal_from_request, session_name};
 
-use inbound::{Inbound, Message};
+use inbound::{Inbound, Message, ReadError};
 use outbound::{Ended, Outbound};
 use tokio::net::TcpStream;
 use wire::WsWire;
-
-/// Close codes of the protocol.
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_LARGE: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const RESTART: u16 = 1012;
-    pub const SLOW_CONSUMER: u16 = 4008;
-}
 
 /// `GET /ws`: checks capacity, the `Authorization` header and origin, then
 /// answers `101` with the prepared connection attached, for [`upgrade`]
@@ -93,19 +80,14 @@ pub async fn handler(
             "server is shutting down",
         ));
     }
-    let Some(guard) = state.connections.try_acquire() else {
-        handshake.record("opswire.result", "rejected_limit");
-        m.connections_total
-            .with_label_values(&["rejected_limit"])
-            .inc();
+    if req.version() != actix_web::http::Version::HTTP_11 {
+        // RFC 6455 §4.1: the opening handshake is HTTP/1.1 (or later).
+        handshake.record("opswire.result", "rejected_handshake");
         return Ok(http_error(
-            ErrorCode::Unavailable,
-            format!(
-                "connection limit reached ({} connections)",
-                state.config.max_connections()
-            ),
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade needs HTTP/1.1",
         ));
-    };
+    }
     let principal = match principal_from_request(&state, &req, None) {
         Ok(p) => p,
         Err(e) => {
@@ -115,6 +97,22 @@ pub async fn handler(
                 .with_label_values(&["rejected_auth"])
                 .inc();
             return Ok(http_error(ErrorCode::Unauthenticated, e.to_string()));
+        }
+    };
+    // A client that has yet to authenticate takes one of the slots kept
+    // for such clients too: they can never crowd out authenticated ones.
+    let admitted = match principal {
+        Some(_) => state.connections.try_acquire(),
+        None => state.connections.try_acquire_unauthenticated(),
+    };
+    let guard = match admitted {
+        Ok(g) => g,
+        Err(refused) => {
+            handshake.record("opswire.result", "rejected_limit");
+            m.connections_total
+                .with_label_values(&["rejected_limit"])
+                .inc();
+            return Ok(http_error(ErrorCode::Unavailable, refused.message()));
         }
     };
     let header_auth = req.headers().contains_key(header::AUTHORIZATION);
@@ -233,25 +231,15 @@ struct Connection {
     /// The session's queue, drained by the writer.
     mailbox: Arc<Mailbox>,
     hub: SessionHandle,
-    limiter: DefaultDirectRateLimiter,
-    strikes: u32,
-    last_violation: Instant,
+    /// What the client may still send (every frame costs).
+    budget: ConnectionBudget,
+    /// The token's subject, whose budget every op shares with the
+    /// subject's other connections (None: anonymous or not yet known).
+    subject: Option<Arc<str>>,
     last_pong: Instant,
     /// How long a reply may wait for a client that does not read.
     write_timeout: Duration,
-    _guard: ConnectionGuard,
-}
-
-fn limiter_for(state: &AppState, scope: Option<Scope>) -> DefaultDirectRateLimiter {
-    let l = &state.config.limits;
-    let (rate, burst) = match scope {
-        Some(Scope::Ingest) => (l.ingest_rate, l.ingest_burst),
-        _ => (l.inbound_rate, l.inbound_burst),
-    };
-    // Validated non-zero in Config::validate.
-    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+    guard: ConnectionGuard,
 }
 
 impl Connection {
@@ -262,7 +250,11 @@ impl Connection {
         guard: ConnectionGuard,
     ) -> Connection {
         let hub = state.hub.open_session();
-        let limiter = limiter_for(&state, principal.as_ref().map(|p| p.scope));
+        let budget = ConnectionBudget::new(&state.config.limits);
+        let subject = principal
+            .as_ref()
+            .filter(|p| !p.anonymous)
+            .map(|p| Arc::from(p.sub.as_str()));
         let write_timeout = Duration::from_secs(2 * state.config.websocket.heartbeat_s);
         Connection {
             state,
@@ -275,12 +267,11 @@ impl Connection {
             principal,
             mailbox: hub.mailbox().clone(),
             hub,
-            limiter,
-            strikes: 0,
-            last_violation: Instant::now(),
+            budget,
+            subject,
             last_pong: Instant::now(),
             write_timeout,
-            _guard: guard,
+            guard,
         }
     }
 
@@ -290,7 +281,7 @@ impl Connection {
         let wire = Arc::new(WsWire(io));
         self.mailbox.attach_wire(wire.clone());
         let io = wire.io();
-        let mut inbound = Inbound::new(&buffered, self.state.config.limits.max_frame_bytes);
+        let mut inbound = Inbound::new(&buffered, self.frame_limit());
         drop(buffered);
         let mut writer = Outbound::new(self.state.clone(), self.mailbox.clone());
         let flow = {
@@ -395,8 +386,14 @@ impl Connection {
                 return Flow::Abort;
             }
         }
-        let auth_deadline =
-            tokio::time::Instant::now() + Duration::from_secs(cfg.websocket.auth_timeout_s);
+        // Less time to authenticate when slots are scarce.
+        let auth_timeout = if self.state.connections.busy() {
+            Duration::from_millis(cfg.websocket.auth_timeout_busy_ms)
+                .min(Duration::from_secs(cfg.websocket.auth_timeout_s))
+        } else {
+            Duration::from_secs(cfg.websocket.auth_timeout_s)
+        };
+        let auth_deadline = tokio::time::Instant::now() + auth_timeout;
         let hb = Duration::from_secs(cfg.websocket.heartbeat_s);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,7 +408,7 @@ impl Connection {
                     Box::pin(self.close_with_error(ErrorCode::Unauthenticated, "token expired", close::POLICY)).await
                 }
                 _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
-                    let message = format!("no auth op within {} s", cfg.websocket.auth_timeout_s);
+                    let message = format!("no auth op within {} ms", auth_timeout.as_millis());
                     Box::pin(self.close_with_error(ErrorCode::Unauthenticated, &message, close::POLICY)).await
                 }
                 _ = heartbeat.tick() => {
@@ -429,9 +426,22 @@ impl Connection {
                 // would make every idle session's task several KiB bigger.
                 msg = stream.recv(io) => Box::pin(self.on_message(msg)).await,
             };
+            // An `auth` op may have raised the limit.
+            stream.set_limit(self.frame_limit());
             if !matches!(flow, Flow::Continue) {
                 return flow;
             }
+        }
+    }
+
+    /// The largest message the client may send now: what an `auth` op
+    /// needs until it has authenticated.
+    fn frame_limit(&self) -> usize {
+        let l = &self.state.config.limits;
+        if self.principal.is_some() {
+            l.max_frame_bytes
+        } else {
+            l.max_auth_frame_bytes.min(l.max_frame_bytes)
         }
     }
 
@@ -531,11 +541,17 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, msg: Option<Result<Message, ProtocolError>>) -> Flow {
+    async fn on_message(&mut self, msg: Option<Result<Message, ReadError>>) -> Flow {
+        let msg = match msg {
+            None => return Flow::Abort,
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return self.on_read_error(e).await,
+        };
+        if matches!(msg, Message::Text(_) | Message::Binary) {
+            self.frames_received += 1;
+        }
         match msg {
-            None => Flow::Abort,
-            Some(Ok(Message::Text(text))) => {
-                self.frames_received += 1;
+            Message::Text(text) => {
                 let started = Instant::now();
                 let flow = self.on_text(&text).await;
                 self.state
@@ -544,9 +560,8 @@ impl Connection {
                     .observe(started.elapsed().as_secs_f64());
                 flow
             }
-            Some(Ok(Message::Binary)) => {
-                self.frames_received += 1;
-                if let Some(flow) = self.rate_limit(None).await {
+            Message::Binary => {
+                if let Some(flow) = self.rate_limit(None, true).await {
                     return flow;
                 }
                 self.error(
@@ -556,9 +571,9 @@ impl Connection {
                 )
                 .await
             }
-            Some(Ok(Message::Ping(bytes))) => {
-                // Pings cost a write each: they count against the budget.
-                if let Some(flow) = self.rate_limit(None).await {
+            Message::Ping(bytes) => {
+                // Pings cost a write each: refused ones go unanswered.
+                if let Some(flow) = self.rate_limit(None, false).await {
                     return flow;
                 }
                 self.last_pong = Instant::now();
@@ -568,11 +583,16 @@ impl Connection {
                     Flow::Abort
                 }
             }
-            Some(Ok(Message::Pong)) => {
+            Message::Pong => {
+                if let Some(flow) = self.rate_limit(None, false).await {
+                    return flow;
+                }
                 self.last_pong = Instant::now();
                 Flow::Continue
             }
-            Some(Ok(Message::Close(reason))) => {
+            // Parts cost a read each, whatever they carry.
+            Message::Fragment => self.rate_limit(None, false).await.unwrap_or(Flow::Continue),
+            Message::Close(reason) => {
                 self.peer_closed = true;
                 // Echo the client's code; the metric label stays bounded.
                 let code = reason.as_ref().map_or(close::NORMAL, |r| u16::from(r.code));
@@ -584,53 +604,70 @@ impl Connection {
                 };
                 Flow::Close(code, text)
             }
-            Some(Err(ProtocolError::Overflow)) => {
-                let max = self.state.config.limits.max_frame_bytes;
-                self.close_with_error(
-                    ErrorCode::TooLarge,
-                    &format!("frame larger than {max} bytes"),
-                    close::TOO_LARGE,
-                )
-                .await
-            }
-            // The peer went away without a close frame (EOF, reset).
-            Some(Err(ProtocolError::Io(e))) => {
-                tracing::debug!(session = %self.name, error = %e, "websocket connection lost");
-                Flow::Abort
-            }
-            Some(Err(e)) => {
-                tracing::debug!(session = %self.name, error = %e, "websocket protocol error");
-                Flow::Close(close::PROTOCOL_ERROR, "protocol error".into())
-            }
         }
     }
 
-    /// Applies the token bucket. Over budget: a `rate_limited` error, and
-    /// after `max_violations` refusals within a second, close 1008.
-    async fn rate_limit(&mut self, id: Option<i64>) -> Option<Flow> {
-        if self.limiter.check().is_ok() {
-            return None;
-        }
-        let now = Instant::now();
-        if now.duration_since(self.last_violation) > Duration::from_secs(1) {
-            self.strikes = 0;
-        }
-        self.last_violation = now;
-        self.strikes += 1;
-        if self.strikes > self.state.config.limits.max_violations {
-            return Some(
+    /// What the reader gave up on: an error frame that says what was
+    /// wrong and the close RFC 6455 gives for it, or nothing when the
+    /// peer is gone.
+    async fn on_read_error(&mut self, e: ReadError) -> Flow {
+        let Some(code) = e.close_code() else {
+            // The peer went away without a close frame (EOF, reset).
+            tracing::debug!(session = %self.name, error = %e, "websocket connection lost");
+            return Flow::Abort;
+        };
+        tracing::debug!(session = %self.name, error = %e, code, "websocket read refused");
+        let (error, message) = match &e {
+            ReadError::TooLarge { max } => {
+                let what = if self.principal.is_some() {
+                    "limits.max_frame_bytes"
+                } else {
+                    "limits.max_auth_frame_bytes, before auth"
+                };
+                (
+                    ErrorCode::TooLarge,
+                    format!("frame larger than {max} bytes ({what})"),
+                )
+            }
+            other => (ErrorCode::BadRequest, other.to_string()),
+        };
+        self.close_with_error(error, &message, code).await
+    }
+
+    /// Charges one frame to the connection's budget (and, for an op, to
+    /// its subject's). Over budget: a `rate_limited` error for an op, no
+    /// answer for anything else; refused too often within a second:
+    /// close 1008.
+    async fn rate_limit(&mut self, id: Option<i64>, op: bool) -> Option<Flow> {
+        let scope = self.principal.as_ref().map_or(Scope::Read, |p| p.scope);
+        let subject = self
+            .subject
+            .as_ref()
+            .filter(|_| op)
+            .map(|s| (&self.state.subjects, s));
+        match self.budget.charge(scope, subject) {
+            Verdict::Allowed => None,
+            Verdict::Exceeded => Some(
                 self.close_with_error(
                     ErrorCode::RateLimited,
                     "rate limit exceeded repeatedly",
                     close::POLICY,
                 )
                 .await,
-            );
+            ),
+            Verdict::Refused if op => Some(
+                self.error(id, ErrorCode::RateLimited, "too many ops: slow down")
+                    .await,
+            ),
+            Verdict::Refused => {
+                self.state
+                    .metrics
+                    .errors_total
+                    .with_label_values(&[ErrorCode::RateLimited.as_str()])
+                    .inc();
+                Some(Flow::Continue)
+            }
         }
-        Some(
-            self.error(id, ErrorCode::RateLimited, "too many ops: slow down")
-                .await,
-        )
     }
 
     /// Handles one text frame inside its own span: a child of the
@@ -668,7 +705,7 @@ impl Connection {
 
     async fn handle_op(&mut self, inbound: crate::protocol::Inbound) -> Flow {
         let id = inbound.id;
-        if let Some(flow) = self.rate_limit(id).await {
+        if let Some(flow) = self.rate_limit(id, true).await {
             return flow;
         }
         let op = match inbound.op {
@@ -706,13 +743,13 @@ impl Connection {
                 let mut streams = s.streams.clone();
                 streams.sort();
                 streams.dedup();
-                // No live frame may reach the socket before `subscribed`
-                // and its replay: hold the fan-out off until they are queued.
+                // Neither the replay the hub queues nor a live frame may
+                // reach the socket before `subscribed`: hold the writer
+                // and the fan-out to this session's own frames until the
+                // reply is queued.
                 self.mailbox.hold();
                 match self.hub.subscribe(team, &streams, &s.resume, filter) {
                     Ok(sub) => {
-                        // The reply and its replay in one go: live frames
-                        // queued meanwhile go out after them, never between.
                         let reply = to_frame(&Reply::Subscribed {
                             id,
                             team: &s.team,
@@ -720,9 +757,7 @@ impl Connection {
                             recovered: sub.recovered,
                         });
                         self.count_out("control");
-                        let frames = std::iter::once(Control::Text(reply))
-                            .chain(sub.replay.into_iter().map(|d| Control::Text(d.frame)));
-                        if self.mailbox.push_control_all(frames) {
+                        if self.mailbox.push_control_all([Control::Text(reply)]) {
                             Flow::Continue
                         } else {
                             Flow::Abort
@@ -909,11 +944,10 @@ impl Connection {
                         self.hub.unsubscribe(team, &Stream::ALL);
                     }
                 }
-                // A refreshed token keeps the bucket: re-auth is no way
-                // around the rate limit. Only a scope change resizes it.
-                if self.principal.as_ref().map(|old| old.scope) != Some(p.scope) {
-                    self.limiter = limiter_for(&self.state, Some(p.scope));
-                }
+                // The budget stays (it is per connection and per scope,
+                // never refilled by an `auth`); the subject's is shared.
+                self.subject = (!p.anonymous).then(|| Arc::from(p.sub.as_str()));
+                self.guard.authenticated();
                 self.principal = Some(p);
                 self.send_welcome(id).await
             }

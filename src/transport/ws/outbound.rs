@@ -22,10 +22,8 @@ use tokio_util::codec::Encoder;
 
 use crate::app::AppState;
 use crate::hub::{Control, Mailbox, Outgoing, Take};
-use crate::protocol::{to_frame, Reply};
+use crate::protocol::{close, to_frame, Reply};
 use crate::time::now_micros;
-
-use super::close;
 
 /// Batches one poll of the writer writes at most.
 const BATCHES_PER_POLL: usize = 16;
@@ -168,7 +166,7 @@ impl Outbound {
             let now = now_micros();
             let n = self.batch.data.len() as u64;
             let data = std::mem::take(&mut self.batch.data);
-            for d in &data {
+            for d in data.iter().filter(|d| !d.replay) {
                 m.delivery_lag[d.stream as usize].observe((now - d.ts).max(0) as f64 / 1e6);
             }
             for d in data {
