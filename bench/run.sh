@@ -60,6 +60,9 @@ config() {
     local stagger=$1
     {
         echo '[sampler]'; echo 'team = "t0"'; echo "stagger = $stagger"
+        # Every generated subscriber shares one token subject: its op
+        # budget must cover one subscribe per connection of the ramp.
+        echo '[limits]'; echo 'subject_inbound_rate = 100000'; echo 'subject_inbound_burst = 100000'
         for i in $(seq 0 9); do echo '[[teams]]'; echo "name = \"t$i\""; done
     } > "$WORK/opswire.toml"
 }

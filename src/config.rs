@@ -197,6 +197,10 @@ pub struct LimitsConfig {
     /// Firing alerts kept per team (the oldest is evicted beyond it).
     /// `queue_len` caps it too: a new subscriber gets them all.
     pub max_firing_alerts: usize,
+    /// Hosts a team holds at once (each is in every metrics frame of the
+    /// team and has its own `/metrics` series); a new one beyond it is
+    /// refused until one goes stale.
+    pub max_hosts_per_team: usize,
 }
 
 impl Default for LimitsConfig {
@@ -218,6 +222,7 @@ impl Default for LimitsConfig {
             max_connections: None,
             max_unauthenticated: None,
             max_firing_alerts: 1000,
+            max_hosts_per_team: 1000,
         }
     }
 }
@@ -575,6 +580,9 @@ impl Config {
         }
         if l.max_firing_alerts == 0 {
             return Err(invalid("limits.max_firing_alerts", "must be at least 1"));
+        }
+        if l.max_hosts_per_team == 0 {
+            return Err(invalid("limits.max_hosts_per_team", "must be at least 1"));
         }
         let fd_limit = raise_fd_limit();
         let ceiling = fd_limit.saturating_sub(FD_RESERVE).max(1);

@@ -72,6 +72,7 @@ impl Application {
                 // A new subscriber gets every firing alert: no more than
                 // its queue holds.
                 max_firing_alerts: config.limits.max_firing_alerts.min(config.limits.queue_len),
+                max_hosts_per_team: config.limits.max_hosts_per_team,
             },
             metrics.clone(),
         );

@@ -58,6 +58,14 @@ pub enum HubError {
     TooManySubscriptions(usize),
     #[error("host snapshot: {0}")]
     BadSnapshot(String),
+    #[error(
+        "team `{team}` already has {max} hosts (limits.max_hosts_per_team); `{host}` is refused"
+    )]
+    TooManyHosts {
+        team: String,
+        host: String,
+        max: usize,
+    },
 }
 
 /// Sizes the hub is built with.
@@ -73,6 +81,8 @@ pub struct HubSettings {
     pub fanout_threads: usize,
     /// Firing alerts kept per team; the oldest is evicted beyond it.
     pub max_firing_alerts: usize,
+    /// Hosts a team holds at once; a new one beyond it is refused.
+    pub max_hosts_per_team: usize,
 }
 
 /// Subscribers a fan-out thread takes at least: below that, starting a
@@ -508,12 +518,21 @@ impl Hub {
     pub fn update_host(&self, team: TeamId, snapshot: &HostSnapshot) -> Result<(), HubError> {
         let raw = serde_json::value::to_raw_value(snapshot)
             .map_err(|e| HubError::BadSnapshot(e.to_string()))?;
-        self.shared
-            .metrics
-            .observe_host(&self.shared.topics[team].name, snapshot);
+        let name = &self.shared.topics[team].name;
         let mounts: Vec<String> = snapshot.disks.iter().map(|d| d.mount.clone()).collect();
         let ifaces: Vec<String> = snapshot.network.iter().map(|n| n.iface.clone()).collect();
         let mut st = self.lock(team);
+        // Every host is part of every metrics frame of its team and has
+        // series of its own on /metrics: how many there are is bounded.
+        let max = self.shared.settings.max_hosts_per_team;
+        if st.hosts.len() >= max && !st.hosts.contains_key(&snapshot.host) {
+            return Err(HubError::TooManyHosts {
+                team: name.clone(),
+                host: snapshot.host.clone(),
+                max,
+            });
+        }
+        self.shared.metrics.observe_host(name, snapshot);
         let old = st.hosts.insert(
             snapshot.host.clone(),
             HostEntry {
@@ -1225,6 +1244,7 @@ mod tests {
                 host_stale_after: Duration::from_secs(5),
                 fanout_threads: 1,
                 max_firing_alerts: 3,
+                max_hosts_per_team: 2,
             },
             Arc::new(Metrics::new()),
         )
@@ -1517,5 +1537,29 @@ mod tests {
         assert_eq!(seqs(&out), vec![1, 2]);
         assert!(out.iter().all(|d| d.replay));
         assert_eq!(lagged.map(|l| l.last_seq), Some(2));
+    }
+
+    #[test]
+    fn a_team_holds_a_bounded_number_of_hosts() {
+        let h = hub(10);
+        let snap = |host: &str| HostSnapshot {
+            host: host.into(),
+            source: Default::default(),
+            sampled_at: 1,
+            cpu: Default::default(),
+            memory: Default::default(),
+            disks: vec![],
+            network: vec![],
+            processes: 0,
+            uptime_s: 0,
+        };
+        h.update_host(0, &snap("h1")).unwrap();
+        h.update_host(0, &snap("h2")).unwrap();
+        let e = h.update_host(0, &snap("h3")).unwrap_err();
+        assert!(e.to_string().contains("max_hosts_per_team"), "{e}");
+        // Known hosts still update; other teams have their own room.
+        h.update_host(0, &snap("h1")).unwrap();
+        h.update_host(1, &snap("h3")).unwrap();
+        assert_eq!(h.summary(0).hosts, ["h1", "h2"]);
     }
 }

@@ -102,6 +102,20 @@ impl Inbound {
         }
     }
 
+    /// Appends bytes as a read from the socket would (for tests and the
+    /// fuzzer, which drive [`Inbound::decode`] without a socket).
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        if !self.done {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes held for frames not yet whole (its allocation, which is what
+    /// a client could make the server keep).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.partial.as_ref().map_or(0, |(_, acc)| acc.capacity())
+    }
+
     /// Changes the limit (it grows once the client has authenticated).
     pub fn set_limit(&mut self, max: usize) {
         self.max = max;

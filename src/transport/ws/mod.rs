@@ -16,7 +16,7 @@
 //! client that stops reading is cut off when it stops answering pings (or
 //! when its queue overflows).
 
-mod inbound;
+pub mod inbound;
 mod outbound;
 pub mod upgrade;
 mod wire;
@@ -387,7 +387,8 @@ impl Connection {
             }
         }
         // Less time to authenticate when slots are scarce.
-        let auth_timeout = if self.state.connections.busy() {
+        let busy = self.state.connections.busy();
+        let auth_timeout = if busy {
             Duration::from_millis(cfg.websocket.auth_timeout_busy_ms)
                 .min(Duration::from_secs(cfg.websocket.auth_timeout_s))
         } else {
@@ -408,7 +409,11 @@ impl Connection {
                     Box::pin(self.close_with_error(ErrorCode::Unauthenticated, "token expired", close::POLICY)).await
                 }
                 _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
-                    let message = format!("no auth op within {} ms", auth_timeout.as_millis());
+                    let message = if busy {
+                        format!("no auth op within {} ms (the server is near its connection limit)", auth_timeout.as_millis())
+                    } else {
+                        format!("no auth op within {} s", auth_timeout.as_secs())
+                    };
                     Box::pin(self.close_with_error(ErrorCode::Unauthenticated, &message, close::POLICY)).await
                 }
                 _ = heartbeat.tick() => {
