@@ -39,7 +39,8 @@
 #
 # Usage: scripts/check-stack.sh          (from the repository root)
 # Env:   OPSWIRE_BIN=path      binary to run (default
-#                              ${CARGO_TARGET_DIR:-target}/debug/opswire)
+#                              ${CARGO_TARGET_DIR:-target}/debug/opswire,
+#                              built by scripts/build-bins.sh)
 #        CHECK_STACK_STRICT_LINT=1  also fail on `promtool check metrics`
 #                                   lint warnings (exit 3), not only on
 #                                   format errors (exit 1)
@@ -443,11 +444,11 @@ ok "data source uids provisioned; every dashboard expression parses"
 # --------------------------------------------------- live /metrics lint
 step "promtool check metrics on opswire's live /metrics"
 bin="${OPSWIRE_BIN:-${CARGO_TARGET_DIR:-target}/debug/opswire}"
-if [[ ! -x "$bin" ]]; then
-  echo "   $bin not found: cargo build -q --bin opswire"
-  cargo build -q --bin opswire
+if [[ -z "${OPSWIRE_BIN:-}" ]]; then
+  # Up to date, built as `cargo test` builds it (a no-op after that stage).
+  bash scripts/build-bins.sh -q || die "cargo build (scripts/build-bins.sh)"
 fi
-[[ -x "$bin" ]] || die "$bin not found after cargo build"
+[[ -x "$bin" ]] || die "$bin not found"
 secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 webhook_token="check-stack-webhook-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export OPSWIRE_JWT_SECRET="$secret"

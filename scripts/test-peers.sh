@@ -3,16 +3,19 @@
 # the Node peers under bench/peers/ (plain `ws`, Socket.IO) and the minimal
 # raw writer (examples/raw_writer.rs) each serve 30 opswire-bench
 # subscribers over 3 teams for 2 s; every subscriber must connect and every
-# frame of the window must arrive, for its own team. Needs node_modules
-# (scripts/test-web.sh installs them).
+# frame of the window must arrive, for its own team. The peers need Node.js
+# >= 18 (Debian 12's 18.20 will do) and node_modules: scripts/test-web.sh
+# installs both; run alone, this installs node_modules (npm ci) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund --loglevel=error
+log "node $(node --version)"
 
-cargo build --locked --bin opswire-bench --example raw_writer
-BIN=target/debug
+bash scripts/build-bins.sh
+BIN=${CARGO_TARGET_DIR:-target}/debug
+mkdir -p target   # the generator's reports: target/peer-*.json
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 

@@ -2,8 +2,13 @@
 # Browser tests of the bundled dashboard: Debian's Chromium, driven by
 # playwright-core from npm, against the real opswire binary and a real
 # Alertmanager. Installs what it needs first (idempotent: skips what is
-# present). Saves a screenshot to test-artifacts/dashboard.png;
+# present): Debian's chromium, nodejs (Node.js >= 18: Debian 12's 18.20 will
+# do), npm, prometheus-alertmanager and a font, then the locked npm packages
+# (playwright-core 1.61, the last release that runs on Node.js 18; it downloads
+# no browser). Saves a screenshot to test-artifacts/dashboard.png;
 # UPDATE_DOCS_SCREENSHOT=1 also copies it to docs/dashboard.png.
+# Env: OPSWIRE_BIN=path  test this binary (default: target/debug/opswire,
+#                        built by scripts/build-bins.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,20 +31,22 @@ if ((${#need_apt[@]})); then
 fi
 
 node_major=$(node -p 'process.versions.node.split(".")[0]')
-if ((node_major < 20)); then
-  echo "Node.js >= 20 is required (playwright-core); found $(node --version)" >&2
+if ((node_major < 18)); then
+  echo "Node.js >= 18 is required (playwright-core 1.61, node --test); found $(node --version)" >&2
   exit 1
 fi
-# playwright-core and ws as locked (playwright-core downloads no browser).
+# playwright-core, ws and socket.io as locked.
 if ! npm ls --depth=0 >/dev/null 2>&1; then
   log "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-log "cargo build"
-cargo build --locked --bin opswire
+if [[ -z "${OPSWIRE_BIN:-}" ]]; then
+  log "cargo build (as cargo test builds it: nothing to do after that stage)"
+  bash scripts/build-bins.sh
+fi
 
-log "browser tests ($(chromium --version 2>/dev/null | head -n1))"
+log "browser tests ($(chromium --version 2>/dev/null | head -n1); node $(node --version), npm $(npm --version), playwright-core $(node -p 'require("playwright-core/package.json").version'))"
 mkdir -p test-artifacts
 node --test --test-reporter=spec tests/web/dashboard.test.mjs
 echo "screenshot: $(pwd)/test-artifacts/dashboard.png"

@@ -1,11 +1,44 @@
 #!/usr/bin/env bash
-# Runs every test suite of opswire. Installs what it needs first
-# (idempotent: skips what is present), so it works on a fresh Debian machine.
+# Runs every test suite of opswire: the README's test command, and what CI
+# runs (.ci/run). Needs a Rust toolchain (rustup, Rust >= the rust-version of
+# Cargo.toml) on a Debian 12 machine, run as root (or with a passwordless
+# apt-get); installs everything else it needs first, idempotently (skips what
+# is present): build-essential, pkg-config, curl, python3, Prometheus and
+# Alertmanager, docker-compose (it only parses the compose file) here, and
+# Chromium, Node.js, npm and the locked npm packages in scripts/test-web.sh.
+# Prints how long each stage took at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n== %s\n' "$*"; }
+# Stages and their durations, for the summary at the end.
+stage_names=()
+stage_secs=()
+stage_start=""
+stage() {
+  stage_end
+  stage_names+=("$1")
+  stage_start=$(date +%s.%N)
+  printf '\n== %s\n' "$1"
+}
+stage_end() {
+  [[ -n "$stage_start" ]] || return 0
+  stage_secs+=("$(awk -v a="$stage_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')")
+  stage_start=""
+}
+summary() {
+  local rc=$? i total=0
+  stage_end
+  ((${#stage_secs[@]})) || return 0
+  printf '\n== stage times\n'
+  for i in "${!stage_secs[@]}"; do
+    printf '%6s s  %s\n' "${stage_secs[$i]}" "${stage_names[$i]}"
+    total=$((total + stage_secs[i]))
+  done
+  printf '%6s s  total%s\n' "$total" "$( ((rc == 0)) || echo " (failed in: ${stage_names[-1]})")"
+}
+trap summary EXIT
 
+stage "setup: Debian packages, rustfmt and clippy"
 need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have cc || need_apt+=(build-essential)
@@ -19,33 +52,37 @@ have amtool || need_apt+=(prometheus-alertmanager)
 have promtool || need_apt+=(prometheus)
 have docker-compose || need_apt+=(docker-compose)
 if ((${#need_apt[@]})); then
-  log "installing ${need_apt[*]}"
+  echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 if ! have cargo; then
-  echo "cargo is required (rustup: https://rustup.rs)" >&2
+  echo "cargo is required: install Rust with rustup (https://rustup.rs), then run this again" >&2
   exit 1
 fi
-rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Each component on its own: rustfmt may be there without clippy.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+printf '%s\n' "$(cargo --version)" "$(rustc --version)"
 
-log "format"
+stage "format"
 cargo fmt --all -- --check
 
-log "clippy"
+stage "clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
-log "unit and integration tests"
+stage "unit and integration tests"
 cargo test --lib --tests --locked
 
-log "the stack: promtool, amtool, compose, dashboards, live /metrics"
+stage "the stack: promtool, amtool, compose, dashboards, live /metrics"
 bash scripts/check-stack.sh
 
-log "browser tests (dashboard, headless Chromium)"
+stage "browser tests (dashboard, headless Chromium)"
 bash scripts/test-web.sh
 
-log "benchmark peers (Node ws, Socket.IO, raw writer) with opswire-bench"
+stage "benchmark peers (Node ws, Socket.IO, raw writer) with opswire-bench"
 bash scripts/test-peers.sh
 
-log "all suites passed"
+stage_end
+printf '\n== all suites passed\n'

@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""A minimal WebSocket client for scripts/check-stack.sh (python3 stdlib only).
+"""A minimal WebSocket client (python3 stdlib only): scripts/check-stack.sh's,
+and one for trying opswire by hand (see the README):
+
+  python3 scripts/ws_client.py listen 127.0.0.1:8080 - default --streams metrics,logs,alerts
 
   ws_client.py exercise ADDR TOKEN TEAM
       Subscribe to TEAM (all streams), send a `ping` op and one invalid
       message, read frames for ~1.5 s, close with 1000. Exercises the WS
       paths so lazily created series exist before `promtool check metrics`.
 
-  ws_client.py listen ADDR TOKEN TEAM --out FILE [--streams alerts,metrics]
+  ws_client.py listen ADDR TOKEN TEAM [--out FILE] [--streams alerts,metrics]
                       [--seconds 90] [--ping-every 2] [--bad-frame]
       Subscribe to TEAM and append every text frame the server sends to
-      FILE, one JSON document per line (flushed at once, so the caller can
-      poll the file). Sends a `ping` op every --ping-every seconds (inbound
+      FILE (default -, standard output), one JSON document per line
+      (flushed at once, so the caller can poll the file). Sends a `ping` op every --ping-every seconds (inbound
       traffic for the message histograms) and, with --bad-frame, one invalid
       message (an `error` frame, websocket_errors_total). Answers WebSocket
       Pings. Ends after --seconds or on SIGTERM/SIGINT, closing with 1000.
 
 ADDR is host:port of opswire. The token goes in the upgrade's
-Authorization header. Exit status: 0 when the session ran and closed
+Authorization header; `-` sends none (dev mode needs none). Exit status: 0 when the session ran and closed
 normally, 1 when the handshake or subscription failed.
 """
 import argparse
@@ -39,7 +42,9 @@ class WS:
             (
                 f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+                f"Sec-WebSocket-Version: 13\r\n"
+                + ("" if token == "-" else f"Authorization: Bearer {token}\r\n")
+                + "\r\n"
             ).encode()
         )
         buf = b""
@@ -134,12 +139,13 @@ def listen(a):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    out = open(a.out, "a", buffering=1)
+    out = sys.stdout if a.out == "-" else open(a.out, "a", buffering=1)
     ws = WS(a.addr, a.token)
     subscribed = {"ok": False}
 
     def on_text(text):
         out.write(text.replace("\n", " ") + "\n")
+        out.flush()
         try:
             doc = json.loads(text)
         except ValueError:
@@ -163,7 +169,8 @@ def listen(a):
             next_ping = time.time() + a.ping_every
     server_closed = ws.closed
     ws.close()
-    out.close()
+    if out is not sys.stdout:
+        out.close()
     if not subscribed["ok"]:
         print(f"ws_client: team {a.team}: no `subscribed` reply", file=sys.stderr)
         return 1
@@ -184,7 +191,7 @@ def main():
     l.add_argument("addr")
     l.add_argument("token")
     l.add_argument("team")
-    l.add_argument("--out", required=True)
+    l.add_argument("--out", default="-", help="file to append frames to; - for standard output [-]")
     l.add_argument("--streams", default="alerts")
     l.add_argument("--seconds", type=float, default=90)
     l.add_argument("--ping-every", type=float, default=2)

@@ -11,15 +11,27 @@ use figment::Figment;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-/// Why the configuration was refused. The message names the field.
+/// Why the configuration was refused. The message names the setting as
+/// the user wrote it, and where: `FILE:LINE:COLUMN` for the config file,
+/// the variable's name for the environment.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {0}: not found")]
     FileNotFound(PathBuf),
-    #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A value that does not fit the settings, in the file or the environment.
+    #[error("{at}: {message}")]
+    Source { at: String, message: String },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// An [`ConfigError::Invalid`] value, with where it was set (see
+    /// [`ConfigError::locate`]).
+    #[error("{at}: {error}")]
+    At { at: String, error: Box<ConfigError> },
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -411,28 +423,38 @@ pub const DEFAULT_TEAM: &str = "default";
 impl Config {
     /// Loads defaults ← `file` (when given) ← `OPSWIRE_*` environment.
     /// CLI flags are applied by the caller afterwards, then [`Config::validate`].
+    ///
+    /// A value that does not fit is reported where it was written: the
+    /// file is checked on its own first (`FILE:LINE:COLUMN: sampler.teem:
+    /// unknown field …`), then an error left by the environment names its
+    /// variable (`OPSWIRE_LIMITS__QUEUE_LEN: limits.queue_len: …`).
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError::FileNotFound(path.to_path_buf()));
             }
-            figment = figment.merge(Toml::file(path));
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            check_toml(path, &text)?;
+            figment = figment.merge(Toml::string(&text));
         }
         // OPSWIRE_LIMITS__QUEUE_LEN=10 sets limits.queue_len; the variables
         // that are not settings (or need no parsing) are handled below.
         // Only variables that name a setting: an unrelated OPSWIRE_* in the
         // environment (a token for a script, say) must not stop the server.
         figment = figment.merge(
-            Env::prefixed("OPSWIRE_")
+            Env::prefixed(ENV_PREFIX)
                 .filter(|key| {
                     let key = key.as_str().to_ascii_lowercase();
-                    let top = key.split("__").next().unwrap_or_default();
+                    let top = key.split(ENV_SEPARATOR).next().unwrap_or_default();
                     SETTINGS.contains(&top)
                 })
-                .split("__"),
+                .split(ENV_SEPARATOR),
         );
-        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(|e| figment_error(e, file))?;
         if let Ok(secret) = std::env::var("OPSWIRE_JWT_SECRET") {
             if !secret.is_empty() {
                 config.auth.jwt_secret = Some(secret);
@@ -801,6 +823,274 @@ pub fn raise_fd_limit() -> usize {
     }
 }
 
+// ------------------------------------------------ where a setting was written
+
+/// Prefix of the environment variables that are settings.
+const ENV_PREFIX: &str = "OPSWIRE_";
+/// Separator of nested settings in a variable's name (`OPSWIRE_LIMITS__QUEUE_LEN`).
+const ENV_SEPARATOR: &str = "__";
+
+impl ConfigError {
+    /// Adds where an [`ConfigError::Invalid`] setting was written: the
+    /// `OPSWIRE_*` variable that set it (the environment wins over the
+    /// file), else `FILE:LINE:COLUMN` of its key in `file`. Other errors,
+    /// and settings left at their defaults, are returned as they are.
+    pub fn locate(self, file: Option<&Path>) -> ConfigError {
+        let ConfigError::Invalid { field, .. } = &self else {
+            return self;
+        };
+        let at = env_var_of(field).or_else(|| {
+            let path = file?;
+            let text = std::fs::read_to_string(path).ok()?;
+            let keys = toml_keys(&text)?;
+            // `teams[0].hosts[1]` is found at its key, `teams[0].hosts`.
+            let mut name = field.as_str();
+            loop {
+                if let Some(k) = keys.iter().find(|k| k.path == name) {
+                    return Some(file_position(path, &text, k.span.start));
+                }
+                name = &name[..name.rfind(['.', '['])?];
+            }
+        });
+        match at {
+            Some(at) => ConfigError::At {
+                at,
+                error: Box::new(self),
+            },
+            None => self,
+        }
+    }
+}
+
+/// The `OPSWIRE_*` variable (as spelled in the environment) that sets
+/// `field` (`limits.queue_len` → `OPSWIRE_LIMITS__QUEUE_LEN`), or a table
+/// or array that holds it (`teams[0].name` → `OPSWIRE_TEAMS`), if one is set.
+fn env_var_of(field: &str) -> Option<String> {
+    if field == "auth.jwt_secret" && std::env::var_os("OPSWIRE_JWT_SECRET").is_some() {
+        return Some("OPSWIRE_JWT_SECRET".into());
+    }
+    // `teams[0].hosts[1]` → teams, hosts
+    let want: Vec<&str> = field
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .collect();
+    std::env::vars_os()
+        .filter_map(|(name, _)| {
+            let name = name.into_string().ok()?;
+            let rest = name
+                .get(..ENV_PREFIX.len())
+                .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                .map(|_| &name[ENV_PREFIX.len()..])?;
+            let parts: Vec<&str> = rest.split(ENV_SEPARATOR).collect();
+            let holds = parts.len() <= want.len()
+                && parts
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b));
+            holds.then_some((parts.len(), name))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, name)| name)
+}
+
+/// `FILE:LINE:COLUMN` of byte `offset` in `text` (both counted from 1).
+fn file_position(path: &Path, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("{}:{line}:{column}", path.display())
+}
+
+/// Checks the config file on its own, so that an error points at the line
+/// the user wrote (figment keeps no positions).
+fn check_toml(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let Err(e) = toml::from_str::<Config>(text) else {
+        return Ok(());
+    };
+    // The toml crate's message is one or more lines; keep them on one.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = e.span() else {
+        return Err(ConfigError::Source {
+            at: path.display().to_string(),
+            message,
+        });
+    };
+    // The setting: the last key that starts at or before the error (the
+    // key itself for an unknown field, the key of the value otherwise).
+    let setting = toml_keys(text).and_then(|keys| {
+        keys.into_iter()
+            .filter(|k| k.span.start <= span.start)
+            .max_by_key(|k| k.span.start)
+            .map(|k| k.path)
+    });
+    Err(ConfigError::Source {
+        at: file_position(path, text, span.start),
+        message: match setting {
+            Some(setting) => format!("{setting}: {message}"),
+            None => message,
+        },
+    })
+}
+
+/// A key of a TOML document: its dotted path as the settings name it
+/// (`teams[1].name`) and the bytes of the key.
+struct TomlKey {
+    path: String,
+    span: std::ops::Range<usize>,
+}
+
+/// Every key of a TOML document, or `None` if it does not parse.
+fn toml_keys(text: &str) -> Option<Vec<TomlKey>> {
+    let tree: TomlTree = toml::from_str(text).ok()?;
+    let mut keys = Vec::new();
+    tree.collect("", &mut keys);
+    Some(keys)
+}
+
+/// A TOML document with the position of every key.
+enum TomlTree {
+    Table(Vec<(toml::Spanned<String>, TomlTree)>),
+    Array(Vec<TomlTree>),
+    Leaf,
+}
+
+impl TomlTree {
+    fn collect(self, prefix: &str, out: &mut Vec<TomlKey>) {
+        match self {
+            TomlTree::Table(entries) => {
+                for (key, value) in entries {
+                    let span = key.span();
+                    let key = key.into_inner();
+                    if key.starts_with("$__") {
+                        continue; // the toml crate's own (a datetime's value)
+                    }
+                    let path = if prefix.is_empty() {
+                        key
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    value.collect(&path, out);
+                    out.push(TomlKey { path, span });
+                }
+            }
+            TomlTree::Array(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    item.collect(&format!("{prefix}[{i}]"), out);
+                }
+            }
+            TomlTree::Leaf => {}
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TomlTree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TomlTree;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TomlTree, E> {
+                Ok(TomlTree::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TomlTree, E> {
+                Ok(TomlTree::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TomlTree, E> {
+                Ok(TomlTree::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TomlTree, E> {
+                Ok(TomlTree::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<TomlTree, E> {
+                Ok(TomlTree::Leaf)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TomlTree, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(TomlTree::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TomlTree, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(TomlTree::Table(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A figment error, reported where its value came from: the variable's
+/// name for the environment (figment says `LIMITS.QUEUE_LEN`), without
+/// figment's nested backticks.
+fn figment_error(error: figment::Error, file: Option<&Path>) -> ConfigError {
+    let mut errors = error.into_iter().map(|e| {
+        let setting = e.path.join(".").to_ascii_lowercase();
+        let from_env = e
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.contains("environment"));
+        let at = if from_env {
+            env_var_of(&setting).unwrap_or_else(|| {
+                format!(
+                    "{ENV_PREFIX}{}",
+                    e.path.join(ENV_SEPARATOR).to_ascii_uppercase()
+                )
+            })
+        } else {
+            file.map_or_else(|| "configuration".into(), |p| p.display().to_string())
+        };
+        let problem = match &e.kind {
+            figment::error::Kind::UnknownField(name, expected) => {
+                format!("unknown field `{name}`, expected {}", one_of(expected))
+            }
+            figment::error::Kind::UnknownVariant(name, expected) => {
+                format!("unknown variant `{name}`, expected {}", one_of(expected))
+            }
+            kind => kind.to_string(),
+        };
+        let message = if setting.is_empty() {
+            problem
+        } else {
+            format!("{setting}: {problem}")
+        };
+        (at, message)
+    });
+    let (at, mut message) = errors.next().unwrap_or_default();
+    for (more_at, more) in errors {
+        message.push_str(&format!("; {more_at}: {more}"));
+    }
+    ConfigError::Source { at, message }
+}
+
+/// `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` `` (as serde says it).
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.as_slice() {
+        [] => "none here".into(),
+        [one] => one.clone(),
+        [a, b] => format!("{a} or {b}"),
+        all => format!("one of {}", all.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,6 +1151,153 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("limits.max_connections"));
+    }
+
+    /// Tests that set `OPSWIRE_*` variables hold this lock: `Config::load`
+    /// reads the whole process environment.
+    static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn load_toml(toml: &str) -> (tempfile::TempDir, PathBuf, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opswire.toml");
+        std::fs::write(&path, toml).unwrap();
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let r = Config::load(Some(&path));
+        (dir, path, r)
+    }
+
+    fn load_env(name: &str, value: &str) -> Result<Config, ConfigError> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var(name, value);
+        let r = Config::load(None);
+        std::env::remove_var(name);
+        r
+    }
+
+    #[test]
+    fn a_typo_in_the_file_names_the_setting_and_its_line() {
+        let (_dir, path, r) = load_toml("[sampler]\ntick_ms = 1000\nteem = \"x\"\n");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:3:1: sampler.teem: unknown field `teem`",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("default."), "no figment profile: {e}");
+
+        let (_dir, path, r) =
+            load_toml("[[teams]]\nname = \"a\"\n\n[limits]\nqueue_len = \"ten\"\n");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:5:13: limits.queue_len: invalid type",
+                path.display()
+            )),
+            "{e}"
+        );
+
+        let (_dir, path, r) =
+            load_toml("[[teams]]\nname = \"a\"\n[[teams]]\nname = \"b\"\nhostz = []\n");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:5:1: teams[1].hostz: unknown field `hostz`",
+                path.display()
+            )),
+            "{e}"
+        );
+
+        // A syntax error: the toml crate's lines, on one line, with the position.
+        let (_dir, path, r) = load_toml("[limits\nqueue_len = 1\n");
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:1:8: ", path.display())), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+
+        // A file that fits loads as before.
+        let (_dir, _path, r) = load_toml("[limits]\nqueue_len = 7\n[log]\nformat = \"json\"\n");
+        let c = r.unwrap();
+        assert_eq!(c.limits.queue_len, 7);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn an_environment_error_names_the_variable() {
+        let e = load_env("OPSWIRE_LIMITS__QUEUE_LEN", "ten")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("OPSWIRE_LIMITS__QUEUE_LEN: limits.queue_len: invalid type"),
+            "{e}"
+        );
+        assert!(!e.contains("LIMITS.QUEUE_LEN"), "{e}");
+
+        let c = load_env("OPSWIRE_LIMITS__QUEUE_LEN", "7").unwrap();
+        assert_eq!(c.limits.queue_len, 7);
+
+        // A value `validate` refuses: `locate` names the variable that set it.
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("OPSWIRE_LIMITS__QUEUE_LEN", "0");
+        let mut c = Config::load(None).unwrap();
+        let e = c.validate().unwrap_err().locate(None).to_string();
+        std::env::remove_var("OPSWIRE_LIMITS__QUEUE_LEN");
+        assert!(
+            e.starts_with("OPSWIRE_LIMITS__QUEUE_LEN: limits.queue_len: must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn expected_names_have_one_level_of_backticks() {
+        for (name, value, want) in [
+            (
+                "OPSWIRE_LOG__FORMAT",
+                "yaml",
+                "OPSWIRE_LOG__FORMAT: log.format: unknown variant `yaml`, expected `text` or `json`",
+            ),
+            (
+                "OPSWIRE_SAMPLER__TEEM",
+                "x",
+                "OPSWIRE_SAMPLER__TEEM: sampler.teem: unknown field `teem`, expected one of `enabled`, `tick_ms`, ",
+            ),
+        ] {
+            let e = load_env(name, value).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+            assert!(!e.contains("``") && !e.contains("`one of"), "{e}");
+        }
+        let (_dir, _path, r) = load_toml("[log]\nformat = \"yaml\"\n");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.ends_with("log.format: unknown variant `yaml`, expected `text` or `json`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_refused_value_is_located_in_the_file() {
+        let toml = "[[teams]]\nname = \"a\"\n[[teams]]\nname = \"Bad\"\nhosts = [\"x\", \"[\"]\n";
+        let (_dir, path, r) = load_toml(toml);
+        let mut c = r.unwrap();
+        let e = c.validate().unwrap_err().locate(Some(&path)).to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:4:1: teams[1].name: `Bad` is not",
+                path.display()
+            )),
+            "{e}"
+        );
+        // Fixed: the bad glob of `hosts[1]` is found at its key, `hosts`.
+        let (_dir, path, r) = load_toml(&toml.replace("Bad", "b"));
+        let mut c = r.unwrap();
+        let e = c.validate().unwrap_err().locate(Some(&path)).to_string();
+        assert!(
+            e.starts_with(&format!("{}:5:1: teams[1].hosts[1]: ", path.display())),
+            "{e}"
+        );
+        // Not set anywhere (a default): as it was.
+        let e = invalid("history.logs", "must be at least 1").locate(Some(&path));
+        assert_eq!(e.to_string(), "history.logs: must be at least 1");
     }
 
     #[test]

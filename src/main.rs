@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use opswire::auth::{mint, now_s, Claims};
-use opswire::config::Config;
+use opswire::config::{Config, ConfigError};
 use opswire::startup::{wait_for_signal, Application};
 
 #[derive(Parser)]
@@ -148,6 +148,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     config.insecure |= args.insecure;
     if let Err(e) = config.validate() {
+        // Where the value was written; a flag's value is named by the flag.
+        let e = match &e {
+            ConfigError::Invalid { field, .. } if field == "bind" && args.bind.is_some() => {
+                ConfigError::At {
+                    at: "--bind".into(),
+                    error: Box::new(e),
+                }
+            }
+            _ => e.locate(args.config.as_deref()),
+        };
         eprintln!("opswire: configuration error: {e}");
         return ExitCode::from(2);
     }

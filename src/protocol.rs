@@ -102,7 +102,7 @@ pub enum HostSource {
     Agent,
 }
 
-/// One sample of one host, as in PROTOCOL.md's `HOST_SNAPSHOT`.
+/// One sample of one host: an entry of a `metrics` frame's `data.hosts` (docs/protocol.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostSnapshot {
     pub host: String,

@@ -229,6 +229,51 @@ async fn bad_config_files_are_refused_naming_the_field() {
     assert_fails_naming(&o, &["missing.toml"]);
 }
 
+/// A configuration error names the setting as the user wrote it, and where:
+/// the file and line, the variable, or the flag.
+#[tokio::test]
+async fn config_errors_say_where_the_value_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "typo.toml",
+        "[sampler]\ntick_ms = 1000\nteem = \"payments\"\n",
+    );
+    let o = run(&mut opswire(&["--config", path.to_str().unwrap()])).await;
+    assert_fails_naming(
+        &o,
+        &[&format!(
+            "{}:3:1: sampler.teem: unknown field `teem`, expected one of `enabled`,",
+            path.display()
+        )],
+    );
+    assert!(!stderr(&o).contains("``"), "{}", stderr(&o));
+
+    let path = write_config(dir.path(), "zero.toml", "\n[limits]\nqueue_len = 0\n");
+    let o = run(&mut opswire(&["--config", path.to_str().unwrap()])).await;
+    assert_fails_naming(
+        &o,
+        &[&format!(
+            "{}:3:1: limits.queue_len: must be at least 1",
+            path.display()
+        )],
+    );
+
+    let o = run(opswire(&[]).env("OPSWIRE_LIMITS__QUEUE_LEN", "ten")).await;
+    assert_fails_naming(
+        &o,
+        &["OPSWIRE_LIMITS__QUEUE_LEN: limits.queue_len: invalid type"],
+    );
+    let o = run(opswire(&[]).env("OPSWIRE_LOG__FORMAT", "yaml")).await;
+    assert_fails_naming(
+        &o,
+        &["OPSWIRE_LOG__FORMAT: log.format: unknown variant `yaml`, expected `text` or `json`"],
+    );
+
+    let o = run(&mut opswire(&["--bind", "0.0.0.0:0"])).await;
+    assert_fails_naming(&o, &["--bind: bind: 0.0.0.0:0 is not a loopback address"]);
+}
+
 #[tokio::test]
 async fn short_jwt_secret_is_refused() {
     let o = run(opswire(&["--bind", "127.0.0.1:0"]).env("OPSWIRE_JWT_SECRET", "short")).await;

@@ -29,7 +29,7 @@ async fn metrics_arrive_about_once_per_second_with_increasing_seq() {
             "frames {dt_us} µs apart"
         );
     }
-    // The payload is this host's snapshot, as PROTOCOL.md describes.
+    // The payload is this host's snapshot, as docs/protocol.md describes.
     let host = &frames[3]["data"]["hosts"][0];
     assert_eq!(host["host"], "test-host");
     assert_eq!(host["source"], "local");
