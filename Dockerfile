@@ -25,11 +25,16 @@ ENV CARGO_TERM_COLOR=never \
 
 # 1. Dependencies only: the real manifests with stub sources. This layer is
 #    reused until Cargo.toml or Cargo.lock change.
+#    The load generator is a workspace member: its manifest must be there
+#    for cargo to load the workspace; its sources stay stubs (not built).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
+COPY bench/opswire-bench/Cargo.toml bench/opswire-bench/Cargo.toml
+RUN mkdir -p src bench/opswire-bench/src \
  && echo 'fn main() {}' > src/main.rs \
  && echo '' > src/lib.rs \
- && cargo build --release --locked --bin opswire \
+ && echo 'fn main() {}' > bench/opswire-bench/src/main.rs \
+ && echo '' > bench/opswire-bench/src/lib.rs \
+ && cargo build --release --locked -p opswire --bin opswire \
  && rm -rf src target/release/.fingerprint/opswire-* \
            target/release/deps/opswire-* target/release/deps/libopswire-* \
            target/release/opswire target/release/libopswire.*
@@ -38,7 +43,7 @@ RUN mkdir -p src \
 #    for the real sources (COPY keeps the files' original mtimes).
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin opswire \
+ && cargo build --release --locked -p opswire --bin opswire \
  && ./target/release/opswire --version
 
 # ---------------------------------------------------------------- runtime

@@ -48,7 +48,7 @@ trap cleanup EXIT
 
 log() { echo "bench: $*" >&2; }
 
-cargo build --release --locked --bin opswire --bin opswire-bench --example raw_writer --example otlp_sink --example actix_ws_floor >&2
+cargo build --release --locked -p opswire -p opswire-bench --bin opswire --bin opswire-bench --example raw_writer --example otlp_sink --example actix_ws_floor >&2
 [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2
 BIN=target/release
 # The server and the generator (which mints read tokens) both read the key

@@ -9,4 +9,5 @@
 # would rebuild ~40 crates (and replace target/debug/opswire) for nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo build --locked --bins --example raw_writer "$@"
+# --workspace: opswire-bench is a crate of its own (bench/opswire-bench).
+exec cargo build --locked --workspace --bins --example raw_writer "$@"

@@ -70,10 +70,10 @@ stage "format"
 cargo fmt --all -- --check
 
 stage "clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 stage "unit and integration tests"
-cargo test --lib --tests --locked
+cargo test --workspace --lib --tests --locked
 
 stage "the stack: promtool, amtool, compose, dashboards, live /metrics"
 bash scripts/check-stack.sh

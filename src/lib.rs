@@ -25,7 +25,6 @@
 pub mod agent;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod budget;
 pub mod config;
 pub mod faults;

@@ -5,7 +5,6 @@ mod helpers;
 
 mod agent;
 mod auth;
-mod bench;
 mod cli;
 mod errors;
 mod fanout;

@@ -20,7 +20,7 @@ use super::frame::{self, Kind, STREAMS};
 use super::procfs;
 use super::report::{self, Extra, PublisherReport, RunConfig, ServerReport};
 use super::worker::{Go, WorkerMsg, WorkerResult, WorkerSpec};
-use crate::auth::{mint, now_s, Claims};
+use opswire::auth::{mint, now_s, Claims};
 
 macro_rules! progress {
     ($quiet:expr, $($t:tt)*) => {
@@ -307,7 +307,7 @@ async fn publish_logs(
 
 /// An `Instant` for a unix time in µs.
 fn instant_at(unix_us: i64) -> Instant {
-    let now = crate::time::now_micros();
+    let now = opswire::time::now_micros();
     let delta = Duration::from_micros(unix_us.saturating_sub(now).max(0) as u64);
     Instant::now() + delta
 }
@@ -366,7 +366,7 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
 
     let n = args.subscribers;
     let w = plan.workers as u64;
-    let deadline_unix_ms = crate::time::now_micros() / 1000 + plan.deadline_s as i64 * 1000;
+    let deadline_unix_ms = opswire::time::now_micros() / 1000 + plan.deadline_s as i64 * 1000;
     let streams: Vec<String> = STREAMS
         .iter()
         .zip(plan.streams)
@@ -445,7 +445,7 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
     );
 
     // The window opens a little later on every worker at once.
-    let start_us = crate::time::now_micros() + 300_000;
+    let start_us = opswire::time::now_micros() + 300_000;
     let end_us = start_us + args.duration as i64 * 1_000_000;
     let go = Go {
         start_us,

@@ -7,11 +7,79 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::helpers::*;
+use opswire::config::{Config, TeamConfig};
+use opswire::startup::Application;
+
+const SECRET: &str = "bench-test-secret-0123456789abcdef0123";
 
 const BENCH: &str = env!("CARGO_BIN_EXE_opswire-bench");
 
-fn bench(app: &TestApp, extra: &[&str]) -> Command {
+/// The real server (the same `Application` the binary runs), in this
+/// process, on a free port: three teams, 200 ms ticks.
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn spawn_app() -> Server {
+    let mut c = Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.teams = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|t| TeamConfig {
+            name: t.to_string(),
+            hosts: vec![],
+        })
+        .collect();
+    c.sampler.host_name = Some("bench-host".into());
+    c.sampler.team = Some("alpha".into());
+    c.sampler.tick_ms = 200;
+    c.workers = 2;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let app = Application::build(c).expect("app builds");
+            tx.send((app.addr(), app.shutdown_token())).unwrap();
+            app.run_until_stopped().await.expect("server runs");
+        })
+    });
+    let (addr, stop) = rx.recv().expect("server started");
+    Server { addr, stop }
+}
+
+impl Server {
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Waits (polling `/readyz`) until the first sample is in.
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            if out.starts_with(b"HTTP/1.0 200") || out.starts_with(b"HTTP/1.1 200") {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn bench(app: &Server, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BENCH);
     cmd.args(["--url", &app.ws_url(), "--jwt-secret", SECRET])
         .args(["--teams", "alpha,beta,gamma", "--json", "--quiet"])

@@ -237,7 +237,7 @@ impl Ctx {
 
     /// One text frame of a healthy subscriber of `team`.
     fn on_text(&self, team: usize, text: &str, rx_us: Option<i64>, last: &mut [u64; 3]) {
-        let now = crate::time::now_micros();
+        let now = opswire::time::now_micros();
         let mut st = self.state.borrow_mut();
         let Some(h) = frame::head(text) else {
             st.unparsed += 1;
@@ -590,7 +590,7 @@ pub fn main() -> ExitCode {
 
 /// An `Instant` for a unix time in µs.
 fn instant_at(unix_us: i64) -> Instant {
-    let now = crate::time::now_micros();
+    let now = opswire::time::now_micros();
     let now_i = Instant::now();
     if unix_us >= now {
         now_i + Duration::from_micros((unix_us - now) as u64)

@@ -213,7 +213,7 @@ mod tests {
             peer
         });
         let mut c = connect(addr, Ipv4Addr::new(127, 0, 0, 7), 0).await.unwrap();
-        let before = crate::time::now_micros();
+        let before = opswire::time::now_micros();
         let mut buf = [0u8; 16];
         while c.last_rx_us().is_none() {
             let n = c.read(&mut buf).await.unwrap();

@@ -1,4 +1,5 @@
-//! `opswire-bench`: the load generator (see `docs/benchmarks.md`).
+//! `opswire-bench`: the load generator (see `docs/benchmarks.md`), a crate
+//! of its own so that the server does not carry its dependencies.
 //!
 //! A coordinator process ([`coordinator`]) checks the server, then starts
 //! worker processes ([`worker`]): the same executable, re-executed with

@@ -2,5 +2,5 @@
 //! and `opswire-bench --help`.
 
 fn main() -> std::process::ExitCode {
-    opswire::bench::main()
+    opswire_bench::main()
 }

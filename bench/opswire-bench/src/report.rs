@@ -548,7 +548,7 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::worker::WorkerResult;
+    use crate::worker::WorkerResult;
 
     fn config() -> RunConfig {
         RunConfig {
