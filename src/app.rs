@@ -7,6 +7,7 @@ use prometheus::IntGauge;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::alertmanager::AlertmanagerClient;
 use crate::auth::Authenticator;
 use crate::budget::SubjectBudgets;
 use crate::config::Config;
@@ -26,12 +27,12 @@ pub struct AppState {
     /// The op budgets of token subjects, shared by their connections.
     pub subjects: SubjectBudgets,
     /// Unix µs of the last local sample (0 = none yet).
-    pub last_sample_us: AtomicI64,
+    pub last_sample_us: Arc<AtomicI64>,
     /// The team of the local host.
     pub local_team: TeamId,
     pub local_host: String,
-    /// Outbound HTTP (Alertmanager's API), with the configured timeout.
-    pub http: reqwest::Client,
+    /// Alertmanager's API (silences).
+    pub alertmanager: AlertmanagerClient,
     draining: AtomicBool,
 }
 
@@ -44,12 +45,7 @@ impl AppState {
         local_team: TeamId,
         local_host: String,
     ) -> AppState {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_millis(
-                config.alertmanager.timeout_ms,
-            ))
-            .build()
-            .unwrap_or_default();
+        let alertmanager = AlertmanagerClient::new(&config.alertmanager);
         let connections = ConnectionLimiter::new(
             config.max_connections(),
             config.max_unauthenticated(),
@@ -63,10 +59,10 @@ impl AppState {
             metrics,
             shutdown: CancellationToken::new(),
             connections,
-            last_sample_us: AtomicI64::new(0),
+            last_sample_us: Arc::new(AtomicI64::new(0)),
             local_team,
             local_host,
-            http,
+            alertmanager,
             draining: AtomicBool::new(false),
         }
     }

@@ -5,7 +5,6 @@
 //! [`Principal::may_access`] before they subscribe or publish.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -282,12 +281,7 @@ pub fn mint(
 }
 
 /// Seconds since the unix epoch.
-pub fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::time::now_s;
 
 #[cfg(test)]
 mod tests {

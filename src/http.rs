@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::protocol::{ErrorCode, Level, LogRecord};
-use crate::transport::{http_error, principal_from_request, sse, ws};
+use crate::request::{http_error, principal_from_request};
+use crate::transport::{sse, ws};
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -47,7 +48,7 @@ pub async fn track(
     let state = req.app_data::<web::Data<AppState>>().cloned();
     if let Some(s) = &state {
         if let Err(msg) = dev_mode_guard(s, &req).and_then(|()| origin_guard(s, &req)) {
-            let res = crate::transport::http_error(ErrorCode::Forbidden, msg);
+            let res = crate::request::http_error(ErrorCode::Forbidden, msg);
             return Ok(req.into_response(res).map_into_right_body());
         }
     }
@@ -181,7 +182,7 @@ fn origin_guard(state: &AppState, req: &ServiceRequest) -> Result<(), String> {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
-    if crate::transport::origin_allowed(req.request(), &state.config.websocket.allowed_origins) {
+    if crate::request::origin_allowed(req.request(), &state.config.websocket.allowed_origins) {
         return Ok(());
     }
     let origin = req

@@ -23,6 +23,7 @@
 //! [`startup::Application`], so the tests run the real server.
 
 pub mod agent;
+pub mod alertmanager;
 pub mod app;
 pub mod auth;
 pub mod budget;
@@ -33,7 +34,9 @@ pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod protocol;
+pub mod request;
 pub mod sampler;
+pub mod signal;
 pub mod startup;
 pub mod telemetry;
 pub mod time;

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use opswire::auth::{mint, now_s, Claims};
 use opswire::config::{Config, ConfigError};
-use opswire::startup::{wait_for_signal, Application};
+use opswire::signal::wait_for_signal;
+use opswire::startup::Application;
 
 #[derive(Parser)]
 #[command(

@@ -3,9 +3,8 @@
 //! serves until the shutdown token is cancelled, then drains.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_http::HttpService;
 use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
@@ -16,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::app::AppState;
 use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, ConfigError};
-use crate::hub::{Hub, HubSettings, TeamId};
+use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::sampler::Sampler;
-use crate::time::now_micros;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -171,7 +169,17 @@ impl Application {
     /// connections get `shutdown_timeout_s` to finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
-        let ticker = spawn_ticker(state.clone())?;
+        let ticker = crate::sampler::ticker::spawn(crate::sampler::ticker::Ticker {
+            hub: state.hub.clone(),
+            metrics: state.metrics.clone(),
+            shutdown: state.shutdown.clone(),
+            last_sample_us: state.last_sample_us.clone(),
+            local_host: state.local_host.clone(),
+            local_team: state.local_team,
+            sample: state.config.sampler.enabled,
+            tick: Duration::from_millis(state.config.sampler.tick_ms),
+            stagger: state.config.sampler.stagger,
+        })?;
         tokio::spawn(crate::faults::report(
             state.metrics.http_client_errors.clone(),
             state.shutdown.clone(),
@@ -198,173 +206,5 @@ impl Application {
         self.state.shutdown.cancel();
         let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
         result
-    }
-}
-
-/// When each team's metrics frame goes out within a tick: `(offset,
-/// team)` in publishing order, the local sampler's team first (its data is
-/// sampled at the tick's start, so it is never held back). With `stagger`
-/// the T teams sit `tick / T` apart; without, all at offset 0.
-fn publish_schedule(
-    teams: usize,
-    local_team: TeamId,
-    tick: Duration,
-    stagger: bool,
-) -> Vec<(Duration, TeamId)> {
-    let order = std::iter::once(local_team).chain((0..teams).filter(|&t| t != local_team));
-    order
-        .enumerate()
-        .map(|(i, team)| {
-            let offset = if stagger {
-                tick.mul_f64(i as f64 / teams as f64)
-            } else {
-                Duration::ZERO
-            };
-            (offset, team)
-        })
-        .collect()
-}
-
-/// The ticker thread: at each tick's start, sample this host (blocking
-/// /proc reads, kept off the async runtime); then publish each team's
-/// metrics frame at its offset (see [`publish_schedule`]).
-fn spawn_ticker(state: Arc<AppState>) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let tick = Duration::from_millis(state.config.sampler.tick_ms);
-    let mut sampler = if state.config.sampler.enabled {
-        match Sampler::new(state.local_host.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %e, "sampler unavailable; serving without local metrics");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let schedule = publish_schedule(
-        state.hub.team_names().count(),
-        state.local_team,
-        tick,
-        state.config.sampler.stagger,
-    );
-    std::thread::Builder::new()
-        .name("opswire-ticker".into())
-        .spawn(move || {
-            // The first sample needs a CPU delta: take it shortly after the
-            // sampler's baseline, then keep a fixed cadence.
-            let mut tick_start = Instant::now() + tick.min(Duration::from_millis(250));
-            let mut slot = 0;
-            loop {
-                let due = tick_start + schedule[slot].0;
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep((due - now).min(Duration::from_millis(100)));
-                    if state.shutdown.is_cancelled() {
-                        return;
-                    }
-                    continue;
-                }
-                if state.shutdown.is_cancelled() {
-                    return;
-                }
-                // One trace per publishing slot (the first with the
-                // sample), so each metrics frame's `trace_id` leads to the
-                // tick that made it.
-                let tick_span = tracing::info_span!(
-                    "metrics.tick",
-                    otel.name = "metrics tick",
-                    "opswire.teams" = tracing::field::Empty,
-                );
-                let _tick = tick_span.enter();
-                if slot == 0 {
-                    if let Some(s) = sampler.as_mut() {
-                        sample_local(&state, s);
-                    }
-                }
-                let ts = now_micros();
-                let mut published = 0u64;
-                while slot < schedule.len() && tick_start + schedule[slot].0 <= Instant::now() {
-                    state.hub.expire_alerts(schedule[slot].1, ts);
-                    state.hub.publish_metrics(schedule[slot].1, ts);
-                    slot += 1;
-                    published += 1;
-                }
-                tick_span.record("opswire.teams", published);
-                drop(_tick);
-                if slot == schedule.len() {
-                    slot = 0;
-                    tick_start += tick;
-                    // After a stall (suspend, overload) skip missed ticks
-                    // rather than bursting them.
-                    let now = Instant::now();
-                    if tick_start + tick < now {
-                        tick_start = now + tick;
-                    }
-                }
-            }
-        })
-}
-
-/// Samples this host into its team (the next metrics frame carries it).
-fn sample_local(state: &AppState, s: &mut Sampler) {
-    let started = Instant::now();
-    let sample_span = tracing::info_span!(
-        "sampler.sample",
-        otel.name = "sample host",
-        "host.name" = s.host(),
-    );
-    let snap = sample_span.in_scope(|| s.sample());
-    drop(sample_span);
-    state
-        .metrics
-        .sampler_duration
-        .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = state.hub.update_host(state.local_team, &snap) {
-        tracing::warn!(error = %e, "local snapshot refused");
-    }
-    state
-        .last_sample_us
-        .store(snap.sampled_at, Ordering::Relaxed);
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C elsewhere): the one shutdown
-/// signal of `serve` and `agent`.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staggered_teams_spread_over_the_tick_local_team_first() {
-        let tick = Duration::from_millis(1000);
-        let s = publish_schedule(4, 2, tick, true);
-        let ms: Vec<(u128, TeamId)> = s.iter().map(|(d, t)| (d.as_millis(), *t)).collect();
-        assert_eq!(ms, vec![(0, 2), (250, 0), (500, 1), (750, 3)]);
-        let flat = publish_schedule(3, 0, tick, false);
-        assert!(flat.iter().all(|(d, _)| d.is_zero()));
-        assert_eq!(
-            flat.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
-            vec![0, 1, 2]
-        );
     }
 }

@@ -68,7 +68,7 @@ pub fn export_failures() -> (u64, u64) {
 
 fn report_failure(signal: usize, error: &dyn std::fmt::Display) {
     let failures = EXPORT_FAILURES[signal].fetch_add(1, Ordering::Relaxed) + 1;
-    let now = crate::auth::now_s();
+    let now = crate::time::now_s();
     let last = LAST_WARNING_S.load(Ordering::Relaxed);
     if now >= last + 60
         && LAST_WARNING_S

@@ -27,7 +27,7 @@ pub mod publisher;
 pub mod tail;
 mod workers;
 
-use crate::startup::wait_for_signal;
+use crate::signal::wait_for_signal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};

@@ -9,7 +9,6 @@
 //! `repeat_interval`) are deduplicated by the hub by fingerprint and status.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -247,77 +246,6 @@ pub async fn webhook(
         "published": published,
         "deduplicated": received - published,
     }))
-}
-
-/// Why a silence could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum SilenceError {
-    #[error("no Alertmanager is configured (alertmanager.url)")]
-    NotConfigured,
-    #[error("Alertmanager unreachable: {0}")]
-    Unreachable(String),
-    #[error("Alertmanager refused the silence: {0}")]
-    Refused(String),
-}
-
-/// Creates a silence in Alertmanager (API v2) matching every label of
-/// `alert` exactly, for `duration`. Returns the silence id.
-pub async fn create_silence(
-    state: &AppState,
-    alert: &AlertRecord,
-    duration: Duration,
-    created_by: &str,
-    comment: &str,
-) -> Result<String, SilenceError> {
-    let Some(base) = &state.config.alertmanager.url else {
-        return Err(SilenceError::NotConfigured);
-    };
-    let now = SystemTime::now();
-    // Every label of the alert, and always the team label (empty when the
-    // alert has none, which matches only alerts without it): a silence
-    // from one team never mutes another team's alert with more labels.
-    let team_label = &state.config.alertmanager.team_label;
-    let mut matchers: Vec<serde_json::Value> = alert
-        .labels
-        .iter()
-        .map(|(k, v)| serde_json::json!({"name": k, "value": v, "isRegex": false, "isEqual": true}))
-        .collect();
-    if !alert.labels.contains_key(team_label) {
-        matchers.push(
-            serde_json::json!({"name": team_label, "value": "", "isRegex": false, "isEqual": true}),
-        );
-    }
-    let body = serde_json::json!({
-        "matchers": matchers,
-        "startsAt": humantime::format_rfc3339_millis(now).to_string(),
-        "endsAt": humantime::format_rfc3339_millis(now + duration).to_string(),
-        "createdBy": created_by,
-        "comment": if comment.is_empty() { "silenced from opswire" } else { comment },
-    });
-    let url = format!("{}/api/v2/silences", base.trim_end_matches('/'));
-    let resp = state
-        .http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| SilenceError::Unreachable(e.to_string()))?;
-    let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| SilenceError::Unreachable(e.to_string()))?;
-    if !status.is_success() {
-        return Err(SilenceError::Refused(format!("{status}: {}", text.trim())));
-    }
-    #[derive(Deserialize)]
-    struct Created {
-        #[serde(rename = "silenceID")]
-        silence_id: String,
-    }
-    serde_json::from_str::<Created>(&text)
-        .map(|c| c.silence_id)
-        .map_err(|e| SilenceError::Refused(format!("unexpected answer {text}: {e}")))
 }
 
 #[cfg(test)]

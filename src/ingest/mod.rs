@@ -47,7 +47,7 @@ impl Refusal {
             .ingest_rejected
             .with_label_values(&[source, self.reason])
             .inc();
-        crate::transport::http_error(self.code, self.message.clone())
+        crate::request::http_error(self.code, self.message.clone())
     }
 }
 
@@ -140,7 +140,7 @@ fn decode_body(
 /// The principal of an ingest request: a bearer token with scope `ingest`
 /// (anonymous in dev mode).
 pub fn ingest_principal(state: &AppState, req: &HttpRequest) -> Result<Principal, Refusal> {
-    let p = match crate::transport::principal_from_request(state, req, None) {
+    let p = match crate::request::principal_from_request(state, req, None) {
         Ok(Some(p)) => p,
         Ok(None) => {
             return Err(Refusal::new(

@@ -20,7 +20,7 @@ use crate::hub::{Delivery, Mailbox, SessionHandle};
 use crate::protocol::{
     to_frame, ErrorCode, Level, LogFilter, Reply, ResumePoint, Stream, SERVER_NAME,
 };
-use crate::transport::{http_error, principal_from_request};
+use crate::request::{http_error, principal_from_request};
 
 #[derive(Debug, Deserialize)]
 pub struct SseQuery {

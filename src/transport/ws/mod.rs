@@ -41,8 +41,9 @@ use crate::protocol::{
     close, parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
     PublishOp, Reply, SilenceOp, Stream, SERVER_NAME, SUBPROTOCOL,
 };
+use crate::request::{http_error, origin_allowed, principal_from_request};
 use crate::time::now_micros;
-use crate::transport::{http_error, origin_allowed, principal_from_request, session_name};
+use crate::transport::session_name;
 
 use inbound::{Inbound, Message, ReadError};
 use outbound::{Ended, Outbound};
@@ -827,14 +828,11 @@ impl Connection {
             .as_ref()
             .map_or("opswire", |p| p.sub.as_str())
             .to_owned();
-        let created = crate::ingest::alertmanager::create_silence(
-            &self.state,
-            &alert,
-            Duration::from_secs(s.duration_s),
-            &by,
-            &s.comment,
-        )
-        .await;
+        let created = self
+            .state
+            .alertmanager
+            .create_silence(&alert, Duration::from_secs(s.duration_s), &by, &s.comment)
+            .await;
         match created {
             Ok(silence_id) => {
                 tracing::info!(team = %s.team, fingerprint = %s.fingerprint, silence_id, "silence created");

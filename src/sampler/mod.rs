@@ -5,6 +5,8 @@
 //! CPU usage and network rates are deltas, so the first sample after
 //! construction reports the values since `Sampler::new`.
 
+pub mod ticker;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
