@@ -111,11 +111,14 @@ pub async fn track(
             trace_id: crate::telemetry::trace_id_of(&span),
             time: None,
         };
-        span.in_scope(|| {
+        let published = span.in_scope(|| {
             state
                 .hub
                 .publish_log(team, &record, crate::time::now_micros())
         });
+        if let Err(e) = published {
+            tracing::debug!(error = %e, "access log line not published");
+        }
     }
     if let Some(state) = state {
         let status = code.to_string();

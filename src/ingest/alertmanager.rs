@@ -231,8 +231,10 @@ pub async fn webhook(
     let ts = now_micros();
     let mut published = 0;
     for r in &routed {
-        if state.hub.publish_alert(r.team, &r.record, ts).is_some() {
-            published += 1;
+        match state.hub.publish_alert(r.team, &r.record, ts) {
+            Ok(Some(_)) => published += 1,
+            Ok(None) => {}
+            Err(e) => return Refusal::unavailable(e).respond(&state, "alertmanager"),
         }
     }
     state

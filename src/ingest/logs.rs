@@ -55,10 +55,14 @@ pub async fn json(
         Err(r) => return r.respond(&state, "http"),
     };
     let ts = now_micros();
-    let seqs: Vec<u64> = records
+    let seqs: Vec<u64> = match records
         .iter()
         .map(|r| state.hub.publish_log(team, r, ts))
-        .collect();
+        .collect()
+    {
+        Ok(seqs) => seqs,
+        Err(e) => return Refusal::unavailable(e).respond(&state, "http"),
+    };
     state
         .metrics
         .ingest_total
@@ -220,7 +224,9 @@ pub async fn otlp(
                         .then(|| hex(&lr.trace_id)),
                     time: (time_ns > 0).then_some((time_ns / 1000) as i64),
                 };
-                state.hub.publish_log(team, &record, ts);
+                if let Err(e) = state.hub.publish_log(team, &record, ts) {
+                    return Refusal::unavailable(e).respond(&state, "otlp");
+                }
                 accepted += 1;
             }
         }

@@ -41,6 +41,13 @@ impl Refusal {
         Refusal::new(ErrorCode::BadRequest, "invalid", message)
     }
 
+    /// Nothing (more) could be published: 503 with `Retry-After`, so the
+    /// sender retries (what was published before is de-duplicated for
+    /// alerts, and sent again for logs: at least once).
+    pub fn unavailable(e: crate::hub::HubError) -> Refusal {
+        Refusal::new(ErrorCode::Unavailable, "unavailable", e.to_string())
+    }
+
     pub fn respond(&self, state: &AppState, source: &str) -> actix_web::HttpResponse {
         state
             .metrics

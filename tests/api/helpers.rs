@@ -151,6 +151,7 @@ impl TestApp {
         self.state
             .hub
             .publish_log(id, &rec, opswire::time::now_micros())
+            .expect("the in-memory broker takes every publish")
     }
 
     /// Publishes an alert through the hub's programmatic API.
@@ -165,6 +166,7 @@ impl TestApp {
         self.state
             .hub
             .publish_alert(id, &rec, opswire::time::now_micros())
+            .expect("the in-memory broker takes every publish")
     }
 
     /// The text of `/metrics`.

@@ -123,9 +123,12 @@ async fn log_filters_are_applied_by_the_server() {
     let rec = |level: &str, source: &str, msg: &str| {
         serde_json::from_value(json!({"level": level, "source": source, "message": msg})).unwrap()
     };
-    hub.publish_log(team, &rec("info", "checkout-api", "too low"), 1);
-    hub.publish_log(team, &rec("error", "other", "wrong source"), 2);
-    hub.publish_log(team, &rec("error", "checkout-api", "wanted"), 3);
+    hub.publish_log(team, &rec("info", "checkout-api", "too low"), 1)
+        .unwrap();
+    hub.publish_log(team, &rec("error", "other", "wrong source"), 2)
+        .unwrap();
+    hub.publish_log(team, &rec("error", "checkout-api", "wanted"), 3)
+        .unwrap();
     let f = c.next_frame().await;
     assert_eq!(f["data"]["message"], "wanted");
     assert_eq!(f["seq"], 3);

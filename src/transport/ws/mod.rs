@@ -36,7 +36,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::app::{AppState, ConnectionGuard};
 use crate::auth::{AuthError, Principal, Scope};
 use crate::budget::{ConnectionBudget, Verdict};
-use crate::hub::{Control, Mailbox, Push, SessionHandle, TeamId};
+use crate::hub::{Control, HubError, Mailbox, Push, SessionHandle, TeamId};
 use crate::protocol::{
     close, parse_inbound, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, LogRecord, Op,
     PublishOp, Reply, SilenceOp, Stream, SERVER_NAME, SUBPROTOCOL,
@@ -877,24 +877,31 @@ impl Connection {
             }
         };
         let hub = &self.state.hub;
-        let published: Result<Option<u64>, String> = match p.stream {
+        let bad = |msg: String| (ErrorCode::BadRequest, msg);
+        let refused = |e: HubError| match e {
+            HubError::Unavailable(m) => (ErrorCode::Unavailable, m),
+            other => bad(other.to_string()),
+        };
+        let published: Result<Option<u64>, (ErrorCode, String)> = match p.stream {
             Stream::Metrics => serde_json::from_str::<HostSnapshot>(p.data.get())
-                .map_err(|e| format!("publish: metrics data: {e}"))
+                .map_err(|e| bad(format!("publish: metrics data: {e}")))
                 .and_then(|mut snap| {
                     if snap.host.is_empty() {
-                        return Err("publish: metrics `host` is empty".into());
+                        return Err(bad("publish: metrics `host` is empty".into()));
                     }
                     snap.source = HostSource::Agent;
-                    hub.update_host(team, &snap)
-                        .map(|()| None)
-                        .map_err(|e| e.to_string())
+                    hub.update_host(team, &snap).map(|()| None).map_err(refused)
                 }),
             Stream::Logs => serde_json::from_str::<LogRecord>(p.data.get())
-                .map(|rec| Some(hub.publish_log(team, &rec, now_micros())))
-                .map_err(|e| format!("publish: log data: {e}")),
-            Stream::Alerts => {
-                Err("publish: alerts arrive through the Alertmanager webhook, not publish".into())
-            }
+                .map_err(|e| bad(format!("publish: log data: {e}")))
+                .and_then(|rec| {
+                    hub.publish_log(team, &rec, now_micros())
+                        .map(Some)
+                        .map_err(refused)
+                }),
+            Stream::Alerts => Err(bad(
+                "publish: alerts arrive through the Alertmanager webhook, not publish".into(),
+            )),
         };
         match published {
             Ok(seq) => {
@@ -904,9 +911,13 @@ impl Connection {
                     .inc();
                 self.reply(&Reply::Published { id, seq }).await
             }
-            Err(msg) => {
-                reject("invalid");
-                self.error(id, ErrorCode::BadRequest, &msg).await
+            Err((code, msg)) => {
+                reject(if code == ErrorCode::Unavailable {
+                    "unavailable"
+                } else {
+                    "invalid"
+                });
+                self.error(id, code, &msg).await
             }
         }
     }

@@ -1,0 +1,143 @@
+//! The broker seam: where a team's log and alert frames get their `seq`,
+//! are kept for resume and read back, and where host snapshots enter a
+//! team. The hub does everything else (alert state, subscribers, fan-out)
+//! around it.
+//!
+//! [`MemoryBroker`](super::memory::MemoryBroker) is the embedded default.
+//! A networked implementation (Redis) shares the streams and hosts of every
+//! team between processes; the contract below is what it must meet for
+//! clients to see no difference but the reach.
+
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use super::TeamId;
+use crate::protocol::{Frame, Level, LogFilter, Stream};
+
+/// Why the broker could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached (or answered too late): nothing was
+    /// stored. Publishers are told (`unavailable`, HTTP 503) and may retry.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The team holds as many hosts as it may.
+    #[error("team already has {max} hosts (limits.max_hosts_per_team)")]
+    TooManyHosts { max: usize },
+}
+
+/// A frame to append, before it has its `seq`.
+pub struct Draft<'a> {
+    /// Receive time, unix µs (the frame's `ts`).
+    pub ts: i64,
+    /// Level and source of a log record, for filtered replay (alerts:
+    /// `Info` and `""`).
+    pub level: Level,
+    pub source: &'a str,
+    /// Serializes the frame once its `seq` is known (called exactly once
+    /// per successful append).
+    pub encode: &'a mut dyn FnMut(u64) -> Frame,
+}
+
+/// A frame as the broker keeps it.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub seq: u64,
+    pub ts: i64,
+    pub frame: Frame,
+}
+
+/// A host's latest snapshot, serialized once.
+pub struct HostEntry {
+    pub raw: Box<RawValue>,
+    /// When it arrived (staleness is judged from it).
+    pub seen: Instant,
+    /// Label values of its gauges, to remove them when it goes.
+    pub mounts: Vec<String>,
+    pub ifaces: Vec<String>,
+}
+
+/// The store behind every team's streams and hosts.
+///
+/// # Contract
+///
+/// Every implementation, in-memory or networked, must give clients the
+/// same guarantees (`docs/protocol.md`, "Delivery guarantees"):
+///
+/// * **One sequence per (team, stream).** [`Broker::append`] gives the
+///   frame `seq` = the stream's previous seq + 1 within the team's epoch
+///   (the first is 1): never the same seq twice, never a gap, across every
+///   process that shares the broker. It returns only once the frame is
+///   stored; a frame it refused was not stored, and has no seq.
+/// * **Order.** The hub calls `append` for one team with that team's lock
+///   held and delivers what it returns in that order, so local subscribers
+///   get every frame once, in seq order. A networked broker delivers the
+///   frames appended by other processes in seq order too: a process that
+///   sees a seq jump, or lost its notifications, fills the gap with
+///   [`Broker::since`] before it delivers anything newer, and drops what
+///   it has already delivered.
+/// * **History.** [`Broker::since`] returns every frame after a position
+///   the history still holds, in seq order; `None` when it no longer holds
+///   them (trimmed, or another epoch). History keeps at least the last
+///   `history.logs` / `history.alerts` frames of each stream (a networked
+///   broker may keep a few more: trimming is approximate).
+/// * **Epoch.** [`Broker::epoch`] changes whenever a stream's seqs start
+///   over (the history behind them was lost); it never changes while they
+///   continue. A resume point of another epoch is never honoured.
+/// * **Hosts.** [`Broker::put_host`] keeps the latest snapshot per (team,
+///   host), at most `max` hosts per team; [`Broker::with_hosts`] shows the
+///   ones seen within `stale_after`, from every process.
+/// * **Unreachable.** When the broker cannot be reached, `append` and
+///   `put_host` fail at once with [`BrokerError::Unavailable`]: never a
+///   wait without bound, never a queue without bound. Nothing is lost that
+///   was acknowledged; subscribers keep their connections.
+/// * **Never blocks the caller's runtime**: the hub calls it from async
+///   tasks and from the ticker thread, under a std mutex. A networked
+///   implementation answers from its own connection tasks and bounds the
+///   time a call may wait.
+pub trait Broker: Send + Sync {
+    /// The epoch of `team`'s streams.
+    fn epoch(&self, team: TeamId) -> &str;
+
+    /// Appends a log or alert frame; see the contract.
+    fn append(&self, team: TeamId, stream: Stream, draft: Draft<'_>)
+        -> Result<Stored, BrokerError>;
+
+    /// The seq of the stream's newest frame (0: none yet).
+    fn head(&self, team: TeamId, stream: Stream) -> u64;
+
+    /// Frames held in the stream's history.
+    fn held(&self, team: TeamId, stream: Stream) -> usize;
+
+    /// Frames after `after` (matching `filter`, logs only), or None when
+    /// the history no longer holds them.
+    fn since(
+        &self,
+        team: TeamId,
+        stream: Stream,
+        after: u64,
+        filter: Option<&LogFilter>,
+    ) -> Option<Vec<Stored>>;
+
+    /// Stores `host`'s latest snapshot; returns the one it replaced.
+    fn put_host(
+        &self,
+        team: TeamId,
+        host: &str,
+        entry: HostEntry,
+        max: usize,
+    ) -> Result<Option<HostEntry>, BrokerError>;
+
+    /// Drops hosts not seen within `stale_after` (returned, with their
+    /// names), then shows the rest to `f`, in host-name order.
+    fn with_hosts(
+        &self,
+        team: TeamId,
+        stale_after: Duration,
+        f: &mut dyn FnMut(&[&RawValue]),
+    ) -> Vec<(String, HostEntry)>;
+
+    /// The names of the team's hosts.
+    fn host_names(&self, team: TeamId) -> Vec<String>;
+}

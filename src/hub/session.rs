@@ -1,0 +1,253 @@
+//! A session's membership in the hub: its mailbox, what it subscribes to,
+//! and the replay a subscribe queues.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::broker::Stored;
+use super::mailbox::{Delivery, Lagged, Mailbox, Push};
+use super::topic::Subscriber;
+use super::{Hub, HubError, SessionId, TeamId};
+use crate::protocol::{LogFilter, ResumePoint, Stream};
+
+/// What a subscribe did: which resumes succeeded, and where each log and
+/// alert stream stood. The replay itself is queued in the mailbox.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    pub recovered: BTreeMap<Stream, bool>,
+    /// The seq of each subscribed log/alert stream at subscribe time:
+    /// everything up to it is in the replay or was not asked for.
+    pub positions: BTreeMap<Stream, u64>,
+    /// The last replayed frame's seq of each stream that replayed any.
+    pub replayed: BTreeMap<Stream, u64>,
+}
+
+/// Dropping it unsubscribes the session everywhere.
+pub struct SessionHandle {
+    pub(super) hub: Hub,
+    pub(super) id: SessionId,
+    pub(super) mailbox: Arc<Mailbox>,
+    /// Subscribed streams per team (bit set of `Stream::bit`).
+    pub(super) subscriptions: BTreeMap<TeamId, u8>,
+}
+
+impl SessionHandle {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Teams this session is subscribed to.
+    pub fn teams(&self) -> Vec<TeamId> {
+        self.subscriptions.keys().copied().collect()
+    }
+
+    fn subscription_count(&self) -> usize {
+        self.subscriptions
+            .values()
+            .map(|b| b.count_ones() as usize)
+            .sum()
+    }
+
+    /// Subscribes to `streams` of `team` (adding to what the session has)
+    /// and queues the replay in the session's mailbox.
+    ///
+    /// Under the team lock, so nothing published concurrently is missed or
+    /// doubled: the replay holds every frame up to now, and live frames
+    /// queue after it. Replay order: the latest metrics frame, then logs,
+    /// then alerts. Without a `resume` for alerts, the currently firing
+    /// alerts are replayed; with one that cannot be honoured
+    /// (`recovered:false`) too, since the client has to resync. A replay
+    /// takes queue slots like live frames (see [`Mailbox::push_replay`]).
+    /// A WebSocket session [`Mailbox::hold`]s its writer first, so the
+    /// replay goes out after its `subscribed` reply.
+    pub fn subscribe(
+        &mut self,
+        team: TeamId,
+        streams: &[Stream],
+        resume: &BTreeMap<Stream, ResumePoint>,
+        log_filter: Option<LogFilter>,
+    ) -> Result<Subscribed, HubError> {
+        let current = self.subscriptions.get(&team).copied().unwrap_or(0);
+        let wanted = streams.iter().fold(current, |w, s| w | s.bit());
+        let added = (wanted & !current).count_ones() as usize;
+        let max = self.hub.shared.settings.max_subscriptions;
+        if self.subscription_count() + added > max {
+            return Err(HubError::TooManySubscriptions(max));
+        }
+        let mut out = Subscribed::default();
+        let mut st = self.hub.lock(team);
+        let pos = st.subscribers.iter().position(|s| s.session == self.id);
+        let filter = log_filter
+            .clone()
+            .or_else(|| pos.and_then(|p| st.subscribers[p].log_filter.clone()));
+        let mut last_seq = pos.map_or([0; 3], |p| st.subscribers[p].last_seq);
+        for &stream in streams {
+            // Already subscribed: its frames are flowing; replaying again
+            // would double them.
+            if current & stream.bit() != 0 {
+                continue;
+            }
+            if stream == Stream::Metrics {
+                if let Some(latest) = st.latest_metrics.clone() {
+                    self.mailbox.replay_metrics(replayed(team, stream, latest));
+                }
+                continue;
+            }
+            let filter = filter.as_ref().filter(|_| stream == Stream::Logs);
+            let firing = (stream == Stream::Alerts).then(|| st.alerts.frames());
+            last_seq[stream as usize] =
+                self.replay(team, stream, resume.get(&stream), filter, firing, &mut out);
+        }
+        if wanted & Stream::Metrics.bit() != 0 && current & Stream::Metrics.bit() == 0 {
+            // Live from the frame after the replayed one.
+            self.mailbox.accept_metrics(team, st.metrics_seq + 1);
+        }
+        match pos {
+            Some(p) => {
+                let sub = &mut st.subscribers_mut()[p];
+                sub.streams = wanted;
+                if log_filter.is_some() {
+                    sub.log_filter = log_filter;
+                }
+                sub.last_seq = last_seq;
+            }
+            None => st.subscribers_mut().push(Subscriber {
+                session: self.id,
+                mailbox: self.mailbox.clone(),
+                streams: wanted,
+                log_filter,
+                last_seq,
+            }),
+        }
+        drop(st);
+        self.subscriptions.insert(team, wanted);
+        Ok(out)
+    }
+
+    /// Queues the replay of one log or alert stream (called with the
+    /// team's lock held): what a resume asks for, or (alerts, when there
+    /// is nothing to resume) the firing set. Returns the seq the
+    /// subscriber is known to have, for a later `lagged`.
+    fn replay(
+        &self,
+        team: TeamId,
+        stream: Stream,
+        resume: Option<&ResumePoint>,
+        filter: Option<&LogFilter>,
+        firing: Option<Vec<Stored>>,
+        out: &mut Subscribed,
+    ) -> u64 {
+        let broker = &self.hub.shared.broker;
+        let head = broker.head(team, stream);
+        out.positions.insert(stream, head);
+        let resumed = resume.map(|r| {
+            let from = (r.epoch == broker.epoch(team)).then_some(r.seq);
+            from.and_then(|seq| broker.since(team, stream, seq, filter).map(|f| (seq, f)))
+        });
+        match resumed {
+            Some(Some((from, frames))) => {
+                out.recovered.insert(stream, true);
+                let mut known = from;
+                for f in frames {
+                    let seq = f.seq;
+                    if self.mailbox.push_replay(replayed(team, stream, f), false) != Push::Queued {
+                        // Full: it lags here, and resumes from `known`.
+                        self.mailbox.set_lagged(Lagged {
+                            team,
+                            stream,
+                            last_seq: known,
+                        });
+                        return known;
+                    }
+                    known = seq;
+                    out.replayed.insert(stream, seq);
+                }
+                head
+            }
+            Some(None) | None => {
+                if resumed.is_some() {
+                    out.recovered.insert(stream, false);
+                }
+                for f in firing.unwrap_or_default() {
+                    let seq = f.seq;
+                    if self.mailbox.push_replay(replayed(team, stream, f), true) == Push::Queued {
+                        out.replayed.insert(stream, seq);
+                    }
+                }
+                head
+            }
+        }
+    }
+
+    /// Unsubscribes from `streams` of `team`; returns the streams that
+    /// were subscribed.
+    pub fn unsubscribe(&mut self, team: TeamId, streams: &[Stream]) -> Vec<Stream> {
+        let Some(current) = self.subscriptions.get(&team).copied() else {
+            return Vec::new();
+        };
+        let remaining = streams.iter().fold(current, |r, s| r & !s.bit());
+        let removed: Vec<Stream> = Stream::ALL
+            .into_iter()
+            .filter(|s| current & s.bit() != 0 && remaining & s.bit() == 0)
+            .collect();
+        {
+            let mut st = self.hub.lock(team);
+            let subscribers = st.subscribers_mut();
+            if let Some(p) = subscribers.iter().position(|s| s.session == self.id) {
+                if remaining == 0 {
+                    subscribers.swap_remove(p);
+                } else {
+                    subscribers[p].streams = remaining;
+                }
+            }
+        }
+        if remaining == 0 {
+            self.subscriptions.remove(&team);
+        } else {
+            self.subscriptions.insert(team, remaining);
+        }
+        self.mailbox.purge(team, &removed);
+        removed
+    }
+
+    /// Streams of `team` this session is subscribed to.
+    pub fn streams_of(&self, team: TeamId) -> Vec<Stream> {
+        let bits = self.subscriptions.get(&team).copied().unwrap_or(0);
+        Stream::ALL
+            .into_iter()
+            .filter(|s| bits & s.bit() != 0)
+            .collect()
+    }
+}
+
+/// A stored frame as part of a subscribe's replay.
+fn replayed(team: TeamId, stream: Stream, f: Stored) -> Delivery {
+    Delivery {
+        team,
+        stream,
+        seq: f.seq,
+        ts: f.ts,
+        frame: f.frame,
+        replay: true,
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.mailbox.close();
+        for &team in self.subscriptions.keys() {
+            let mut st = self.hub.lock(team);
+            st.subscribers_mut().retain(|s| s.session != self.id);
+        }
+        self.hub.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}

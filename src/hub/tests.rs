@@ -1,0 +1,342 @@
+//! Unit tests of the hub: resume, isolation, lag, alerts, hosts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fanout::{fan_out_metrics, FANOUT_CHUNK};
+use super::*;
+use crate::protocol::{Frame, LogFilter, ResumePoint};
+use crate::time::now_micros;
+
+fn hub(queue: usize) -> Hub {
+    Hub::new(
+        &["a".into(), "b".into()],
+        HubSettings {
+            history_logs: 5,
+            history_alerts: 5,
+            queue_len: queue,
+            max_subscriptions: 8,
+            host_stale_after: Duration::from_secs(5),
+            fanout_threads: 1,
+            max_firing_alerts: 3,
+            max_hosts_per_team: 2,
+        },
+        Arc::new(Metrics::new()),
+    )
+}
+
+fn log(msg: &str) -> LogRecord {
+    LogRecord {
+        level: Level::Info,
+        source: "src".into(),
+        host: "h".into(),
+        message: msg.into(),
+        fields: Default::default(),
+        trace_id: None,
+        time: None,
+    }
+}
+
+fn seqs(out: &[Delivery]) -> Vec<u64> {
+    out.iter().map(|d| d.seq).collect()
+}
+
+/// What the session's mailbox holds (its replay, then live frames).
+fn queued(s: &SessionHandle) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    s.mailbox().drain(&mut out);
+    out
+}
+
+#[test]
+fn resume_replays_exactly_the_missed_frames() {
+    let h = hub(100);
+    for i in 0..4 {
+        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+    }
+    let mut s = h.open_session();
+    let resume = BTreeMap::from([(
+        Stream::Logs,
+        ResumePoint {
+            epoch: h.epoch().into(),
+            seq: 2,
+        },
+    )]);
+    let r = s.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
+    assert!(r.recovered[&Stream::Logs]);
+    assert_eq!(seqs(&queued(&s)), vec![3, 4]);
+    // Beyond the history (5 kept): not recoverable.
+    for i in 0..10 {
+        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+    }
+    let mut s2 = h.open_session();
+    let r = s2.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
+    assert!(!r.recovered[&Stream::Logs]);
+    assert!(queued(&s2).is_empty());
+    // A stale epoch: not recoverable.
+    let stale = BTreeMap::from([(
+        Stream::Logs,
+        ResumePoint {
+            epoch: "old".into(),
+            seq: 13,
+        },
+    )]);
+    let mut s3 = h.open_session();
+    assert!(
+        !s3.subscribe(0, &[Stream::Logs], &stale, None)
+            .unwrap()
+            .recovered[&Stream::Logs]
+    );
+}
+
+#[test]
+fn a_large_burst_splits_over_threads_and_reaches_everyone_once() {
+    let boxes: Vec<Arc<Mailbox>> = (0..2 * FANOUT_CHUNK + 7)
+        .map(|i| {
+            let m = Arc::new(Mailbox::new(4));
+            // Every third one has left the team: not offered.
+            if i % 3 != 0 {
+                m.accept_metrics(0, 1);
+            }
+            m
+        })
+        .collect();
+    let d = Delivery {
+        team: 0,
+        stream: Stream::Metrics,
+        seq: 1,
+        ts: now_micros(),
+        frame: Frame::from("m"),
+        replay: false,
+    };
+    let lag = Metrics::new().delivery_lag[0].clone();
+    let n = fan_out_metrics(&boxes, &d, &lag, 8);
+    let taking = boxes.len() - boxes.len().div_ceil(3);
+    assert_eq!(n.fanout as usize, taking);
+    for (i, m) in boxes.iter().enumerate() {
+        let mut out = Vec::new();
+        m.drain(&mut out);
+        assert_eq!(out.len(), usize::from(i % 3 != 0), "mailbox {i}");
+    }
+}
+
+#[test]
+fn teams_are_isolated_and_overflow_lags() {
+    let h = hub(2);
+    let mut a = h.open_session();
+    let mut b = h.open_session();
+    a.subscribe(0, &[Stream::Logs], &BTreeMap::new(), None)
+        .unwrap();
+    b.subscribe(1, &[Stream::Logs], &BTreeMap::new(), None)
+        .unwrap();
+    for i in 0..3 {
+        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+    }
+    let mut out = Vec::new();
+    assert!(b.mailbox().drain(&mut out).is_none());
+    assert!(out.is_empty());
+    let lagged = a.mailbox().drain(&mut out).unwrap();
+    assert_eq!(seqs(&out), vec![1, 2]);
+    assert_eq!(
+        lagged,
+        Lagged {
+            team: 0,
+            stream: Stream::Logs,
+            last_seq: 2
+        }
+    );
+}
+
+#[test]
+fn alerts_dedupe_and_firing_set_is_replayed() {
+    let h = hub(10);
+    let mut rec = AlertRecord {
+        status: AlertStatus::Firing,
+        fingerprint: "f1".into(),
+        alertname: "HighCpu".into(),
+        severity: "critical".into(),
+        labels: Default::default(),
+        annotations: Default::default(),
+        starts_at: "2026-11-22T10:00:00Z".into(),
+        ends_at: None,
+        generator_url: String::new(),
+    };
+    assert_eq!(h.publish_alert(0, &rec, 1).unwrap(), Some(1));
+    assert_eq!(h.publish_alert(0, &rec, 2).unwrap(), None);
+    let mut s = h.open_session();
+    s.subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+        .unwrap();
+    assert_eq!(seqs(&queued(&s)), vec![1]);
+    rec.status = AlertStatus::Resolved;
+    assert_eq!(h.publish_alert(0, &rec, 3).unwrap(), Some(2));
+    assert_eq!(h.publish_alert(0, &rec, 4).unwrap(), None);
+    assert!(h.firing_alerts(0).is_empty());
+}
+
+#[test]
+fn filtered_subscribers_skip_and_unsubscribe_purges() {
+    let h = hub(10);
+    let mut s = h.open_session();
+    let f = LogFilter {
+        min_level: Some(Level::Error),
+        source: None,
+    };
+    s.subscribe(
+        0,
+        &[Stream::Logs, Stream::Metrics],
+        &BTreeMap::new(),
+        Some(f),
+    )
+    .unwrap();
+    h.publish_log(0, &log("info"), 1).unwrap();
+    let mut err = log("boom");
+    err.level = Level::Error;
+    h.publish_log(0, &err, 1).unwrap();
+    h.publish_metrics(0, 1);
+    let mut out = Vec::new();
+    s.mailbox().drain(&mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].seq, 2);
+    h.publish_metrics(0, 2);
+    s.unsubscribe(0, &[Stream::Metrics]);
+    out.clear();
+    s.mailbox().drain(&mut out);
+    assert!(out.is_empty());
+    assert_eq!(s.streams_of(0), vec![Stream::Logs]);
+}
+
+fn alert(fp: &str, ends_at: Option<&str>) -> AlertRecord {
+    AlertRecord {
+        status: AlertStatus::Firing,
+        fingerprint: fp.into(),
+        alertname: "HighCpu".into(),
+        severity: "critical".into(),
+        labels: Default::default(),
+        annotations: Default::default(),
+        starts_at: "2026-11-22T10:00:00Z".into(),
+        ends_at: ends_at.map(Into::into),
+        generator_url: String::new(),
+    }
+}
+
+#[test]
+fn the_firing_set_is_capped_oldest_first_and_counted() {
+    let h = hub(10);
+    for i in 0..5 {
+        h.publish_alert(0, &alert(&format!("f{i}"), None), 1)
+            .unwrap();
+    }
+    // max_firing_alerts = 3: f0 and f1 were evicted.
+    let fps: Vec<_> = h
+        .firing_alerts(0)
+        .into_iter()
+        .map(|a| a.fingerprint)
+        .collect();
+    assert_eq!(fps, ["f2", "f3", "f4"]);
+    let m = &h.shared.metrics;
+    assert_eq!(m.alerts_evicted.with_label_values(&["a"]).get(), 2);
+    assert_eq!(m.alerts_firing.with_label_values(&["a"]).get(), 3);
+    // A new subscriber gets exactly the capped set.
+    let mut s = h.open_session();
+    s.subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+        .unwrap();
+    assert_eq!(seqs(&queued(&s)), vec![3, 4, 5]);
+    // Re-firing with new content moves it to the newest end.
+    let mut again = alert("f2", None);
+    again.severity = "warning".into();
+    h.publish_alert(0, &again, 2).unwrap();
+    h.publish_alert(0, &alert("f5", None), 3).unwrap();
+    let fps: Vec<_> = h
+        .firing_alerts(0)
+        .into_iter()
+        .map(|a| a.fingerprint)
+        .collect();
+    assert_eq!(fps, ["f4", "f2", "f5"]);
+}
+
+#[test]
+fn alerts_whose_end_passed_are_resolved_with_a_frame() {
+    let h = hub(10);
+    let mut s = h.open_session();
+    s.subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+        .unwrap();
+    let soon = "2026-11-22T10:05:00Z";
+    let end = crate::time::parse_rfc3339_micros(soon).unwrap();
+    h.publish_alert(0, &alert("f1", Some(soon)), end - 10)
+        .unwrap();
+    h.publish_alert(0, &alert("f2", None), end - 5).unwrap();
+    h.expire_alerts(0, end - 1);
+    assert_eq!(h.firing_alerts(0).len(), 2);
+    h.expire_alerts(0, end);
+    let left: Vec<_> = h
+        .firing_alerts(0)
+        .into_iter()
+        .map(|a| a.fingerprint)
+        .collect();
+    assert_eq!(left, ["f2"]);
+    let frames = queued(&s);
+    assert_eq!(seqs(&frames), vec![1, 2, 3]);
+    let last: serde_json::Value = serde_json::from_str(&frames[2].frame).unwrap();
+    assert_eq!(
+        (&last["data"]["status"], &last["data"]["fingerprint"]),
+        (&serde_json::json!("resolved"), &serde_json::json!("f1"))
+    );
+    assert_eq!(
+        h.shared
+            .metrics
+            .alerts_expired
+            .with_label_values(&["a"])
+            .get(),
+        1
+    );
+}
+
+#[test]
+fn a_replay_takes_queue_slots_and_lags_where_it_stops() {
+    // History of 5, a queue of 2: resuming from 0 queues 1 and 2,
+    // then lags at 2 (the client resumes from there).
+    let h = hub(2);
+    for i in 0..5 {
+        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+    }
+    let mut s = h.open_session();
+    let resume = BTreeMap::from([(
+        Stream::Logs,
+        ResumePoint {
+            epoch: h.epoch().into(),
+            seq: 0,
+        },
+    )]);
+    let r = s.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
+    assert!(r.recovered[&Stream::Logs]);
+    let mut out = Vec::new();
+    let lagged = s.mailbox().drain(&mut out);
+    assert_eq!(seqs(&out), vec![1, 2]);
+    assert!(out.iter().all(|d| d.replay));
+    assert_eq!(lagged.map(|l| l.last_seq), Some(2));
+}
+
+#[test]
+fn a_team_holds_a_bounded_number_of_hosts() {
+    let h = hub(10);
+    let snap = |host: &str| HostSnapshot {
+        host: host.into(),
+        source: Default::default(),
+        sampled_at: 1,
+        cpu: Default::default(),
+        memory: Default::default(),
+        disks: vec![],
+        network: vec![],
+        processes: 0,
+        uptime_s: 0,
+    };
+    h.update_host(0, &snap("h1")).unwrap();
+    h.update_host(0, &snap("h2")).unwrap();
+    let e = h.update_host(0, &snap("h3")).unwrap_err();
+    assert!(e.to_string().contains("max_hosts_per_team"), "{e}");
+    // Known hosts still update; other teams have their own room.
+    h.update_host(0, &snap("h1")).unwrap();
+    h.update_host(1, &snap("h3")).unwrap();
+    assert_eq!(h.summary(0).hosts, ["h1", "h2"]);
+}
