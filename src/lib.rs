@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod request;
 pub mod sampler;
+pub mod session;
 pub mod signal;
 pub mod startup;
 pub mod telemetry;

@@ -15,12 +15,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use crate::app::{AppState, ConnectionGuard};
-use crate::hub::{Delivery, Mailbox, SessionHandle};
-use crate::protocol::{
-    to_frame, ErrorCode, Level, LogFilter, Reply, ResumePoint, Stream, SERVER_NAME,
-};
-use crate::request::{http_error, principal_from_request};
+use crate::app::AppState;
+use crate::hub::{Delivery, Mailbox, Subscribed};
+use crate::protocol::{ErrorCode, Level, LogFilter, ResumePoint, Stream};
+use crate::request::http_error;
+use crate::session::{self, admission, session_name, Session};
 
 #[derive(Debug, Deserialize)]
 pub struct SseQuery {
@@ -55,213 +54,131 @@ fn encode_event_id(epoch: &str, positions: &BTreeMap<Stream, u64>) -> String {
         .join(",")
 }
 
-/// `GET /sse`.
+/// What a `/sse` request asks for, from its query and headers.
+struct Wanted {
+    team: String,
+    streams: Vec<Stream>,
+    filter: Option<LogFilter>,
+    resume: BTreeMap<Stream, ResumePoint>,
+}
+
+impl Wanted {
+    /// A refusal is a `bad_request` saying what is wrong.
+    fn from_request(req: &HttpRequest, query: &SseQuery) -> Result<Wanted, String> {
+        let Some(team) = query.team.clone() else {
+            return Err("missing query parameter `team`".into());
+        };
+        let mut streams = Vec::new();
+        for s in query
+            .streams
+            .as_deref()
+            .unwrap_or("metrics,logs,alerts")
+            .split(',')
+        {
+            match Stream::parse(s.trim()) {
+                Some(st) => streams.push(st),
+                None => {
+                    return Err(format!(
+                        "unknown stream `{s}` (expected metrics, logs, alerts)"
+                    ))
+                }
+            }
+        }
+        let min_level = match query.min_level.as_deref() {
+            None => None,
+            Some(l) => match Level::parse(l) {
+                Some(l) => Some(l),
+                None => return Err(format!("unknown min_level `{l}`")),
+            },
+        };
+        let filter = (min_level.is_some() || query.source.is_some()).then(|| LogFilter {
+            min_level,
+            source: query.source.clone(),
+        });
+        let last_id = req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| query.last_event_id.clone());
+        let resume = last_id.as_deref().map(parse_event_id).unwrap_or_default();
+        Ok(Wanted {
+            team,
+            streams,
+            filter,
+            resume,
+        })
+    }
+}
+
+/// `GET /sse`: admission, the token (header or `?access_token=`), the
+/// team check and the subscribe are the session layer's; this encodes
+/// what it says as events.
 pub async fn handler(
     req: HttpRequest,
     query: web::Query<SseQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let m = &state.metrics;
-    if state.is_draining() {
-        return http_error(ErrorCode::Unavailable, "server is shutting down");
+    if let Err(r) = admission::check_open(&state) {
+        return r.response();
     }
-    let principal = match principal_from_request(&state, &req, query.access_token.as_deref()) {
+    let principal = match admission::principal(&state, &req, query.access_token.as_deref(), true) {
         Ok(Some(p)) => p,
-        Ok(None) => {
-            m.connections_total
-                .with_label_values(&["rejected_auth"])
-                .inc();
-            return http_error(
-                ErrorCode::Unauthenticated,
-                "missing token (Authorization: Bearer, or ?access_token=)",
-            );
-        }
-        Err(e) => {
-            m.connections_total
-                .with_label_values(&["rejected_auth"])
-                .inc();
-            return http_error(ErrorCode::Unauthenticated, e.to_string());
-        }
+        Ok(None) => return http_error(ErrorCode::Unauthenticated, "missing token"),
+        Err(r) => return r.response(),
     };
-    let Some(team_name) = query.team.as_deref() else {
-        return http_error(ErrorCode::BadRequest, "missing query parameter `team`");
+    let wanted = match Wanted::from_request(&req, &query) {
+        Ok(w) => w,
+        Err(msg) => return http_error(ErrorCode::BadRequest, msg),
     };
-    if !principal.may_access(team_name) {
-        return http_error(
-            ErrorCode::Forbidden,
-            format!("not a member of team `{team_name}`"),
-        );
+    if let Err((code, msg)) = session::authorize(&state, &principal, &wanted.team) {
+        return http_error(code, msg);
     }
-    let Some(team) = state.hub.team_id(team_name) else {
-        return http_error(ErrorCode::NotFound, format!("unknown team `{team_name}`"));
-    };
-    let mut streams = Vec::new();
-    for s in query
-        .streams
-        .as_deref()
-        .unwrap_or("metrics,logs,alerts")
-        .split(',')
-    {
-        match Stream::parse(s.trim()) {
-            Some(st) => streams.push(st),
-            None => {
-                return http_error(
-                    ErrorCode::BadRequest,
-                    format!("unknown stream `{s}` (expected metrics, logs, alerts)"),
-                )
-            }
-        }
-    }
-    streams.sort();
-    streams.dedup();
-    let min_level = match query.min_level.as_deref() {
-        None => None,
-        Some(l) => match Level::parse(l) {
-            Some(l) => Some(l),
-            None => return http_error(ErrorCode::BadRequest, format!("unknown min_level `{l}`")),
-        },
-    };
-    let filter = (min_level.is_some() || query.source.is_some()).then(|| LogFilter {
-        min_level,
-        source: query.source.clone(),
-    });
-    let last_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.last_event_id.clone());
-    let resume = last_id.as_deref().map(parse_event_id).unwrap_or_default();
-
-    let guard = match state.connections.try_acquire() {
+    let guard = match admission::slot(&state, true) {
         Ok(g) => g,
-        Err(refused) => {
-            m.connections_total
-                .with_label_values(&["rejected_limit"])
-                .inc();
-            return http_error(ErrorCode::Unavailable, refused.message());
-        }
+        Err(r) => return r.response(),
     };
-    let mut hub = state.hub.open_session();
-    let sub = match hub.subscribe(team, &streams, &resume, filter) {
+    let state = state.into_inner();
+    let mut session = Session::new(state.clone(), session_name(), Some(principal), guard);
+    let subscribed = session.subscribe(
+        None,
+        &wanted.team,
+        wanted.streams.clone(),
+        &wanted.resume,
+        wanted.filter.clone(),
+    );
+    let (subscribed, sub) = match subscribed {
         Ok(s) => s,
-        Err(e) => return http_error(ErrorCode::BadRequest, e.to_string()),
+        Err((code, msg)) => return http_error(code, msg),
     };
-    m.connections_total.with_label_values(&["accepted"]).inc();
-    m.sse_active.inc();
-
-    let epoch = state.hub.epoch().to_owned();
-    let mut positions: BTreeMap<Stream, u64> = BTreeMap::new();
-    let mut catch_up = BTreeMap::new();
-    for (&s, &now) in &sub.positions {
-        // Resumed with frames to replay: start at the resume point, and
-        // jump to where the hub stood once the last replayed frame is out
-        // (frames a filter left out move the position too). Else start
-        // where the hub stands.
-        let start = match (resume.get(&s), sub.replayed.get(&s)) {
-            (Some(r), Some(&last)) if sub.recovered.get(&s) == Some(&true) => {
-                catch_up.insert(s, (last, now));
-                r.seq
-            }
-            _ => now,
-        };
-        positions.insert(s, start);
-    }
-    let mut out = SseOut {
-        epoch,
-        positions,
-        catch_up,
-        pending: VecDeque::new(),
-    };
+    admission::count(&state, "accepted");
+    state.metrics.sse_active.inc();
+    let mut out = SseOut::new(state.hub.epoch().to_owned(), &sub, &wanted.resume);
     out.retry(3000);
-    let session = crate::transport::session_name();
-    out.control(
-        "welcome",
-        &to_frame(&Reply::Welcome {
-            id: None,
-            epoch: state.hub.epoch(),
-            session: &session,
-            teams: principal.visible_teams(state.hub.team_names()),
-            streams: Stream::ALL,
-            heartbeat_s: state.config.websocket.heartbeat_s,
-            server: SERVER_NAME,
-            sub: Some(&principal.sub),
-            scope: principal.scope.as_str(),
-        }),
-    );
-    out.control_with_id(
-        "subscribed",
-        &to_frame(&Reply::Subscribed {
-            id: None,
-            team: team_name,
-            streams: streams.clone(),
-            recovered: sub.recovered,
-        }),
-    );
-
+    if let Some(welcome) = session.welcome(None) {
+        out.control("welcome", &welcome);
+    }
+    out.control_with_id("subscribed", &subscribed);
     let hb = Duration::from_secs(state.config.websocket.heartbeat_s);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let st = SseState {
-        mailbox: hub.mailbox().clone(),
-        _hub: hub,
-        _guard: guard,
+        mailbox: session.mailbox().clone(),
+        // The stream lives no longer than its token.
+        expires: session.token_expiry(),
+        session,
         _active: ActiveGauge(state.metrics.sse_active.clone()),
-        state: state.clone().into_inner(),
+        state,
         out,
         heartbeat,
         batch: Vec::new(),
         done: false,
-        // The stream lives no longer than its token.
-        expires: principal.exp.map(|exp| {
-            tokio::time::Instant::now() + crate::auth::time_left(exp, state.config.auth.leeway_s)
-        }),
     };
-    let body = futures_util::stream::unfold(st, |mut st| async move {
-        loop {
-            if let Some(b) = st.out.pending.pop_front() {
-                return Some((Ok::<_, Infallible>(b), st));
-            }
-            if st.done {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                _ = st.state.shutdown.cancelled() => { st.done = true; }
-                                _ = tokio::time::sleep_until(st.expires.unwrap_or_else(tokio::time::Instant::now)), if st.expires.is_some() => {
-                    let frame = to_frame(&crate::protocol::ErrorFrame::new(None, ErrorCode::Unauthenticated, "token expired"));
-                    st.out.control("error", &frame);
-                    st.done = true;
-                }
-                _ = st.heartbeat.tick() => st.out.pending.push_back(Bytes::from_static(b": keepalive\n\n")),
-                _ = st.mailbox.ready() => {
-                    let lagged = st.mailbox.drain(&mut st.batch);
-                                        let now = crate::time::now_micros();
-                    for d in st.batch.drain(..) {
-                        st.out.data(&d);
-                        if !d.replay {
-                            let lag_us = (now - d.ts).max(0);
-                            st.state.metrics.delivery_lag[d.stream as usize].observe(lag_us as f64 / 1e6);
-                        }
-                    }
-                    if let Some(l) = lagged {
-                        let frame = to_frame(&Reply::Lagged {
-                            team: st.state.hub.team_name(l.team),
-                            stream: l.stream,
-                            last_seq: l.last_seq,
-                        });
-                        st.out.control("lagged", &frame);
-                        st.done = true;
-                    }
-                }
-            }
-        }
-    });
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
+        .streaming(futures_util::stream::unfold(st, SseState::next))
 }
 
 struct ActiveGauge(prometheus::IntGauge);
@@ -274,8 +191,7 @@ impl Drop for ActiveGauge {
 
 struct SseState {
     mailbox: Arc<Mailbox>,
-    _hub: SessionHandle,
-    _guard: ConnectionGuard,
+    session: Session,
     _active: ActiveGauge,
     state: Arc<AppState>,
     out: SseOut,
@@ -283,6 +199,47 @@ struct SseState {
     batch: Vec<Delivery>,
     done: bool,
     expires: Option<tokio::time::Instant>,
+}
+
+impl SseState {
+    /// The next chunk of the body; None ends it.
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, SseState)> {
+        loop {
+            if let Some(b) = self.out.pending.pop_front() {
+                return Some((Ok(b), self));
+            }
+            if self.done {
+                return None;
+            }
+            let expiry = self.expires.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                biased;
+                _ = self.state.shutdown.cancelled() => self.done = true,
+                _ = tokio::time::sleep_until(expiry), if self.expires.is_some() => {
+                    let frame = self.session.error(None, ErrorCode::Unauthenticated, "token expired");
+                    self.out.control("error", &frame);
+                    self.done = true;
+                }
+                _ = self.heartbeat.tick() => self.out.pending.push_back(Bytes::from_static(b": keepalive\n\n")),
+                _ = self.mailbox.ready() => self.drain(),
+            }
+        }
+    }
+
+    /// Encodes what the mailbox holds; `lagged` ends the stream.
+    fn drain(&mut self) {
+        let lagged = self.mailbox.drain(&mut self.batch);
+        let now = crate::time::now_micros();
+        for d in self.batch.drain(..) {
+            self.out.data(&d);
+            Session::delivered(&self.state, &d, now);
+        }
+        if let Some(l) = lagged {
+            let frame = self.session.lagged(&l);
+            self.out.control("lagged", &frame);
+            self.done = true;
+        }
+    }
 }
 
 /// Encodes events and tracks the connection's stream positions.
@@ -296,6 +253,31 @@ struct SseOut {
 }
 
 impl SseOut {
+    /// Positions start at the resume point where frames are replayed,
+    /// jumping to where the hub stood once the last replayed frame is out
+    /// (frames a filter left out move the position too); else where the
+    /// hub stands.
+    fn new(epoch: String, sub: &Subscribed, resume: &BTreeMap<Stream, ResumePoint>) -> SseOut {
+        let mut positions = BTreeMap::new();
+        let mut catch_up = BTreeMap::new();
+        for (&s, &now) in &sub.positions {
+            let start = match (resume.get(&s), sub.replayed.get(&s)) {
+                (Some(r), Some(&last)) if sub.recovered.get(&s) == Some(&true) => {
+                    catch_up.insert(s, (last, now));
+                    r.seq
+                }
+                _ => now,
+            };
+            positions.insert(s, start);
+        }
+        SseOut {
+            epoch,
+            positions,
+            catch_up,
+            pending: VecDeque::new(),
+        }
+    }
+
     fn retry(&mut self, ms: u64) {
         self.pending
             .push_back(Bytes::from(format!("retry: {ms}\n\n")));

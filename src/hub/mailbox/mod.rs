@@ -463,6 +463,22 @@ impl Mailbox {
         Push::Queued
     }
 
+    /// Queues a reply that was answered later, from a task of its own (a
+    /// `silence`): past [`CONTROL_CAP`] too (the session bounds how many
+    /// there can be), and without ending a [`Mailbox::hold`]. False when
+    /// the connection is gone.
+    pub fn push_late(&self, c: Control) -> bool {
+        let mut inbox = self.lock();
+        if inbox.aborted || inbox.ended.is_some() || inbox.closed {
+            return false;
+        }
+        inbox.control.push_back(c);
+        let waker = inbox.waker.take();
+        drop(inbox);
+        self.wake(waker);
+        true
+    }
+
     /// Keeps the fan-out off the socket while the session prepares frames
     /// that must go first (a subscribe: call before joining the team, so
     /// no live frame can overtake the `subscribed` reply). Metrics offered
