@@ -1,0 +1,20 @@
+//! Fuzz targets of opswire's parsers, on stable Rust (proptest).
+//!
+//! One module per target; each runs `OPSWIRE_FUZZ_CASES` cases (default
+//! [`support::DEFAULT_CASES`]) per test and checks real invariants, not
+//! only the absence of a panic. `docs/fuzzing.md` lists what each target
+//! covers and how to run the long run.
+//!
+//! ```sh
+//! cargo test --test fuzz --locked                                   # short
+//! OPSWIRE_FUZZ_CASES=400000 cargo test --release --test fuzz --locked -- --nocapture  # long
+//! OPSWIRE_FUZZ_SEED=12345 cargo test --test fuzz op_decoder         # reproduce
+//! ```
+
+mod support;
+
+mod json_lines;
+mod op_decoder;
+mod resume;
+mod tokens;
+mod ws_reader;
