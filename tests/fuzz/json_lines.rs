@@ -67,7 +67,7 @@ pub struct Rec {
 
 /// An RFC 3339 time of `micros`, written with an offset of `offset_min`
 /// minutes (0: `Z`).
-fn rfc3339(micros: i64, offset_min: i32, frac: bool) -> String {
+pub fn rfc3339(micros: i64, offset_min: i32, frac: bool) -> String {
     let local = micros + offset_min as i64 * 60_000_000;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(local as u64);
     let utc = if frac {

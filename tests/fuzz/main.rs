@@ -13,8 +13,10 @@
 
 mod support;
 
+mod alertmanager;
 mod json_lines;
 mod op_decoder;
+mod otlp;
 mod resume;
 mod tokens;
 mod ws_reader;

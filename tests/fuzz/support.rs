@@ -382,3 +382,78 @@ pub fn logs_after(state: &AppState, team: TeamId, after: u64) -> Vec<Value> {
         .map(|d| serde_json::from_str(&d.frame).expect("a log frame is JSON"))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// The real routes, in an actix test service
+// ---------------------------------------------------------------------------
+
+/// `http::routes` on a state built by [`state_with`], served by an actix
+/// test service (no socket): requests go through the real handlers.
+pub struct Http<S> {
+    sys: actix_web::rt::SystemRunner,
+    app: S,
+    pub state: Arc<AppState>,
+}
+
+pub fn http(
+    tweak: impl FnOnce(&mut Config),
+) -> Http<
+    impl actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+> {
+    let state = state_with(tweak);
+    let sys = actix_web::rt::System::new();
+    let data = actix_web::web::Data::from(state.clone());
+    let app = sys.block_on(actix_web::test::init_service(
+        actix_web::App::new()
+            .app_data(data)
+            .configure(opswire::http::routes),
+    ));
+    Http { sys, app, state }
+}
+
+impl<S> Http<S>
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+{
+    /// Sends a request; its status and body.
+    pub fn call(&self, req: actix_http::Request) -> (u16, bytes::Bytes) {
+        self.sys.block_on(async {
+            let resp = actix_web::test::call_service(&self.app, req).await;
+            let status = resp.status().as_u16();
+            (status, actix_web::test::read_body(resp).await)
+        })
+    }
+}
+
+/// An HTTP error answer: opswire's JSON error body with a message starting
+/// with one of `prefixes` (and `code` matching the status).
+pub fn check_error(status: u16, body: &[u8], prefixes: &[&str]) -> Result<(), TestCaseError> {
+    let e: Value = serde_json::from_slice(body).map_err(|e| {
+        TestCaseError::fail(format!(
+            "status {status}: the error body is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        ))
+    })?;
+    let m = e["message"].as_str().unwrap_or_default();
+    let code = match status {
+        400 => "bad_request",
+        401 => "unauthenticated",
+        403 => "forbidden",
+        404 => "not_found",
+        413 => "too_large",
+        _ => "?",
+    };
+    crate::check!(
+        e["type"] == "error" && e["code"] == code && prefixes.iter().any(|p| m.starts_with(p)),
+        "status {status}: error {e}, expected code {code} and a message starting with one of {prefixes:?}"
+    );
+    Ok(())
+}
