@@ -14,6 +14,7 @@
 mod support;
 
 mod alertmanager;
+mod config_loader;
 mod json_lines;
 mod op_decoder;
 mod otlp;
