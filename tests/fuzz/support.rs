@@ -18,8 +18,9 @@ use proptest::test_runner::{
 };
 use serde_json::Value;
 
-/// Cases per target test when `OPSWIRE_FUZZ_CASES` is unset: small
-/// enough that the whole binary runs in seconds in a debug build.
+/// The base number of cases when `OPSWIRE_FUZZ_CASES` is unset (each
+/// target runs this times its [`weight`]): small enough that the whole
+/// binary runs in well under a minute in a debug build.
 pub const DEFAULT_CASES: u32 = 256;
 
 /// The HS256 secret of the states and tokens built here.
@@ -27,6 +28,43 @@ pub const SECRET: &str = "fuzz-secret-0123456789abcdef0123456789";
 
 /// The configured teams, in config order (`alpha` is the default team).
 pub const TEAMS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+/// The weight of each target: its cases are `OPSWIRE_FUZZ_CASES` × this.
+/// Cheap targets (over ~10k cases/s in a release build) get 8, middling
+/// ones (2k–10k/s) 2, and the costly ones (a config file written and
+/// loaded, a handler and the hub's replay per case) 1, so a long run
+/// spends its time evenly. A target missing here fails at once.
+pub fn weight(target: &str) -> u32 {
+    match target {
+        "op_decoder_arbitrary"
+        | "op_decoder_deep_and_huge"
+        | "otlp_arbitrary"
+        | "alertmanager_auth"
+        | "alertmanager_arbitrary"
+        | "resume_event_id_arbitrary"
+        | "resume_event_id_well_formed"
+        | "resume_through_the_hub"
+        | "tokens_arbitrary"
+        | "tokens_bearer_header"
+        | "tokens_mutated_hs256"
+        | "tokens_signed_claims" => 8,
+        "op_decoder_mutated"
+        | "op_decoder_structured"
+        | "json_lines_arbitrary"
+        | "json_lines_valid"
+        | "otlp_mutated"
+        | "alertmanager_mutated"
+        | "tokens_mutated_rs256"
+        | "tokens_mutated_es256" => 2,
+        "json_lines_one_bad_record"
+        | "otlp_structured"
+        | "alertmanager_structured"
+        | "config_generated"
+        | "config_mutated"
+        | "config_arbitrary" => 1,
+        other => panic!("fuzz target `{other}` has no weight in support::weight"),
+    }
+}
 
 /// Cases per test: `OPSWIRE_FUZZ_CASES`, else [`DEFAULT_CASES`].
 pub fn cases() -> u32 {
@@ -60,7 +98,7 @@ fn fnv(s: &str) -> u64 {
     })
 }
 
-/// Runs `test` on [`cases`] inputs drawn from `strategy`. A failing case
+/// Runs `test` on [`cases`] × [`weight`] inputs drawn from `strategy`. A failing case
 /// (a returned error or a panic) is shrunk, and the test panics with the
 /// smallest input found and the seed that replays it.
 pub fn run<S>(
@@ -71,7 +109,7 @@ pub fn run<S>(
     S: Strategy,
     S::Value: Debug,
 {
-    let cases = cases();
+    let cases = cases().saturating_mul(weight(target));
     let seed = seed();
     let config = RunnerConfig {
         cases,
@@ -290,6 +328,17 @@ pub fn deep_json(n: usize, object: bool) -> String {
     }
 }
 
+/// How many representable doubles lie between `a` and `b` (0: equal).
+fn ulps(a: f64, b: f64) -> u64 {
+    if a == b {
+        return 0;
+    }
+    if a.is_sign_negative() != b.is_sign_negative() {
+        return u64::MAX;
+    }
+    a.to_bits().abs_diff(b.to_bits())
+}
+
 /// JSON equality, with floats equal when within a few ULPs: serde_json
 /// (without `float_roundtrip`) may read back a printed float one ULP off.
 pub fn json_close(a: &Value, b: &Value) -> bool {
@@ -297,9 +346,7 @@ pub fn json_close(a: &Value, b: &Value) -> bool {
         (Value::Number(x), Value::Number(y)) => {
             x == y
                 || match (x.as_f64(), y.as_f64()) {
-                    (Some(p), Some(q)) if x.is_f64() || y.is_f64() => {
-                        p == q || (p - q).abs() <= 4.0 * f64::EPSILON * p.abs().max(q.abs())
-                    }
+                    (Some(p), Some(q)) if x.is_f64() || y.is_f64() => ulps(p, q) <= 4,
                     _ => false,
                 }
         }
