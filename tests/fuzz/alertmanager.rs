@@ -521,8 +521,14 @@ fn alertmanager_auth() {
             req = req.insert_header(("authorization", v));
         }
         let (status, bytes) = srv.call(req.to_request());
-        // actix reads the header as sent, less surrounding whitespace.
-        let presented = header.as_deref().map(str::trim).and_then(bearer_token);
+        // The header as the server reads it: only a visible-ASCII value is
+        // text (`HeaderValue::to_str`); any other is no token at all.
+        let presented = header
+            .as_deref()
+            .filter(|h| {
+                actix_web::http::header::HeaderValue::from_str(h).is_ok_and(|v| v.to_str().is_ok())
+            })
+            .and_then(bearer_token);
         let want = match (&cred, presented) {
             (_, None) => 401,
             (_, Some(t)) if t == WEBHOOK_TOKEN => 200,
