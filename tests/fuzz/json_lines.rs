@@ -69,6 +69,10 @@ pub struct Rec {
 /// minutes (0: `Z`).
 pub fn rfc3339(micros: i64, offset_min: i32, frac: bool) -> String {
     let local = micros + offset_min as i64 * 60_000_000;
+    assert!(
+        (0..=MAX_MICROS).contains(&local),
+        "local time {local} µs out of RFC 3339's range"
+    );
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(local as u64);
     let utc = if frac {
         humantime::format_rfc3339_micros(t).to_string()
