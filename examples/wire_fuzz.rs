@@ -362,7 +362,7 @@ fn start(args: &Args, secret: Option<&str>) -> Server {
         .expect("temp dir");
     let mut config = String::from(
         "shutdown_timeout_s = 2\nworkers = 2\n\n[history]\nlogs = 64\nalerts = 32\n\n\
-         [ingest]\nmax_body_bytes = 262144\nmax_line_bytes = 4096\n\n\
+         [ingest]\nmax_body_bytes = 262144\nmax_line_bytes = 4096\nbody_timeout_s = 3\n\n\
          [websocket]\nheartbeat_s = 5\n\n",
     );
     config.push_str(&format!("[limits]\nmax_frame_bytes = {MAX_FRAME}\n\n"));

@@ -10,6 +10,7 @@
 #   OPSWIRE_FUZZ_PROFILE   debug (default) or release: the build the wire pass runs
 #   WIRE_FUZZ_SECONDS      fuzzing time of each wire pass (default 8)
 #   WIRE_FUZZ_ARGS         more wire_fuzz flags, e.g. --no-hardening
+#   FUZZ_TARGETS=0         skip the targets (scripts/test.sh's test stage ran them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,10 @@ fi
 
 failed=()
 
-log "fuzz targets (cargo test --test fuzz)"
-cargo test --locked --test fuzz || failed+=("fuzz targets")
+if [ "${FUZZ_TARGETS:-1}" != 0 ]; then
+  log "fuzz targets (cargo test --test fuzz)"
+  cargo test --locked --test fuzz || failed+=("fuzz targets")
+fi
 
 profile=${OPSWIRE_FUZZ_PROFILE:-debug}
 build=(--locked --bin opswire --example wire_fuzz)

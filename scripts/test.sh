@@ -72,8 +72,11 @@ cargo fmt --all -- --check
 stage "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-stage "unit and integration tests"
+stage "unit, integration and fuzz-target tests"
 cargo test --workspace --lib --tests --locked
+
+stage "wire fuzzer: mutated WebSocket and HTTP traffic against the binary (dev and auth)"
+FUZZ_TARGETS=0 bash scripts/test-fuzz.sh
 
 stage "the stack: promtool, amtool, compose, dashboards, live /metrics"
 bash scripts/check-stack.sh

@@ -923,18 +923,46 @@ fn check_toml(path: &Path, text: &str) -> Result<(), ConfigError> {
     };
     // The setting: the last key that starts at or before the error (the
     // key itself for an unknown field, the key of the value otherwise).
-    let setting = toml_keys(text).and_then(|keys| {
-        keys.into_iter()
-            .filter(|k| k.span.start <= span.start)
-            .max_by_key(|k| k.span.start)
-            .map(|k| k.path)
-    });
+    let setting = toml_keys(text)
+        .and_then(|keys| {
+            keys.into_iter()
+                .filter(|k| k.span.start <= span.start)
+                .max_by_key(|k| k.span.start)
+                .map(|k| k.path)
+        })
+        .or_else(|| key_written_at(text, span.start));
     Err(ConfigError::Source {
         at: file_position(path, text, span.start),
         message: match setting {
             Some(setting) => format!("{setting}: {message}"),
             None => message,
         },
+    })
+}
+
+/// The key written on the line of byte `offset`, for a document that does
+/// not parse (a number too large, say): `key` of `key = value`, after the
+/// `[table]` above it if any.
+fn key_written_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..offset].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() {
+        return None;
+    }
+    let table = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let name = l.strip_prefix('[')?.strip_suffix(']')?;
+        Some(
+            name.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned(),
+        )
+    });
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
     })
 }
 

@@ -675,9 +675,18 @@ fn parse_op_with(
         Some(_) => return (id, Err(OpError::BadRequest("`op` must be a string".into()))),
         None => return (id, Err(OpError::BadRequest("missing field `op`".into()))),
     };
-    // Ops without a body ignore nothing: unknown fields are errors everywhere.
+    // Ops without a body ignore nothing: unknown fields are errors
+    // everywhere. A bad field is named by its path (`resume.logs.seq`).
     fn body<T: serde::de::DeserializeOwned>(op: &str, v: serde_json::Value) -> Result<T, OpError> {
-        serde_json::from_value(v).map_err(|e| OpError::BadRequest(format!("{op}: {e}")))
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            OpError::BadRequest(if path == "." || inner.to_string().contains(&path) {
+                format!("{op}: {inner}")
+            } else {
+                format!("{op}: `{path}`: {inner}")
+            })
+        })
     }
     let parsed = match op.as_str() {
         "auth" => body(&op, value).map(Op::Auth),
@@ -689,7 +698,13 @@ fn parse_op_with(
             }
         }),
         "unsubscribe" => body(&op, value).map(Op::Unsubscribe),
-        "ping" => Ok(Op::Ping),
+        "ping" => match obj.keys().next() {
+            None => Ok(Op::Ping),
+            Some(k) => Err(OpError::BadRequest(format!(
+                "ping: unknown field `{}`, a ping has none but `id`",
+                k.chars().take(64).collect::<String>()
+            ))),
+        },
         "publish" => body(&op, value).map(Op::Publish),
         "silence" => body(&op, value).map(Op::Silence),
         other => Err(OpError::UnknownOp(other.chars().take(64).collect())),

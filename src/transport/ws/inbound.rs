@@ -168,7 +168,7 @@ impl Inbound {
         match self.codec.decode(&mut self.buf) {
             Ok(Some(frame)) => {
                 self.checked = false;
-                let msg = self.assemble(frame);
+                let msg = self.assemble(frame).map_err(|e| self.fail(e));
                 self.shrink();
                 Some(msg)
             }
