@@ -698,13 +698,8 @@ fn parse_op_with(
             }
         }),
         "unsubscribe" => body(&op, value).map(Op::Unsubscribe),
-        "ping" => match obj.keys().next() {
-            None => Ok(Op::Ping),
-            Some(k) => Err(OpError::BadRequest(format!(
-                "ping: unknown field `{}`, a ping has none but `id`",
-                k.chars().take(64).collect::<String>()
-            ))),
-        },
+        // A liveness probe: other fields (padding, say) are ignored.
+        "ping" => Ok(Op::Ping),
         "publish" => body(&op, value).map(Op::Publish),
         "silence" => body(&op, value).map(Op::Silence),
         other => Err(OpError::UnknownOp(other.chars().take(64).collect())),
