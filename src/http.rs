@@ -78,7 +78,11 @@ pub async fn track(
     );
     let access_log = state.as_ref().and_then(|s| {
         let team = s.hub.team_id(s.config.ingest.access_log_team.as_deref()?)?;
-        Some((team, req.path().to_owned(), header("user-agent")))
+        Some(AccessLine {
+            team,
+            path: req.path().to_owned(),
+            user_agent: header("user-agent"),
+        })
     });
     let traceparent = header("traceparent");
     if !traceparent.is_empty() {
@@ -90,35 +94,9 @@ pub async fn track(
     if code >= 500 {
         span.record("otel.status_code", "ERROR");
     }
-    if let (Some(state), Some((team, path, user_agent))) = (&state, access_log) {
+    if let (Some(state), Some(line)) = (&state, access_log) {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let record = LogRecord {
-            level: match code {
-                500.. => Level::Error,
-                400.. => Level::Warn,
-                _ => Level::Info,
-            },
-            source: "opswire.access".into(),
-            host: state.local_host.clone(),
-            message: format!("{method} {path} {code} {ms:.1}ms"),
-            fields: serde_json::json!({
-                "method": method, "path": path, "route": route, "status": code,
-                "duration_ms": ms, "user_agent": user_agent,
-            })
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-            trace_id: crate::telemetry::trace_id_of(&span),
-            time: None,
-        };
-        let published = span.in_scope(|| {
-            state
-                .hub
-                .publish_log(team, &record, crate::time::now_micros())
-        });
-        if let Err(e) = published {
-            tracing::debug!(error = %e, "access log line not published");
-        }
+        span.in_scope(|| publish_access_log(state, line, &method, &route, code, ms));
     }
     if let Some(state) = state {
         let status = code.to_string();
@@ -134,6 +112,55 @@ pub async fn track(
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(res.map_into_left_body())
+}
+
+/// A request of the access log, as far as it is known before the answer.
+struct AccessLine {
+    team: crate::hub::TeamId,
+    path: String,
+    user_agent: String,
+}
+
+/// Streams one access log line as a log of `ingest.access_log_team`
+/// (inside the request's span, so it carries its trace id).
+fn publish_access_log(
+    state: &AppState,
+    line: AccessLine,
+    method: &str,
+    route: &str,
+    code: u16,
+    ms: f64,
+) {
+    let AccessLine {
+        team,
+        path,
+        user_agent,
+    } = line;
+    let record = LogRecord {
+        level: match code {
+            500.. => Level::Error,
+            400.. => Level::Warn,
+            _ => Level::Info,
+        },
+        source: "opswire.access".into(),
+        host: state.local_host.clone(),
+        message: format!("{method} {path} {code} {ms:.1}ms"),
+        fields: serde_json::json!({
+            "method": method, "path": path, "route": route, "status": code,
+            "duration_ms": ms, "user_agent": user_agent,
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+        trace_id: crate::telemetry::trace_id_of(&tracing::Span::current()),
+        time: None,
+    };
+    if let Err(e) = state
+        .hub
+        .publish_log(team, &record, crate::time::now_micros())
+    {
+        tracing::debug!(error = %e, "access log line not published");
+    }
 }
 
 fn is_loopback_host(host: &str) -> bool {

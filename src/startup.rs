@@ -51,29 +51,8 @@ impl Application {
             source,
         })?;
         let addr = listener.local_addr()?;
-
         let metrics = Arc::new(Metrics::new());
-        let teams: Vec<String> = config.teams.iter().map(|t| t.name.clone()).collect();
-        let tick = Duration::from_millis(config.sampler.tick_ms);
-        let hub = Hub::new(
-            &teams,
-            HubSettings {
-                history_logs: config.history.logs,
-                history_alerts: config.history.alerts,
-                queue_len: config.limits.queue_len,
-                max_subscriptions: config.limits.max_subscriptions,
-                host_stale_after: tick * config.sampler.stale_after_ticks,
-                fanout_threads: match config.sampler.fanout_threads {
-                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    n => n,
-                },
-                // A new subscriber gets every firing alert: no more than
-                // its queue holds.
-                max_firing_alerts: config.limits.max_firing_alerts.min(config.limits.queue_len),
-                max_hosts_per_team: config.limits.max_hosts_per_team,
-            },
-            metrics.clone(),
-        );
+        let hub = build_hub(&config, metrics.clone());
         let local_host = config
             .sampler
             .host_name
@@ -86,60 +65,15 @@ impl Application {
             .unwrap_or_else(|| config.team_for_host(&local_host));
         // Validated: the team exists.
         let local_team = hub.team_id(&local_team_name).unwrap_or(0);
-
-        let config = Arc::new(config);
         let state = Arc::new(AppState::new(
-            config.clone(),
+            Arc::new(config),
             hub,
             auth,
             metrics,
             local_team,
             local_host,
         ));
-        let data = web::Data::from(state.clone());
-        let workers = if config.workers == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            config.workers
-        };
-        // actix-web's `HttpServer`, spelled out, for the one thing it does
-        // not offer: an upgrade service, which takes WebSocket connections
-        // out of the HTTP/1 dispatcher (see `transport::ws::upgrade`).
-        let make_app = move || {
-            App::new()
-                .app_data(data.clone())
-                .wrap(middleware::from_fn(crate::http::track))
-                .configure(crate::http::routes)
-        };
-        // A peer that stops taking data (no ACK, or a zero window) is cut
-        // off by the kernel after two heartbeats: an SSE client that stops
-        // reading holds no slot for longer than a silent WebSocket does.
-        let stalled_after = Duration::from_secs(2 * config.websocket.heartbeat_s);
-        let server = actix_server::Server::build()
-            .workers(workers)
-            .max_concurrent_connections(config.max_connections().max(1024))
-            .backlog(4096)
-            .disable_signals()
-            .shutdown_timeout(config.shutdown_timeout_s)
-            .listen("opswire", listener, move || {
-                let app = make_app.clone();
-                HttpService::build()
-                    .on_connect_ext(move |io: &tokio::net::TcpStream, _| {
-                        let _ =
-                            socket2::SockRef::from(io).set_tcp_user_timeout(Some(stalled_after));
-                    })
-                    .client_request_timeout(Duration::from_secs(5))
-                    .client_disconnect_timeout(Duration::from_secs(1))
-                    .local_addr(addr)
-                    .upgrade(crate::transport::ws::upgrade::service(make_app.clone()))
-                    .h1(map_config(
-                        app().into_factory().map_err(|e| e.error_response()),
-                        |_| AppConfig::default(),
-                    ))
-                    .tcp()
-            })?
-            .run();
-
+        let server = build_server(&state, listener, addr)?;
         Ok(Application {
             addr,
             server,
@@ -207,4 +141,77 @@ impl Application {
         let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
         result
     }
+}
+
+/// The hub over the embedded broker, sized by the configuration.
+fn build_hub(config: &Config, metrics: Arc<Metrics>) -> Hub {
+    let teams: Vec<String> = config.teams.iter().map(|t| t.name.clone()).collect();
+    let tick = Duration::from_millis(config.sampler.tick_ms);
+    let l = &config.limits;
+    let settings = HubSettings {
+        history_logs: config.history.logs,
+        history_alerts: config.history.alerts,
+        queue_len: l.queue_len,
+        max_subscriptions: l.max_subscriptions,
+        host_stale_after: tick * config.sampler.stale_after_ticks,
+        fanout_threads: match config.sampler.fanout_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
+        // A new subscriber gets every firing alert: no more than its
+        // queue holds.
+        max_firing_alerts: l.max_firing_alerts.min(l.queue_len),
+        max_hosts_per_team: l.max_hosts_per_team,
+    };
+    Hub::new(&teams, settings, metrics)
+}
+
+/// actix-web's `HttpServer`, spelled out, for the one thing it does not
+/// offer: an upgrade service, which takes WebSocket connections out of the
+/// HTTP/1 dispatcher (see `transport::ws::upgrade`).
+fn build_server(
+    state: &Arc<AppState>,
+    listener: TcpListener,
+    addr: SocketAddr,
+) -> std::io::Result<Server> {
+    let config = &state.config;
+    let data = web::Data::from(state.clone());
+    let workers = if config.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.workers
+    };
+    let make_app = move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(middleware::from_fn(crate::http::track))
+            .configure(crate::http::routes)
+    };
+    // A peer that stops taking data (no ACK, or a zero window) is cut off
+    // by the kernel after two heartbeats: an SSE client that stops reading
+    // holds no slot for longer than a silent WebSocket does.
+    let stalled_after = Duration::from_secs(2 * config.websocket.heartbeat_s);
+    Ok(actix_server::Server::build()
+        .workers(workers)
+        .max_concurrent_connections(config.max_connections().max(1024))
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_s)
+        .listen("opswire", listener, move || {
+            let app = make_app.clone();
+            HttpService::build()
+                .on_connect_ext(move |io: &tokio::net::TcpStream, _| {
+                    let _ = socket2::SockRef::from(io).set_tcp_user_timeout(Some(stalled_after));
+                })
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .upgrade(crate::transport::ws::upgrade::service(make_app.clone()))
+                .h1(map_config(
+                    app().into_factory().map_err(|e| e.error_response()),
+                    |_| AppConfig::default(),
+                ))
+                .tcp()
+        })?
+        .run())
 }

@@ -255,23 +255,7 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
         .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))])
         .build();
 
-    let span_exporter = build_span_exporter(&plan)?;
-    let span_batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
-        .with_max_queue_size(cfg.export_queue)
-        .build();
-    let mut tracer_builder = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_span_processor(
-            BatchSpanProcessor::builder(Reporting(span_exporter))
-                .with_batch_config(span_batch)
-                .build(),
-        );
-    if env("OTEL_TRACES_SAMPLER").is_none() {
-        tracer_builder = tracer_builder.with_sampler(Sampler::ParentBased(Box::new(
-            Sampler::TraceIdRatioBased(cfg.sample_ratio),
-        )));
-    }
-    let tracer_provider = tracer_builder.build();
+    let tracer_provider = build_tracer_provider(&plan, cfg, resource.clone())?;
     let tracer = tracer_provider.tracer("opswire");
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
@@ -286,20 +270,7 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
         .with_filter(exported.clone());
 
     let logger_provider = if cfg.export_logs {
-        let log_exporter = build_log_exporter(&plan)?;
-        let log_batch = opentelemetry_sdk::logs::BatchConfigBuilder::default()
-            .with_max_queue_size(cfg.export_queue)
-            .build();
-        Some(
-            SdkLoggerProvider::builder()
-                .with_resource(resource)
-                .with_log_processor(
-                    BatchLogProcessor::builder(Reporting(log_exporter))
-                        .with_batch_config(log_batch)
-                        .build(),
-                )
-                .build(),
-        )
+        Some(build_logger_provider(&plan, cfg, resource)?)
     } else {
         None
     };
@@ -320,6 +291,52 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
         logger: logger_provider,
         runtime: Some(runtime),
     })
+}
+
+/// Spans: batched, bounded (`export_queue`), sampled parent-based at
+/// `sample_ratio` unless `OTEL_TRACES_SAMPLER` says otherwise.
+fn build_tracer_provider(
+    plan: &ExportPlan,
+    cfg: &TelemetryConfig,
+    resource: Resource,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let span_exporter = build_span_exporter(plan)?;
+    let span_batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+        .with_max_queue_size(cfg.export_queue)
+        .build();
+    let mut tracer_builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(
+            BatchSpanProcessor::builder(Reporting(span_exporter))
+                .with_batch_config(span_batch)
+                .build(),
+        );
+    if env("OTEL_TRACES_SAMPLER").is_none() {
+        tracer_builder = tracer_builder.with_sampler(Sampler::ParentBased(Box::new(
+            Sampler::TraceIdRatioBased(cfg.sample_ratio),
+        )));
+    }
+    Ok(tracer_builder.build())
+}
+
+/// Log records: batched and bounded like spans.
+fn build_logger_provider(
+    plan: &ExportPlan,
+    cfg: &TelemetryConfig,
+    resource: Resource,
+) -> Result<SdkLoggerProvider, TelemetryError> {
+    let log_exporter = build_log_exporter(plan)?;
+    let log_batch = opentelemetry_sdk::logs::BatchConfigBuilder::default()
+        .with_max_queue_size(cfg.export_queue)
+        .build();
+    Ok(SdkLoggerProvider::builder()
+        .with_resource(resource)
+        .with_log_processor(
+            BatchLogProcessor::builder(Reporting(log_exporter))
+                .with_batch_config(log_batch)
+                .build(),
+        )
+        .build())
 }
 
 fn build_span_exporter(plan: &ExportPlan) -> Result<SpanExporter, TelemetryError> {

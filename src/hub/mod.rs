@@ -274,62 +274,12 @@ impl Hub {
     /// team and the connection counts. `ts` is the publish time (unix µs);
     /// the ticker calls this for each team at its slot of the tick.
     pub fn publish_metrics(&self, team: TeamId, ts: i64) {
-        let total = self.session_count();
-        let name = &self.shared.topics[team].name;
-        let m = &self.shared.metrics;
-        let span = publish_span(name, Stream::Metrics);
+        let span = publish_span(&self.shared.topics[team].name, Stream::Metrics);
         let _entered = span.enter();
-        let trace_id = crate::telemetry::trace_id_of(&span);
-        let mut st = self.lock(team);
-        let seq = st.metrics_seq + 1;
-        let serialize = Instant::now();
-        let mut frame = None;
-        let gone = self.shared.broker.with_hosts(
-            team,
-            self.shared.settings.host_stale_after,
-            &mut |hosts| {
-                frame = Some(to_frame(&DataFrame {
-                    kind: Stream::Metrics.frame_type(),
-                    team: name,
-                    epoch: self.epoch_of(team),
-                    seq,
-                    ts,
-                    trace_id: trace_id.as_deref(),
-                    data: &MetricsData {
-                        hosts,
-                        connections: ConnectionCounts {
-                            team: st.subscribers.len(),
-                            total,
-                        },
-                    },
-                }))
-            },
-        );
-        let frame = frame.unwrap_or_default();
-        let serialize_us = micros_since(serialize);
-        st.metrics_seq = seq;
-        st.latest_metrics = Some(Stored {
-            seq,
-            ts,
-            frame: frame.clone(),
-        });
-        let targets = st.metrics_targets();
-        let mut subscribers = st.subscribers.len();
-        drop(st);
-        for (host, h) in gone {
-            m.forget_host(name, &host, &h.mounts, &h.ifaces);
-        }
-        // The fan-out, outside the lock: every subscriber shares `frame`.
+        let (delivery, targets, mut subscribers) = self.metrics_frame(team, ts, &span);
+        // The fan-out, outside the lock: every subscriber shares the frame.
+        let m = &self.shared.metrics;
         let fanout_started = Instant::now();
-        span.record("messaging.message.body.size", frame.len() as u64);
-        let delivery = Delivery {
-            team,
-            stream: Stream::Metrics,
-            seq,
-            ts,
-            frame,
-            replay: false,
-        };
         let n = fan_out_metrics(
             &targets,
             &delivery,
@@ -348,8 +298,7 @@ impl Hub {
         span.record("opswire.fanout", n.fanout);
         span.record("opswire.conflated", n.conflated);
         span.record("opswire.written", n.written);
-        span.record("opswire.seq", seq);
-        span.record("opswire.serialize_us", serialize_us);
+        let name = &self.shared.topics[team].name;
         m.active_connections
             .with_label_values(&[name])
             .set(subscribers as i64);
@@ -366,6 +315,72 @@ impl Hub {
                 .with_label_values(&["metrics", "conflated"])
                 .inc_by(n.conflated);
         }
+    }
+
+    /// Under the team's lock: the team's next metrics frame (its fresh
+    /// hosts; stale ones leave, with their series), the fan-out's snapshot
+    /// of its subscribers, and how many there are.
+    fn metrics_frame(
+        &self,
+        team: TeamId,
+        ts: i64,
+        span: &tracing::Span,
+    ) -> (Delivery, Arc<Vec<Arc<Mailbox>>>, usize) {
+        let total = self.session_count();
+        let name = &self.shared.topics[team].name;
+        let trace_id = crate::telemetry::trace_id_of(span);
+        let mut st = self.lock(team);
+        let seq = st.metrics_seq + 1;
+        let serialize = Instant::now();
+        let mut frame = None;
+        let stale_after = self.shared.settings.host_stale_after;
+        let gone = self
+            .shared
+            .broker
+            .with_hosts(team, stale_after, &mut |hosts| {
+                frame = Some(to_frame(&DataFrame {
+                    kind: Stream::Metrics.frame_type(),
+                    team: name,
+                    epoch: self.epoch_of(team),
+                    seq,
+                    ts,
+                    trace_id: trace_id.as_deref(),
+                    data: &MetricsData {
+                        hosts,
+                        connections: ConnectionCounts {
+                            team: st.subscribers.len(),
+                            total,
+                        },
+                    },
+                }))
+            });
+        let frame = frame.unwrap_or_default();
+        span.record("opswire.serialize_us", micros_since(serialize));
+        span.record("opswire.seq", seq);
+        span.record("messaging.message.body.size", frame.len() as u64);
+        st.metrics_seq = seq;
+        st.latest_metrics = Some(Stored {
+            seq,
+            ts,
+            frame: frame.clone(),
+        });
+        let targets = st.metrics_targets();
+        let subscribers = st.subscribers.len();
+        drop(st);
+        for (host, h) in gone {
+            self.shared
+                .metrics
+                .forget_host(name, &host, &h.mounts, &h.ifaces);
+        }
+        let delivery = Delivery {
+            team,
+            stream: Stream::Metrics,
+            seq,
+            ts,
+            frame,
+            replay: false,
+        };
+        (delivery, targets, subscribers)
     }
 
     /// Appends the next frame of a log or alert stream to the broker

@@ -19,7 +19,6 @@ use prost::Message;
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::hub::TeamId;
 use crate::ingest::{ingest_principal, read_body, target_team, Refusal};
 use crate::protocol::{ErrorCode, Level, LogRecord};
 use crate::time::now_micros;
@@ -152,101 +151,35 @@ pub async fn otlp(
         Ok(b) => b,
         Err(r) => return r.respond(&state, "otlp"),
     };
-    let request: ExportLogsServiceRequest = if json {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => return Refusal::bad(format!("OTLP JSON: {e}")).respond(&state, "otlp"),
-        }
+    let decoded = if json {
+        serde_json::from_slice(&body).map_err(|e| format!("OTLP JSON: {e}"))
     } else {
-        match ExportLogsServiceRequest::decode(body.as_ref()) {
-            Ok(r) => r,
-            Err(e) => return Refusal::bad(format!("OTLP protobuf: {e}")).respond(&state, "otlp"),
-        }
+        ExportLogsServiceRequest::decode(body.as_ref()).map_err(|e| format!("OTLP protobuf: {e}"))
     };
-    let attr = &state.config.ingest.otlp_team_attribute;
-    let max_line = state.config.ingest.max_line_bytes;
+    let request: ExportLogsServiceRequest = match decoded {
+        Ok(r) => r,
+        Err(msg) => return Refusal::bad(msg).respond(&state, "otlp"),
+    };
+    let mut outcome = OtlpOutcome::default();
     let ts = now_micros();
-    let mut accepted = 0u64;
-    let mut rejected = 0i64;
-    let mut first_error = String::new();
     for rl in &request.resource_logs {
-        let resource = rl
-            .resource
-            .as_ref()
-            .map(|r| r.attributes.as_slice())
-            .unwrap_or_default();
-        let wanted = string_attr(resource, attr);
-        let team: Result<TeamId, Refusal> = target_team(&state, &principal, wanted.as_deref());
-        let service = string_attr(resource, "service.name").unwrap_or_default();
-        let host = string_attr(resource, "host.name").unwrap_or_default();
-        for sl in &rl.scope_logs {
-            for lr in &sl.log_records {
-                let team = match &team {
-                    Ok(t) => *t,
-                    Err(r) => {
-                        rejected += 1;
-                        if first_error.is_empty() {
-                            first_error = r.message.clone();
-                        }
-                        continue;
-                    }
-                };
-                let mut message = lr.body.as_ref().map(any_to_string).unwrap_or_default();
-                if message.len() > max_line {
-                    let mut cut = max_line;
-                    while !message.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    message.truncate(cut);
-                }
-                let source = if service.is_empty() {
-                    sl.scope
-                        .as_ref()
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default()
-                } else {
-                    service.clone()
-                };
-                let fields = lr
-                    .attributes
-                    .iter()
-                    .filter_map(|kv| Some((kv.key.clone(), any_to_json(kv.value.as_ref()?))))
-                    .collect();
-                let time_ns = if lr.time_unix_nano > 0 {
-                    lr.time_unix_nano
-                } else {
-                    lr.observed_time_unix_nano
-                };
-                let record = LogRecord {
-                    level: level_of(lr.severity_number, &lr.severity_text),
-                    source,
-                    host: host.clone(),
-                    message,
-                    fields,
-                    trace_id: (lr.trace_id.len() == 16 && lr.trace_id.iter().any(|b| *b != 0))
-                        .then(|| hex(&lr.trace_id)),
-                    time: (time_ns > 0).then_some((time_ns / 1000) as i64),
-                };
-                if let Err(e) = state.hub.publish_log(team, &record, ts) {
-                    return Refusal::unavailable(e).respond(&state, "otlp");
-                }
-                accepted += 1;
-            }
+        if let Err(r) = publish_resource(&state, &principal, rl, ts, &mut outcome) {
+            return r.respond(&state, "otlp");
         }
     }
     let m = &state.metrics;
     m.ingest_total
         .with_label_values(&["otlp", "logs"])
-        .inc_by(accepted);
-    if rejected > 0 {
+        .inc_by(outcome.accepted);
+    if outcome.rejected > 0 {
         m.ingest_rejected
             .with_label_values(&["otlp", "forbidden"])
-            .inc_by(rejected as u64);
+            .inc_by(outcome.rejected as u64);
     }
     let response = ExportLogsServiceResponse {
-        partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
-            rejected_log_records: rejected,
-            error_message: first_error,
+        partial_success: (outcome.rejected > 0).then_some(ExportLogsPartialSuccess {
+            rejected_log_records: outcome.rejected,
+            error_message: outcome.first_error,
         }),
     };
     if json {
@@ -255,6 +188,99 @@ pub async fn otlp(
         HttpResponse::Ok()
             .content_type("application/x-protobuf")
             .body(response.encode_to_vec())
+    }
+}
+
+/// What an OTLP request did: records published, records refused (their
+/// team is not the token's), and the first refusal's reason.
+#[derive(Default)]
+struct OtlpOutcome {
+    accepted: u64,
+    rejected: i64,
+    first_error: String,
+}
+
+/// Publishes the records of one resource to its team (the resource's
+/// team attribute, else the token's only team); a team the token may not
+/// write refuses them through OTLP's partial success. Err: the hub could
+/// not take them (503, the Collector retries).
+fn publish_resource(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    rl: &opentelemetry_proto::tonic::logs::v1::ResourceLogs,
+    ts: i64,
+    out: &mut OtlpOutcome,
+) -> Result<(), Refusal> {
+    let resource = rl
+        .resource
+        .as_ref()
+        .map(|r| r.attributes.as_slice())
+        .unwrap_or_default();
+    let attr = &state.config.ingest.otlp_team_attribute;
+    let wanted = string_attr(resource, attr);
+    let team = target_team(state, principal, wanted.as_deref());
+    let service = string_attr(resource, "service.name").unwrap_or_default();
+    let host = string_attr(resource, "host.name").unwrap_or_default();
+    for sl in &rl.scope_logs {
+        let scope = sl.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+        let source = if service.is_empty() { scope } else { &service };
+        for lr in &sl.log_records {
+            let team = match &team {
+                Ok(t) => *t,
+                Err(r) => {
+                    out.rejected += 1;
+                    if out.first_error.is_empty() {
+                        out.first_error = r.message.clone();
+                    }
+                    continue;
+                }
+            };
+            let record = record_of(lr, source, &host, state.config.ingest.max_line_bytes);
+            state
+                .hub
+                .publish_log(team, &record, ts)
+                .map_err(Refusal::unavailable)?;
+            out.accepted += 1;
+        }
+    }
+    Ok(())
+}
+
+/// An OTLP log record as opswire's: the message cut at `max_line` bytes
+/// (on a character boundary), attributes as fields, the trace id if any.
+fn record_of(
+    lr: &opentelemetry_proto::tonic::logs::v1::LogRecord,
+    source: &str,
+    host: &str,
+    max_line: usize,
+) -> LogRecord {
+    let mut message = lr.body.as_ref().map(any_to_string).unwrap_or_default();
+    if message.len() > max_line {
+        let mut cut = max_line;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    let fields = lr
+        .attributes
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), any_to_json(kv.value.as_ref()?))))
+        .collect();
+    let time_ns = if lr.time_unix_nano > 0 {
+        lr.time_unix_nano
+    } else {
+        lr.observed_time_unix_nano
+    };
+    LogRecord {
+        level: level_of(lr.severity_number, &lr.severity_text),
+        source: source.to_owned(),
+        host: host.to_owned(),
+        message,
+        fields,
+        trace_id: (lr.trace_id.len() == 16 && lr.trace_id.iter().any(|b| *b != 0))
+            .then(|| hex(&lr.trace_id)),
+        time: (time_ns > 0).then_some((time_ns / 1000) as i64),
     }
 }
 

@@ -81,21 +81,7 @@ pub async fn handler(
         Ok(g) => g,
         Err(r) => return refuse(r, "rejected_limit"),
     };
-    handshake.record(
-        "opswire.auth",
-        match (&principal, header_auth) {
-            (Some(_), true) => "header",
-            (Some(_), false) => "anonymous",
-            (None, _) => "first_frame",
-        },
-    );
-    if let Some(p) = &principal {
-        handshake.record("opswire.sub", p.sub.as_str());
-        handshake.record(
-            "opswire.teams",
-            p.visible_teams(state.hub.team_names()).join(","),
-        );
-    }
+    record_principal(&handshake, &state, principal.as_ref(), header_auth);
     let origin_ok = origin_allowed(&req, &state.config.websocket.allowed_origins);
     let user_agent = req
         .headers()
@@ -103,28 +89,13 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let mut response = match actix_http::ws::handshake(req.head()) {
+    let mut response = match upgrade_response(&req) {
         Ok(r) => r,
-        Err(e) => {
-            handshake.record("opswire.result", "rejected_handshake");
-            return Ok(http_error(
-                ErrorCode::BadRequest,
-                format!("websocket handshake: {e}"),
-            ));
+        Err((result, message)) => {
+            handshake.record("opswire.result", result);
+            return Ok(http_error(ErrorCode::BadRequest, message));
         }
     };
-    if req.extensions().get::<upgrade::UpgradePath>().is_none() {
-        // Valid for `ws::handshake`, yet not an upgrade to HTTP/1's parser
-        // (say `Upgrade: websocket, foo`): no socket to take over.
-        handshake.record("opswire.result", "rejected_upgrade");
-        return Ok(http_error(
-            ErrorCode::BadRequest,
-            "a WebSocket upgrade needs `Connection: Upgrade` and `Upgrade: websocket`",
-        ));
-    }
-    if offers_subprotocol(&req) {
-        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
-    }
     let outcome = if origin_ok {
         "accepted"
     } else {
@@ -156,6 +127,52 @@ impl Accepted {
     pub async fn run(self, io: TcpStream, buffered: BytesMut) {
         self.conn.run(io, buffered, self.origin_ok).await
     }
+}
+
+/// The handshake span's record of who connects: how (header, anonymous,
+/// or an `auth` op to come), as whom, with which teams.
+fn record_principal(
+    span: &tracing::Span,
+    state: &AppState,
+    principal: Option<&crate::auth::Principal>,
+    header_auth: bool,
+) {
+    span.record(
+        "opswire.auth",
+        match (principal, header_auth) {
+            (Some(_), true) => "header",
+            (Some(_), false) => "anonymous",
+            (None, _) => "first_frame",
+        },
+    );
+    if let Some(p) = principal {
+        span.record("opswire.sub", p.sub.as_str());
+        span.record(
+            "opswire.teams",
+            p.visible_teams(state.hub.team_names()).join(","),
+        );
+    }
+}
+
+/// The `101` for a proper WebSocket upgrade (with opswire's subprotocol
+/// when offered), or what was wrong: the span's result and the message.
+fn upgrade_response(
+    req: &HttpRequest,
+) -> Result<actix_http::ResponseBuilder, (&'static str, String)> {
+    let mut response = actix_http::ws::handshake(req.head())
+        .map_err(|e| ("rejected_handshake", format!("websocket handshake: {e}")))?;
+    if req.extensions().get::<upgrade::UpgradePath>().is_none() {
+        // Valid for `ws::handshake`, yet not an upgrade to HTTP/1's parser
+        // (say `Upgrade: websocket, foo`): no socket to take over.
+        return Err((
+            "rejected_upgrade",
+            "a WebSocket upgrade needs `Connection: Upgrade` and `Upgrade: websocket`".into(),
+        ));
+    }
+    if offers_subprotocol(req) {
+        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
+    }
+    Ok(response)
 }
 
 /// Whether the client offered opswire's subprotocol (then it is echoed).

@@ -1,0 +1,228 @@
+//! Unit tests of loading, validating and locating configuration errors.
+
+use super::*;
+
+#[test]
+fn defaults_are_valid_and_dev_mode() {
+    let mut c = Config::default();
+    c.validate().unwrap();
+    assert!(c.dev_mode());
+    assert_eq!(c.teams[0].name, DEFAULT_TEAM);
+    assert!(c.max_connections() > 0);
+}
+
+#[test]
+fn public_bind_without_key_is_refused_unless_insecure() {
+    let mut c = Config {
+        bind: "0.0.0.0:8080".parse().unwrap(),
+        ..Config::default()
+    };
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.starts_with("bind:"), "{e}");
+    c.insecure = true;
+    c.validate().unwrap();
+}
+
+#[test]
+fn bad_values_name_the_field() {
+    let mut c = Config::default();
+    c.limits.queue_len = 0;
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("limits.queue_len"));
+    let mut c = Config::default();
+    c.auth.jwt_secret = Some("short".into());
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("auth.jwt_secret"));
+    let mut c = Config {
+        teams: vec![TeamConfig {
+            name: "Bad Name".into(),
+            hosts: vec![],
+        }],
+        ..Config::default()
+    };
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("teams[0].name"));
+    let mut c = Config::default();
+    c.limits.max_connections = Some(10_000_000);
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("limits.max_connections"));
+}
+
+/// Tests that set `OPSWIRE_*` variables hold this lock: `Config::load`
+/// reads the whole process environment.
+static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn load_toml(toml: &str) -> (tempfile::TempDir, PathBuf, Result<Config, ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("opswire.toml");
+    std::fs::write(&path, toml).unwrap();
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = Config::load(Some(&path));
+    (dir, path, r)
+}
+
+fn load_env(name: &str, value: &str) -> Result<Config, ConfigError> {
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var(name, value);
+    let r = Config::load(None);
+    std::env::remove_var(name);
+    r
+}
+
+#[test]
+fn a_typo_in_the_file_names_the_setting_and_its_line() {
+    let (_dir, path, r) = load_toml("[sampler]\ntick_ms = 1000\nteem = \"x\"\n");
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}:3:1: sampler.teem: unknown field `teem`",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("default."), "no figment profile: {e}");
+
+    let (_dir, path, r) = load_toml("[[teams]]\nname = \"a\"\n\n[limits]\nqueue_len = \"ten\"\n");
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}:5:13: limits.queue_len: invalid type",
+            path.display()
+        )),
+        "{e}"
+    );
+
+    let (_dir, path, r) =
+        load_toml("[[teams]]\nname = \"a\"\n[[teams]]\nname = \"b\"\nhostz = []\n");
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}:5:1: teams[1].hostz: unknown field `hostz`",
+            path.display()
+        )),
+        "{e}"
+    );
+
+    // A syntax error: the toml crate's lines, on one line, with the position.
+    let (_dir, path, r) = load_toml("[limits\nqueue_len = 1\n");
+    let e = r.unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}:1:8: ", path.display())), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+
+    // A file that fits loads as before.
+    let (_dir, _path, r) = load_toml("[limits]\nqueue_len = 7\n[log]\nformat = \"json\"\n");
+    let c = r.unwrap();
+    assert_eq!(c.limits.queue_len, 7);
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn an_environment_error_names_the_variable() {
+    let e = load_env("OPSWIRE_LIMITS__QUEUE_LEN", "ten")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("OPSWIRE_LIMITS__QUEUE_LEN: limits.queue_len: invalid type"),
+        "{e}"
+    );
+    assert!(!e.contains("LIMITS.QUEUE_LEN"), "{e}");
+
+    let c = load_env("OPSWIRE_LIMITS__QUEUE_LEN", "7").unwrap();
+    assert_eq!(c.limits.queue_len, 7);
+
+    // A value `validate` refuses: `locate` names the variable that set it.
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("OPSWIRE_LIMITS__QUEUE_LEN", "0");
+    let mut c = Config::load(None).unwrap();
+    let e = c.validate().unwrap_err().locate(None).to_string();
+    std::env::remove_var("OPSWIRE_LIMITS__QUEUE_LEN");
+    assert!(
+        e.starts_with("OPSWIRE_LIMITS__QUEUE_LEN: limits.queue_len: must be at least 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn expected_names_have_one_level_of_backticks() {
+    for (name, value, want) in [
+        (
+            "OPSWIRE_LOG__FORMAT",
+            "yaml",
+            "OPSWIRE_LOG__FORMAT: log.format: unknown variant `yaml`, expected `text` or `json`",
+        ),
+        (
+            "OPSWIRE_SAMPLER__TEEM",
+            "x",
+            "OPSWIRE_SAMPLER__TEEM: sampler.teem: unknown field `teem`, expected one of `enabled`, `tick_ms`, ",
+        ),
+    ] {
+        let e = load_env(name, value).unwrap_err().to_string();
+        assert!(e.starts_with(want), "{e}");
+        assert!(!e.contains("``") && !e.contains("`one of"), "{e}");
+    }
+    let (_dir, _path, r) = load_toml("[log]\nformat = \"yaml\"\n");
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.ends_with("log.format: unknown variant `yaml`, expected `text` or `json`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_refused_value_is_located_in_the_file() {
+    let toml = "[[teams]]\nname = \"a\"\n[[teams]]\nname = \"Bad\"\nhosts = [\"x\", \"[\"]\n";
+    let (_dir, path, r) = load_toml(toml);
+    let mut c = r.unwrap();
+    let e = c.validate().unwrap_err().locate(Some(&path)).to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}:4:1: teams[1].name: `Bad` is not",
+            path.display()
+        )),
+        "{e}"
+    );
+    // Fixed: the bad glob of `hosts[1]` is found at its key, `hosts`.
+    let (_dir, path, r) = load_toml(&toml.replace("Bad", "b"));
+    let mut c = r.unwrap();
+    let e = c.validate().unwrap_err().locate(Some(&path)).to_string();
+    assert!(
+        e.starts_with(&format!("{}:5:1: teams[1].hosts[1]: ", path.display())),
+        "{e}"
+    );
+    // Not set anywhere (a default): as it was.
+    let e = invalid("history.logs", "must be at least 1").locate(Some(&path));
+    assert_eq!(e.to_string(), "history.logs: must be at least 1");
+}
+
+#[test]
+fn host_globs_pick_the_team() {
+    let mut c = Config {
+        teams: vec![
+            TeamConfig {
+                name: "payments".into(),
+                hosts: vec!["pay-*".into()],
+            },
+            TeamConfig {
+                name: "search".into(),
+                hosts: vec!["search-?".into()],
+            },
+        ],
+        ..Config::default()
+    };
+    c.validate().unwrap();
+    assert_eq!(c.team_for_host("pay-1"), "payments");
+    assert_eq!(c.team_for_host("search-2"), "search");
+    assert_eq!(c.team_for_host("other"), "payments");
+}
