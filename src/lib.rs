@@ -6,21 +6,32 @@
 //!
 //! # Layout
 //!
-//! * [`config`] — typed configuration: file, environment, flags; validated once.
-//! * [`auth`] — JWT verification, teams and scopes, dev mode.
-//! * [`budget`] — rate budgets of inbound frames, per connection and per token subject.
-//! * [`sampler`] — `sysinfo` → [`protocol::HostSnapshot`], off the async runtime.
-//! * [`hub`] — topics per team and stream: seq/epoch, history, fan-out.
-//! * [`transport`] — WebSocket (`/ws`) and SSE (`/sse`) sessions over the hub.
-//! * [`http`] — routes: health, readiness, metrics, team API.
-//! * [`ingest`] — sources over HTTP: Alertmanager webhook, log ingest (JSON, OTLP).
-//! * [`agent`] — `opswire agent`: samples and tails on another host, publishes to a hub.
-//! * [`metrics`] — the Prometheus registry.
-//! * [`faults`] — what the HTTP stack logs about clients: counted, one rate-limited WARN.
-//! * [`startup`] — [`startup::Application`]: build, run, shut down.
+//! From the bottom up; no module imports one above it (the whole map, with
+//! who owns which behaviour of the protocol, is `docs/architecture.md`).
+//!
+//! * Foundations: [`protocol`] (wire types, error and close codes),
+//!   [`config`] (typed settings, validated once), [`auth`] (JWT, teams,
+//!   scopes, dev mode), [`budget`] (rate budgets per connection and per
+//!   token subject), [`metrics`] (the Prometheus registry), [`telemetry`]
+//!   (tracing and OTLP export), [`faults`] (client faults, counted),
+//!   [`signal`], [`time`].
+//! * [`hub`]: teams' streams over a broker seam ([`hub::broker`]: seq,
+//!   history, hosts; [`hub::memory`] is the embedded one), alert state,
+//!   subscribers and fan-out into bounded mailboxes.
+//! * Shared state: [`app`] ([`app::AppState`], connection slots),
+//!   [`request`] (principal, origin, error answers), [`alertmanager`] (its
+//!   API, for silences), [`sampler`] (this host, and the metrics ticker).
+//! * [`session`]: a client connection, whatever carries it: admission,
+//!   welcome, team checks, every op, budgets.
+//! * [`transport`] (the WebSocket socket loop, SSE's events) and
+//!   [`ingest`] (Alertmanager's webhook, JSON and OTLP log ingest).
+//! * [`http`] (routes and middleware), [`web`] (the bundled dashboard).
+//! * [`startup`] (wiring: [`startup::Application`]) and [`agent`]
+//!   (`opswire agent`, on other hosts).
 //!
 //! The binary (`src/main.rs`) and the integration tests both go through
-//! [`startup::Application`], so the tests run the real server.
+//! [`startup::Application`], so the tests run the real server. The load
+//! generator is a crate of its own (`bench/opswire-bench`).
 
 pub mod agent;
 pub mod alertmanager;

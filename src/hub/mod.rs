@@ -3,7 +3,7 @@
 //!
 //! The hub knows nothing about WebSocket or SSE. A transport opens a
 //! [`SessionHandle`], subscribes it to streams, and drains its
-//! [`Mailbox`]. Each frame is serialized once, and the same [`Frame`] (a
+//! [`Mailbox`]. Each frame is serialized once, and the same `Frame` (a
 //! reference-counted string) is queued for every subscriber. Fan-out never
 //! waits on a subscriber: a full queue makes that subscriber lagged (logs,
 //! alerts) or replaces its older frame (metrics). Each team's lock is a
@@ -15,10 +15,10 @@
 //!   kept for resume and read back, and where host snapshots enter a team;
 //!   [`memory`] is the embedded implementation.
 //! * [`alerts`]: de-duplication and the firing set of a team.
-//! * [`topic`]: what the hub keeps per team behind its lock.
-//! * [`fanout`]: a frame to every subscriber of a stream.
-//! * [`session`]: a session's subscriptions and the replay of a subscribe.
-//! * [`mailbox`]: a subscriber's bounded queue (and its socket).
+//! * `topic`: what the hub keeps per team behind its lock.
+//! * `fanout`: a frame to every subscriber of a stream.
+//! * `session`: a session's subscriptions and the replay of a subscribe.
+//! * `mailbox`: a subscriber's bounded queue (and its socket).
 //!
 //! Metrics frames fan out from the ticker thread **outside** the team's
 //! lock: under it the hub only builds the frame and takes the team's

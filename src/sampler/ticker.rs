@@ -55,7 +55,7 @@ pub struct Ticker {
 
 /// The ticker thread: at each tick's start, sample this host (blocking
 /// /proc reads, kept off the async runtime); then publish each team's
-/// metrics frame at its offset (see [`publish_schedule`]), resolving
+/// metrics frame at its offset (see `publish_schedule`), resolving
 /// alerts whose end has passed on the way.
 pub fn spawn(t: Ticker) -> std::io::Result<std::thread::JoinHandle<()>> {
     let tick = t.tick;

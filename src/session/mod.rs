@@ -5,7 +5,7 @@
 //!   connection limits, the slots kept for clients yet to authenticate).
 //! * [`Session`]: one connection's principal, hub membership and budget;
 //!   the team and scope checks; the `welcome`, `lagged` and error frames.
-//! * [`ops`]: every op (auth and re-auth, subscribe, unsubscribe, ping,
+//! * `ops`: every op (auth and re-auth, subscribe, unsubscribe, ping,
 //!   publish, silence) as a handler that returns an [`Outcome`]: the
 //!   frames to send and, maybe, the close to end with. Handlers never call
 //!   back into a transport and never wait on the network: `silence` runs

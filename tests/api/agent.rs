@@ -3,10 +3,10 @@
 //! hub is down arrive once it is back, and a token cannot publish to a
 //! team it does not name.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,12 +32,7 @@ struct Agent {
 
 impl Agent {
     fn start(hub: SocketAddr, token: &str, args: &[&str]) -> Agent {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opswire"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OPSWIRE_") || k.starts_with("OTEL_") {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = opswire_command();
         cmd.arg("agent")
             .arg("--hub")
             .arg(format!("ws://{hub}"))
@@ -48,14 +43,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("agent starts");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().expect("stderr is piped");
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (stderr, reader) = collect_stderr(&mut child);
         Agent {
             child,
             stderr,
@@ -122,49 +110,17 @@ fn append(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-/// Starts `opswire serve` on `addr` (a port a killed hub just held), the
-/// way `Binary::start` does, retrying briefly while the port is not free.
+/// Starts `opswire serve` on `addr` (a port a killed hub just held),
+/// retrying briefly while the port is not free.
 fn start_hub_at(addr: SocketAddr) -> Binary {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opswire"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OPSWIRE_") || k.starts_with("OTEL_") {
-                cmd.env_remove(k);
-            }
+        if let Some(hub) = Binary::try_start_at(&addr.to_string(), &[]) {
+            return hub;
         }
-        cmd.args(["serve", "--bind", &addr.to_string()])
-            .env("OPSWIRE_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("binary starts");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let out = child.stdout.take().unwrap();
-        let listening = BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l == format!("opswire listening on http://{addr}"));
-        if listening {
-            return Binary {
-                child,
-                addr,
-                stderr,
-            };
-        }
-        // stdout closed without the line: the bind failed.
-        let _ = child.wait();
         assert!(
             std::time::Instant::now() < deadline,
-            "cannot bind {addr} again: {:?}",
-            stderr.lock().unwrap()
+            "cannot bind {addr} again"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

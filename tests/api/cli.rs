@@ -11,21 +11,14 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_opswire");
-
-/// `opswire ARGS` with no `OPSWIRE_*` variable of the test's environment
-/// and quiet logs; the child is killed if the test drops it.
+/// `opswire ARGS` (see [`opswire_command`]) with quiet logs, as a tokio
+/// command: the child is killed if the test drops it.
 fn opswire(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::from(opswire_command());
     cmd.args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("OPSWIRE_") {
-            cmd.env_remove(name);
-        }
-    }
     cmd
 }
 

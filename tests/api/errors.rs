@@ -308,3 +308,16 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
     assert!(welcome.contains("\"id\":7"), "{welcome}");
 }
+
+/// "No frame arrived" must mean the connection is open and quiet: waiting
+/// on a connection that has ended fails instead of passing.
+#[tokio::test]
+#[should_panic(expected = "the connection ended while waiting for a frame")]
+async fn a_quiet_wait_on_a_closed_connection_fails() {
+    let app = spawn_app_with(|c| c.limits.max_frame_bytes = 4096);
+    let (mut c, _) = app.ws_auth(&token(&["alpha"])).await;
+    c.send_text(&"x".repeat(10_000)).await;
+    let (closed, _) = c.expect_close().await;
+    assert_eq!(closed.code, 1009);
+    c.try_next_frame(Duration::from_millis(200)).await;
+}

@@ -247,20 +247,23 @@ impl WsClient {
             .expect("a frame within the wait")
     }
 
-    /// The next text frame, or None if none comes within `wait` (or the
-    /// connection closes).
+    /// The next text frame, or None if none comes within `wait`. A closed
+    /// or failed connection panics: "no frame arrived" must mean the
+    /// connection is open and quiet, not gone.
     pub async fn try_next_frame(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.inner.next())
-                .await
-                .ok()??;
+            let msg = match tokio::time::timeout_at(deadline, self.inner.next()).await {
+                Err(_) => return None,
+                Ok(None) => panic!("the connection ended while waiting for a frame"),
+                Ok(Some(msg)) => msg,
+            };
             match msg {
                 Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("JSON frame")),
                 Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
                 Ok(Message::Close(c)) => panic!("unexpected close: {c:?}"),
                 Ok(other) => panic!("unexpected message {other:?}"),
-                Err(e) => panic!("websocket error: {e}"),
+                Err(e) => panic!("the connection ended while waiting for a frame: {e}"),
             }
         }
     }
@@ -339,52 +342,78 @@ pub struct Binary {
     pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// `opswire` with none of this process's `OPSWIRE_*` and `OTEL_*`
+/// variables: the one way the tests start the binary.
+pub fn opswire_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_opswire"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OPSWIRE_") || k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Collects a child's stderr lines on a thread of their own; the thread
+/// ends when the pipe does.
+pub fn collect_stderr(
+    child: &mut std::process::Child,
+) -> (
+    Arc<std::sync::Mutex<Vec<String>>>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::{BufRead, BufReader};
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let err = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (lines, reader)
+}
+
 impl Binary {
     /// Starts `opswire serve --bind 127.0.0.1:0` with `envs` (and the test
     /// secret), and waits for its listening line.
     pub fn start(envs: &[(&str, &str)]) -> Binary {
+        Binary::try_start_at("127.0.0.1:0", envs).expect("binary starts and listens")
+    }
+
+    /// Starts `opswire serve --bind <bind>` with `envs` (and the test
+    /// secret); None when it exits without listening (the bind failed).
+    pub fn try_start_at(bind: &str, envs: &[(&str, &str)]) -> Option<Binary> {
         use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opswire"));
-        cmd.args(["serve", "--bind", "127.0.0.1:0"])
+        use std::process::Stdio;
+        let mut cmd = opswire_command();
+        cmd.args(["serve", "--bind", bind])
             .env("OPSWIRE_JWT_SECRET", SECRET)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OPSWIRE_") || k.starts_with("OTEL_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("OPSWIRE_JWT_SECRET", SECRET);
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("binary starts");
-        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (stderr, _) = collect_stderr(&mut child);
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
-        let addr = lines
-            .find_map(|l| {
-                l.ok()?
-                    .strip_prefix("opswire listening on http://")
-                    .map(str::to_owned)
-            })
-            .expect("listening line")
-            .parse()
-            .unwrap();
-        Binary {
+        let addr = lines.find_map(|l| {
+            l.ok()?
+                .strip_prefix("opswire listening on http://")
+                .map(str::to_owned)
+        });
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        Some(Binary {
             child,
-            addr,
+            addr: addr.parse().unwrap(),
             stderr,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -425,6 +454,11 @@ impl Binary {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child with a valid signal.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit()
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {

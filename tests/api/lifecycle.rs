@@ -2,8 +2,6 @@
 //! shutdown (SIGTERM in the real binary, or the shutdown token) closes
 //! every client with 1012.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -104,41 +102,10 @@ async fn shutdown_closes_every_client_with_1012() {
     app.stop();
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn sigterm_sends_1012_and_the_process_exits() {
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_opswire"))
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .env("OPSWIRE_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .env_remove("OPSWIRE_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts"),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines
-            .find_map(|l| {
-                l.ok()?
-                    .strip_prefix("opswire listening on http://")
-                    .map(str::to_owned)
-            })
-            .expect("listening line")
-    })
-    .await
-    .unwrap();
+    let mut bin = Binary::start(&[("RUST_LOG", "warn")]);
+    let line = bin.addr;
     let url = format!("ws://{line}/ws");
     let mut req =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
@@ -154,17 +121,15 @@ async fn sigterm_sends_1012_and_the_process_exits() {
     assert_eq!(c.next_of_type("metrics").await["team"], "default");
 
     // SAFETY: kill(2) with a pid we own and a valid signal number.
-    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(bin.child.id() as i32, libc::SIGTERM) },
+        0
+    );
     let (closed, _) = c.expect_close().await;
     assert_eq!(closed.code, 1012);
     assert!(closed.reason.contains("shutting down"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = tokio::task::spawn_blocking(move || bin.wait_exit())
+        .await
+        .unwrap();
     assert!(status.success(), "{status}");
 }

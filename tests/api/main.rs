@@ -15,6 +15,7 @@ mod lifecycle;
 mod prom_metrics;
 mod raw;
 mod resume;
+mod session;
 mod slow_consumer;
 mod sources;
 mod sse;

@@ -445,7 +445,7 @@ impl Mailbox {
     }
 
     /// Queues a frame of the session's own (a reply, an error, a ping, a
-    /// close). `Full` when [`CONTROL_CAP`] of them wait for the writer (the
+    /// close). `Full` when `CONTROL_CAP` of them wait for the writer (the
     /// session then awaits [`Mailbox::drained`]), `Closed` when the writer
     /// is gone.
     pub fn push_control(&self, c: Control) -> Push {
@@ -464,7 +464,7 @@ impl Mailbox {
     }
 
     /// Queues a reply that was answered later, from a task of its own (a
-    /// `silence`): past [`CONTROL_CAP`] too (the session bounds how many
+    /// `silence`): past `CONTROL_CAP` too (the session bounds how many
     /// there can be), and without ending a [`Mailbox::hold`]. False when
     /// the connection is gone.
     pub fn push_late(&self, c: Control) -> bool {

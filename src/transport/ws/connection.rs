@@ -1,7 +1,7 @@
 //! One WebSocket connection on its socket: the reader and the writer
 //! polled together, and the session loop between them.
 //!
-//! The writer ([`Outbound`]) writes what the session's mailbox queues. The
+//! The writer (`Outbound`) writes what the session's mailbox queues. The
 //! session reads ([`Inbound`]) and is a single `select!` over: shutdown,
 //! the auth deadline, the token's expiry, the heartbeat and the client's
 //! next frame, which it hands to the [`Session`]; it queues what the
