@@ -88,8 +88,9 @@ pub enum Verdict {
 /// One connection's budget: a bucket per scope, and the strikes.
 pub struct ConnectionBudget {
     read: DefaultDirectRateLimiter,
-    /// Made the first time the connection holds an ingest token.
-    ingest: Option<DefaultDirectRateLimiter>,
+    /// Made the first time the connection holds an ingest token (boxed:
+    /// most connections never do, and an idle one should stay small).
+    ingest: Option<Box<DefaultDirectRateLimiter>>,
     ingest_quota: Quota,
     max_violations: u32,
     strikes: u32,
@@ -120,7 +121,7 @@ impl ConnectionBudget {
             Scope::Read => &self.read,
             Scope::Ingest => self
                 .ingest
-                .get_or_insert_with(|| RateLimiter::direct(quota)),
+                .get_or_insert_with(|| Box::new(RateLimiter::direct(quota))),
         };
         let allowed =
             bucket.check().is_ok() && subject.is_none_or(|(budgets, sub)| budgets.take(scope, sub));

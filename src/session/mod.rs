@@ -92,8 +92,9 @@ pub struct Session {
     guard: ConnectionGuard,
     /// The error code of the op being handled, for its span.
     op_error: Option<ErrorCode>,
-    /// `silence` calls to Alertmanager under way (bounded).
-    silences: Arc<std::sync::atomic::AtomicUsize>,
+    /// `silence` calls to Alertmanager under way (bounded); made at the
+    /// first, so an idle connection carries no counter.
+    silences: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Session {

@@ -208,7 +208,7 @@ impl Session {
             );
             return Outcome::reply(self.error(id, ErrorCode::NotFound, &msg));
         };
-        let in_flight = self.silences.clone();
+        let in_flight = self.silences.get_or_insert_with(Default::default).clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_SILENCES_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             let msg = format!(
