@@ -16,7 +16,8 @@
 //!   the subjects active in the last few seconds.
 //!
 //! A frame over budget is refused; more than `limits.max_violations`
-//! refusals within a second end the connection (close 1008).
+//! refusals in a row, each within a second of the one before, end the
+//! connection (close 1008).
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};

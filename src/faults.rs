@@ -1,13 +1,15 @@
-//! What actix-http logs about clients, told as what it is.
+//! What actix-http's HTTP/1 dispatcher logs, told as what it is.
 //!
-//! Its HTTP/1 dispatcher logs a connection that ends in error (a
-//! malformed request head, a body cut short, a peer gone mid-answer) at
-//! ERROR: any client can write those lines, as fast as it can connect.
-//! They are the client's fault, not the server's. So they are taken out
-//! of the log ([`is_client_fault`] filters them off every layer), counted
-//! ([`Counter`], a layer of their own), and reported as one WARN line at
-//! most every [`REPORT_EVERY`] with how many there were and the last one
-//! (`opswire_http_client_errors_total` counts them too).
+//! The dispatcher logs a connection that ends in error (a malformed
+//! request head, a body cut short, a peer gone mid-answer: `stream error:
+//! …`) at ERROR: any client can write those lines, as fast as it can
+//! connect. They are the client's fault, not the server's. So its ERROR
+//! events are taken out of the log ([`is_dispatcher_error`] filters them
+//! off every layer), counted ([`Counter`], a layer of its own), and
+//! reported at most every [`REPORT_EVERY`]: the client's faults as one
+//! WARN line with how many there were and the last one
+//! (`opswire_http_client_errors_total` counts them too), anything else the
+//! dispatcher says (a response body that failed, say) as one ERROR line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -21,27 +23,56 @@ use tracing_subscriber::Layer;
 /// How often the faults are reported at most.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-static COUNT: AtomicU64 = AtomicU64::new(0);
-static LAST: Mutex<String> = Mutex::new(String::new());
-
-/// Whether an event is one of the dispatcher's client faults.
-pub fn is_client_fault(meta: &Metadata<'_>) -> bool {
-    *meta.level() == Level::ERROR && meta.target().starts_with("actix_http::h1")
+/// Errors counted since the last report, and the last one's message.
+struct Tally {
+    count: AtomicU64,
+    last: Mutex<String>,
 }
 
-/// The layer that counts client faults (and keeps the last message).
+impl Tally {
+    const fn new() -> Tally {
+        Tally {
+            count: AtomicU64::new(0),
+            last: Mutex::new(String::new()),
+        }
+    }
+
+    fn add(&self, message: String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last.lock() {
+            *last = message;
+        }
+    }
+
+    fn take(&self) -> Option<(u64, String)> {
+        let n = self.count.swap(0, Ordering::Relaxed);
+        (n > 0).then(|| (n, self.last.lock().map(|l| l.clone()).unwrap_or_default()))
+    }
+}
+
+/// The client's faults (`stream error: …`), and anything else.
+static CLIENT: Tally = Tally::new();
+static SERVER: Tally = Tally::new();
+
+/// Whether an event is an ERROR of actix-http's HTTP/1 dispatcher.
+pub fn is_dispatcher_error(meta: &Metadata<'_>) -> bool {
+    *meta.level() == Level::ERROR && meta.target() == "actix_http::h1::dispatcher"
+}
+
+/// The layer that counts the dispatcher's errors (and keeps the last).
 pub struct Counter;
 
 impl<S: Subscriber> Layer<S> for Counter {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if !is_client_fault(event.metadata()) {
+        if !is_dispatcher_error(event.metadata()) {
             return;
         }
-        COUNT.fetch_add(1, Ordering::Relaxed);
         let mut message = Message(String::new());
         event.record(&mut message);
-        if let Ok(mut last) = LAST.lock() {
-            *last = message.0;
+        if message.0.starts_with("stream error") {
+            CLIENT.add(message.0);
+        } else {
+            SERVER.add(message.0);
         }
     }
 }
@@ -56,16 +87,6 @@ impl Visit for Message {
     }
 }
 
-/// The faults counted since the last call, with the last one's message.
-pub fn take() -> Option<(u64, String)> {
-    let n = COUNT.swap(0, Ordering::Relaxed);
-    if n == 0 {
-        return None;
-    }
-    let last = LAST.lock().map(|l| l.clone()).unwrap_or_default();
-    Some((n, last))
-}
-
 /// Reports the faults every [`REPORT_EVERY`] until `stop` is cancelled.
 pub async fn report(counter: prometheus::IntCounter, stop: tokio_util::sync::CancellationToken) {
     let mut every = tokio::time::interval(REPORT_EVERY);
@@ -75,13 +96,16 @@ pub async fn report(counter: prometheus::IntCounter, stop: tokio_util::sync::Can
             _ = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        if let Some((n, last)) = take() {
+        if let Some((n, last)) = CLIENT.take() {
             counter.inc_by(n);
             tracing::warn!(
                 count = n,
                 last = %last,
                 "HTTP connections ended by the client's fault (malformed request heads, bodies cut short)"
             );
+        }
+        if let Some((n, last)) = SERVER.take() {
+            tracing::error!(count = n, last = %last, "HTTP/1 dispatcher errors");
         }
     }
 }

@@ -55,9 +55,11 @@ struct TokenArgs {
     /// Lifetime, e.g. 1h, 30m, 7d.
     #[arg(long, default_value = "1h")]
     ttl: humantime::Duration,
-    /// Subject (who the token is for).
-    #[arg(long, default_value = "opswire-cli")]
-    sub: String,
+    /// Subject (who the token is for). Every connection of one subject
+    /// shares its op budget (limits.subject_*) [default: `cli-` and 8
+    /// random characters, a subject of its own].
+    #[arg(long)]
+    sub: Option<String>,
     /// `read` (subscribe) or `ingest` (also publish).
     #[arg(long, default_value = "read", value_parser = ["read", "ingest"])]
     scope: String,
@@ -223,7 +225,10 @@ fn token(args: TokenArgs) -> ExitCode {
     };
     let now = now_s();
     let claims = Claims {
-        sub: args.sub,
+        sub: args.sub.unwrap_or_else(|| {
+            let name = opswire::session::session_name();
+            format!("cli-{}", &name[2..10])
+        }),
         teams: args.teams,
         exp: now + Duration::from(args.ttl).as_secs(),
         iat: Some(now),

@@ -314,6 +314,12 @@ impl Metrics {
     }
 
     /// Sets the host gauges from a snapshot of `host` in `team`.
+    /// The delivery lag of a frame put on the wire at `now_us` (unix µs),
+    /// made at `ts`.
+    pub fn observe_delivery(&self, stream: Stream, ts: i64, now_us: i64) {
+        self.delivery_lag[stream as usize].observe((now_us - ts).max(0) as f64 / 1e6);
+    }
+
     pub fn observe_host(&self, team: &str, snap: &HostSnapshot) {
         let l = [team, snap.host.as_str()];
         self.host_cpu

@@ -201,7 +201,10 @@ fn build_server(
             let app = make_app.clone();
             HttpService::build()
                 .on_connect_ext(move |io: &tokio::net::TcpStream, _| {
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
                     let _ = socket2::SockRef::from(io).set_tcp_user_timeout(Some(stalled_after));
+                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                    let _ = (io, stalled_after);
                 })
                 .client_request_timeout(Duration::from_secs(5))
                 .client_disconnect_timeout(Duration::from_secs(1))

@@ -225,9 +225,9 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
         })
         .with_writer(std::io::stderr)
         .with_filter(console_filter)
-        .with_filter(filter_fn(|m| !crate::faults::is_client_fault(m)));
+        .with_filter(filter_fn(|m| !crate::faults::is_dispatcher_error(m)));
     // Counted and reported instead, rate-limited (see `faults`).
-    let faults = crate::faults::Counter.with_filter(filter_fn(crate::faults::is_client_fault));
+    let faults = crate::faults::Counter.with_filter(filter_fn(crate::faults::is_dispatcher_error));
 
     let Some(plan) = export_plan(cfg) else {
         let _ = tracing_subscriber::registry()

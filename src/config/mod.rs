@@ -200,7 +200,8 @@ pub struct LimitsConfig {
     pub subject_ingest_rate: u32,
     /// Token bucket size of one subject, ingest scope.
     pub subject_ingest_burst: u32,
-    /// Frames refused for rate within one second before the connection is closed (1008).
+    /// Frames refused for rate in a row, each within a second of the one
+    /// before, before the connection is closed (1008).
     pub max_violations: u32,
     /// Log/alert frames queued per subscriber before it is `lagged` (4008).
     pub queue_len: usize,

@@ -117,6 +117,11 @@ impl AlertState {
         out
     }
 
+    /// Looks for expired alerts again at `now` (one could not be resolved).
+    pub fn check_again(&mut self, now: i64) {
+        self.next_expiry = Some(self.next_expiry.map_or(now, |n| n.min(now)));
+    }
+
     /// How many fire now.
     pub fn len(&self) -> usize {
         self.firing.len()

@@ -92,10 +92,13 @@ pub struct HostEntry {
 ///   `put_host` fail at once with [`BrokerError::Unavailable`]: never a
 ///   wait without bound, never a queue without bound. Nothing is lost that
 ///   was acknowledged; subscribers keep their connections.
-/// * **Never blocks the caller's runtime**: the hub calls it from async
-///   tasks and from the ticker thread, under a std mutex. A networked
-///   implementation answers from its own connection tasks and bounds the
-///   time a call may wait.
+/// * **Cheap to call under a lock**: the hub calls it synchronously, from
+///   async tasks and from the ticker thread, with the team's std mutex
+///   held. The in-memory broker answers from memory. A networked one must
+///   not put its round trip there: its appends become asynchronous (the
+///   publisher awaits the seq outside the lock, and the frame reaches
+///   subscribers through the node's delivery in seq order), with a bound
+///   on the time and the number of appends in flight.
 pub trait Broker: Send + Sync {
     /// The epoch of `team`'s streams.
     fn epoch(&self, team: TeamId) -> &str;

@@ -481,15 +481,20 @@ impl Hub {
             return;
         }
         let name = &self.shared.topics[team].name;
-        self.shared
-            .metrics
-            .alerts_expired
-            .with_label_values(&[name])
-            .inc_by(expired.len() as u64);
         for mut record in expired {
             record.status = AlertStatus::Resolved;
-            if let Err(e) = self.publish_alert_locked(st, team, &record, now) {
-                tracing::warn!(error = %e, team = %name, "an expired alert could not be resolved");
+            match self.publish_alert_locked(st, team, &record, now) {
+                Ok(_) => self
+                    .shared
+                    .metrics
+                    .alerts_expired
+                    .with_label_values(&[name])
+                    .inc(),
+                Err(e) => {
+                    // Still firing: tried again at the next tick.
+                    st.alerts.check_again(now);
+                    tracing::warn!(error = %e, team = %name, "an expired alert could not be resolved");
+                }
             }
         }
     }

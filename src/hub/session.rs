@@ -33,16 +33,8 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    pub fn id(&self) -> SessionId {
-        self.id
-    }
-
     pub fn mailbox(&self) -> &Arc<Mailbox> {
         &self.mailbox
-    }
-
-    pub fn hub(&self) -> &Hub {
-        &self.hub
     }
 
     /// Teams this session is subscribed to.
@@ -160,12 +152,16 @@ impl SessionHandle {
                 for f in frames {
                     let seq = f.seq;
                     if self.mailbox.push_replay(replayed(team, stream, f), false) != Push::Queued {
-                        // Full: it lags here, and resumes from `known`.
+                        // Full (or lagged on another stream already): it
+                        // lags here, and resumes from `known`; its
+                        // position says so too (an SSE `id:` must not
+                        // claim what never went out).
                         self.mailbox.set_lagged(Lagged {
                             team,
                             stream,
                             last_seq: known,
                         });
+                        out.positions.insert(stream, known);
                         return known;
                     }
                     known = seq;
@@ -179,9 +175,21 @@ impl SessionHandle {
                 }
                 for f in firing.unwrap_or_default() {
                     let seq = f.seq;
-                    if self.mailbox.push_replay(replayed(team, stream, f), true) == Push::Queued {
-                        out.replayed.insert(stream, seq);
+                    if self.mailbox.push_replay(replayed(team, stream, f), true) != Push::Queued {
+                        // The firing set did not fit (several in one
+                        // burst): never a silent loss. It lags, and its
+                        // resume from 0 gets the whole history or, beyond
+                        // it, the firing set again.
+                        self.mailbox.set_lagged(Lagged {
+                            team,
+                            stream,
+                            last_seq: 0,
+                        });
+                        out.positions.insert(stream, 0);
+                        out.replayed.remove(&stream);
+                        return 0;
                     }
+                    out.replayed.insert(stream, seq);
                 }
                 head
             }

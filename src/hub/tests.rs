@@ -340,3 +340,33 @@ fn a_team_holds_a_bounded_number_of_hosts() {
     h.update_host(1, &snap("h3")).unwrap();
     assert_eq!(h.summary(0).hosts, ["h1", "h2"]);
 }
+
+#[test]
+fn firing_sets_that_do_not_fit_lag_from_zero_never_silently() {
+    // Queue of 2: a set of 3 firing alerts (the cap) fits (twice the
+    // queue); a second team's set on top of it does not.
+    let h = hub(2);
+    for i in 0..3 {
+        h.publish_alert(0, &alert(&format!("a{i}"), None), 1)
+            .unwrap();
+        h.publish_alert(1, &alert(&format!("b{i}"), None), 1)
+            .unwrap();
+    }
+    let mut s = h.open_session();
+    let a = s
+        .subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
+        .unwrap();
+    assert_eq!(a.positions[&Stream::Alerts], 3);
+    let b = s
+        .subscribe(1, &[Stream::Alerts], &BTreeMap::new(), None)
+        .unwrap();
+    assert_eq!(
+        b.positions[&Stream::Alerts],
+        0,
+        "not all of the set went out"
+    );
+    let mut out = Vec::new();
+    let lagged = s.mailbox().drain(&mut out).expect("lagged");
+    assert_eq!((lagged.team, lagged.last_seq), (1, 0));
+    assert!(out.iter().filter(|d| d.team == 1).count() < 3);
+}

@@ -71,17 +71,14 @@ pub async fn read_body(
     let timeout = std::time::Duration::from_secs(cfg.body_timeout_s);
     match tokio::time::timeout(timeout, read_limited(payload, cfg.max_body_bytes)).await {
         Ok(body) => decode_body(req, body?, cfg.max_body_bytes),
-        Err(_) => {
-            state.metrics.http_client_errors.inc();
-            Err(Refusal::new(
-                ErrorCode::Timeout,
-                "timeout",
-                format!(
-                    "the body did not arrive within {} s (ingest.body_timeout_s)",
-                    cfg.body_timeout_s
-                ),
-            ))
-        }
+        Err(_) => Err(Refusal::new(
+            ErrorCode::Timeout,
+            "timeout",
+            format!(
+                "the body did not arrive within {} s (ingest.body_timeout_s)",
+                cfg.body_timeout_s
+            ),
+        )),
     }
 }
 

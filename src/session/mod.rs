@@ -92,9 +92,9 @@ pub struct Session {
     guard: ConnectionGuard,
     /// The error code of the op being handled, for its span.
     op_error: Option<ErrorCode>,
-    /// `silence` calls to Alertmanager under way (bounded); made at the
-    /// first, so an idle connection carries no counter.
-    silences: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// `silence` calls to Alertmanager under way: at most a few, aborted
+    /// when the session ends.
+    silences: Vec<tokio::task::AbortHandle>,
 }
 
 impl Session {
@@ -205,12 +205,7 @@ impl Session {
     /// An error frame, counted (and noted for the op's span).
     pub fn error(&mut self, id: Option<i64>, code: ErrorCode, message: &str) -> Frame {
         self.op_error = Some(code);
-        self.state
-            .metrics
-            .errors_total
-            .with_label_values(&[code.as_str()])
-            .inc();
-        self.count_out("error");
+        count_error(&self.state.metrics, code);
         to_frame(&ErrorFrame::new(id, code, message))
     }
 
@@ -226,11 +221,7 @@ impl Session {
     }
 
     fn count_out(&self, kind: &str) {
-        self.state
-            .metrics
-            .messages_total
-            .with_label_values(&["out", kind])
-            .inc();
+        count_out(&self.state.metrics, kind);
     }
 
     fn count_in(&self, op: &str) {
@@ -325,23 +316,22 @@ impl Session {
             "binary frames are not supported: send JSON text frames",
         ))
     }
+}
 
-    /// The `lagged` frame for a subscriber whose queue overflowed.
-    pub fn lagged(&self, l: &Lagged) -> Frame {
-        to_frame(&Reply::Lagged {
-            team: self.state.hub.team_name(l.team),
-            stream: l.stream,
-            last_seq: l.last_seq,
-        })
-    }
+/// The `lagged` frame for a subscriber whose queue overflowed.
+pub fn lagged_frame(state: &AppState, l: &Lagged) -> Frame {
+    to_frame(&Reply::Lagged {
+        team: state.hub.team_name(l.team),
+        stream: l.stream,
+        last_seq: l.last_seq,
+    })
+}
 
-    /// Counts a data frame put on the wire: its delivery lag (not for a
-    /// replay, old by design).
-    pub fn delivered(state: &AppState, d: &Delivery, now_us: i64) {
-        if !d.replay {
-            state.metrics.delivery_lag[d.stream as usize]
-                .observe((now_us - d.ts).max(0) as f64 / 1e6);
-        }
+/// Counts a data frame put on the wire: its delivery lag (not for a
+/// replay, old by design).
+pub fn delivered(state: &AppState, d: &Delivery, now_us: i64) {
+    if !d.replay {
+        state.metrics.observe_delivery(d.stream, d.ts, now_us);
     }
 }
 
@@ -362,6 +352,25 @@ pub fn authorize(
         .hub
         .team_id(team)
         .ok_or_else(|| (ErrorCode::NotFound, format!("unknown team `{team}`")))
+}
+
+/// Counts a frame the server sends of its own (`messages_total{out,…}`).
+fn count_out(m: &crate::metrics::Metrics, kind: &str) {
+    m.messages_total.with_label_values(&["out", kind]).inc();
+}
+
+/// Counts an error frame (`errors_total{code}`, `messages_total{out,error}`).
+fn count_error(m: &crate::metrics::Metrics, code: ErrorCode) {
+    m.errors_total.with_label_values(&[code.as_str()]).inc();
+    count_out(m, "error");
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in &self.silences {
+            task.abort();
+        }
+    }
 }
 
 /// The subject whose budget a principal's ops share (none for anonymous).

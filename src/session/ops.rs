@@ -1,7 +1,6 @@
 //! The ops a client sends (`docs/protocol.md`, "Client → server ops"),
 //! each handled to an [`Outcome`].
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -208,9 +207,8 @@ impl Session {
             );
             return Outcome::reply(self.error(id, ErrorCode::NotFound, &msg));
         };
-        let in_flight = self.silences.get_or_insert_with(Default::default).clone();
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_SILENCES_IN_FLIGHT {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.silences.retain(|t| !t.is_finished());
+        if self.silences.len() >= MAX_SILENCES_IN_FLIGHT {
             let msg = format!(
                 "{MAX_SILENCES_IN_FLIGHT} silences are already waiting for Alertmanager: retry"
             );
@@ -241,19 +239,17 @@ impl Session {
                     tracing::warn!(error = %e, "silence not created");
                     tracing::Span::current().record("opswire.result", "unavailable");
                     let code = ErrorCode::Unavailable;
-                    state
-                        .metrics
-                        .errors_total
-                        .with_label_values(&[code.as_str()])
-                        .inc();
+                    super::count_error(&state.metrics, code);
                     to_frame(&ErrorFrame::new(id, code, e.to_string()))
                 }
             };
-            // A connection that has gone takes nothing: the reply is dropped.
+            super::count_out(&state.metrics, "control");
             mailbox.push_late(Control::Text(frame));
-            in_flight.fetch_sub(1, Ordering::AcqRel);
         };
-        tokio::spawn(task.instrument(span.clone()));
+        // Aborted when the session ends (its `Drop`): a client cannot
+        // leave calls to Alertmanager behind by reconnecting.
+        let handle = tokio::spawn(task.instrument(span.clone()));
+        self.silences.push(handle.abort_handle());
         Outcome::none()
     }
 }

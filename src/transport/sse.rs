@@ -153,7 +153,8 @@ pub async fn handler(
     };
     admission::count(&state, "accepted");
     state.metrics.sse_active.inc();
-    let mut out = SseOut::new(state.hub.epoch().to_owned(), &sub, &wanted.resume);
+    let epoch = state.hub.epoch_of(team_id(&state, &wanted.team)).to_owned();
+    let mut out = SseOut::new(epoch, &sub, &wanted.resume);
     out.retry(3000);
     if let Some(welcome) = session.welcome(None) {
         out.control("welcome", &welcome);
@@ -179,6 +180,11 @@ pub async fn handler(
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(futures_util::stream::unfold(st, SseState::next))
+}
+
+/// The id of a team the session layer has just checked.
+fn team_id(state: &AppState, team: &str) -> crate::hub::TeamId {
+    state.hub.team_id(team).unwrap_or_default()
 }
 
 struct ActiveGauge(prometheus::IntGauge);
@@ -232,10 +238,10 @@ impl SseState {
         let now = crate::time::now_micros();
         for d in self.batch.drain(..) {
             self.out.data(&d);
-            Session::delivered(&self.state, &d, now);
+            session::delivered(&self.state, &d, now);
         }
         if let Some(l) = lagged {
-            let frame = self.session.lagged(&l);
+            let frame = session::lagged_frame(&self.state, &l);
             self.out.control("lagged", &frame);
             self.done = true;
         }

@@ -534,3 +534,42 @@ async fn sse_streams_count_against_the_connection_limit() {
         "{body}"
     );
 }
+
+/// A resume whose replay overflows the queue: what went out carries ids
+/// no further than the last frame sent, then `lagged` says where to resume;
+/// resuming from there gets the rest, so nothing is skipped.
+#[tokio::test]
+async fn a_replay_that_overflows_never_claims_frames_it_did_not_send() {
+    let app = spawn_app_with(|c| {
+        c.limits.queue_len = 4;
+        c.limits.max_firing_alerts = 4;
+    });
+    let e = app.epoch();
+    for i in 1..=10 {
+        app.publish_log("alpha", &format!("m{i}"));
+    }
+    let (mut sse, _) = open_alpha(&app, "logs", &format!("&last_event_id=logs:{e}:0")).await;
+    let mut last_id = None;
+    let lagged = loop {
+        let ev = sse.next_non_metrics().await;
+        match ev.kind() {
+            "log" => {
+                let seq = ev.json()["seq"].as_u64().unwrap();
+                assert_eq!(
+                    ev.id.as_deref(),
+                    Some(&*format!("logs:{e}:{seq}")),
+                    "{ev:?}"
+                );
+                last_id = ev.id.clone();
+            }
+            "lagged" => break ev.json(),
+            other => panic!("{other}: {ev:?}"),
+        }
+    };
+    assert_eq!(lagged["last_seq"], 4, "{lagged}");
+    assert_eq!(last_id.as_deref(), Some(&*format!("logs:{e}:4")));
+    // Resuming from the last id gets 5.. (the next four, then lag again).
+    let (mut sse, sub) = open_alpha(&app, "logs", &format!("&last_event_id=logs:{e}:4")).await;
+    assert_eq!(sub["recovered"], json!({"logs": true}));
+    expect_log(&mut sse, 5).await;
+}

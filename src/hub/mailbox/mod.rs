@@ -10,8 +10,10 @@
 //!
 //! Two kinds of consumer drain it. SSE's session task awaits [`Mailbox::ready`]
 //! and [`Mailbox::drain`]s. A WebSocket's writer polls it
-//! ([`Mailbox::poll_take`]) and queues its own replies with
-//! [`Mailbox::push_control`].
+//! ([`Mailbox::poll_take`]); its session queues replies with
+//! [`Mailbox::push_control_all`] (after waiting, while `CONTROL_CAP` of
+//! them are queued, for [`Mailbox::drained`]), and a reply answered later
+//! by a task of its own with [`Mailbox::push_late`].
 //!
 //! A WebSocket also lends the mailbox its socket (a [`Wire`]). Then a
 //! metrics frame offered while nothing is queued, nothing is being
@@ -221,13 +223,13 @@ impl Inbox {
         }
     }
 
-    /// Whether the fan-out may write to the socket now: nothing queued,
-    /// nothing on its way, nothing being prepared.
     /// Lagged, closing or aborted: it takes no data frame any more.
     fn refuses_data(&self) -> bool {
         self.closed || self.aborted || self.lagged.is_some()
     }
 
+    /// The socket, when the fan-out may write to it now: nothing queued,
+    /// nothing on its way, nothing being prepared.
     fn direct(&self) -> Option<&Arc<dyn Wire>> {
         if self.writing || self.held || self.ended.is_some() || !self.is_empty() {
             return None;
@@ -357,7 +359,9 @@ impl Mailbox {
     /// takes queue slots like any frame (`Full`: the subscriber lags and
     /// resumes from where it got to); the firing alerts (`firing: true`,
     /// at most `limits.max_firing_alerts`, no more than the queue holds)
-    /// are always queued, counted against the queue for what follows.
+    /// may fill the queue up to twice its size, so one subscribe's set
+    /// always fits; past that (several sets in one burst) it is `Full`
+    /// too, and the hub makes the subscriber lag.
     pub fn push_replay(&self, d: Delivery, firing: bool) -> Push {
         let room = if firing {
             self.capacity.saturating_mul(2)
@@ -420,6 +424,7 @@ impl Mailbox {
     pub fn close(&self) {
         let mut inbox = self.lock();
         inbox.closed = true;
+        inbox.held = false;
         inbox.metrics.clear();
         inbox.events.clear();
         // The writer has the socket itself; the fan-out is done with it.

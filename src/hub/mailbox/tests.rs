@@ -198,3 +198,29 @@ fn metrics_go_straight_to_the_wire_only_when_nothing_is_ahead_of_them() {
     );
     assert_eq!(take(&m).0, Poll::Ready(Take::Aborted));
 }
+
+#[test]
+fn a_hold_keeps_events_back_until_the_reply_and_a_late_reply_does_not_end_it() {
+    let m = Mailbox::new(8);
+    m.hold();
+    // The replay of a subscribe, and a live event after it.
+    assert_eq!(m.push_replay(d(0, Stream::Logs, 1), false), Push::Queued);
+    assert_eq!(m.push_event(d(0, Stream::Logs, 2)), Push::Queued);
+    // Held: the writer has nothing to take yet.
+    assert!(take(&m).0.is_pending());
+    // A late reply (a silence's) goes out, and the events stay held.
+    assert!(m.push_late(Control::Text(Frame::from("silenced"))));
+    let (p, out) = take(&m);
+    assert_eq!(p, Poll::Ready(Take::Ready));
+    assert_eq!((out.control.len(), out.data.len()), (1, 0));
+    assert!(take(&m).0.is_pending());
+    // The `subscribed` reply ends the hold: it, then the events in order.
+    assert!(m.push_control_all([Control::Text(Frame::from("subscribed"))]));
+    let (_, out) = take(&m);
+    assert_eq!(out.control.len(), 1);
+    assert_eq!(out.data.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2]);
+    // A closed mailbox is never left held.
+    m.hold();
+    m.close();
+    assert_eq!(take(&m).0, Poll::Ready(Take::Finished));
+}

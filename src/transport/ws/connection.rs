@@ -252,23 +252,23 @@ impl Connection {
                 self.session.on_binary()
             }
             Message::Ping(bytes) => {
-                // Pings cost a write each: refused ones go unanswered.
+                // A sign of life even when over budget (a flood still
+                // ends by its strikes); pings cost a write each, so
+                // refused ones go unanswered.
+                self.last_pong = Instant::now();
                 if let Some(out) = self.session.charge(None, false) {
                     return self.apply(out).await;
                 }
-                self.last_pong = Instant::now();
                 return match self.queue(vec![Control::Pong(bytes)]).await {
                     Ok(()) => Flow::Continue,
                     Err(()) => Flow::Abort,
                 };
             }
-            Message::Pong => match self.session.charge(None, false) {
-                Some(out) => out,
-                None => {
-                    self.last_pong = Instant::now();
-                    Outcome::none()
-                }
-            },
+            Message::Pong => {
+                // A sign of life even when over budget.
+                self.last_pong = Instant::now();
+                self.session.charge(None, false).unwrap_or_default()
+            }
             // Parts cost a read each, whatever they carry.
             Message::Fragment => self.session.charge(None, false).unwrap_or_default(),
             Message::Close(reason) => {
@@ -336,8 +336,8 @@ impl Connection {
     async fn queue(&mut self, frames: Vec<Control>) -> Result<(), ()> {
         let mailbox = self.session.mailbox().clone();
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        // The session is the only producer of these, so room seen here is
-        // still there at the push.
+        // Only this loop waits for room; a late reply (`push_late`) may
+        // go past the cap, which is bounded by the session.
         while !frames.is_empty() && mailbox.control_full() {
             if tokio::time::timeout_at(deadline, mailbox.drained())
                 .await

@@ -22,7 +22,7 @@ use tokio_util::codec::Encoder;
 
 use crate::app::AppState;
 use crate::hub::{Control, Mailbox, Outgoing, Take};
-use crate::protocol::{close, to_frame, Reply};
+use crate::protocol::close;
 use crate::time::now_micros;
 
 /// Batches one poll of the writer writes at most.
@@ -166,8 +166,8 @@ impl Outbound {
             let now = now_micros();
             let n = self.batch.data.len() as u64;
             let data = std::mem::take(&mut self.batch.data);
-            for d in data.iter().filter(|d| !d.replay) {
-                m.delivery_lag[d.stream as usize].observe((now - d.ts).max(0) as f64 / 1e6);
+            for d in &data {
+                crate::session::delivered(&self.state, d, now);
             }
             for d in data {
                 self.encode(Message::Text(d.frame), &mut buf);
@@ -176,11 +176,7 @@ impl Outbound {
             m.data_frames_out.inc_by(n);
         }
         if let Some(l) = self.batch.lagged.take() {
-            let frame = to_frame(&Reply::Lagged {
-                team: self.state.hub.team_name(l.team),
-                stream: l.stream,
-                last_seq: l.last_seq,
-            });
+            let frame = crate::session::lagged_frame(&self.state, &l);
             self.encode(Message::Text(frame), &mut buf);
             let reason = format!("slow consumer: {} queue overflowed", l.stream);
             self.write_close(close::SLOW_CONSUMER, reason, &mut buf);
