@@ -400,8 +400,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Top-level settings, for picking `OPSWIRE_*` variables that are settings.
-const SETTINGS: &[&str] = &[
+/// Top-level settings, for picking `OPSWIRE_*` variables that are settings
+/// (and for naming where a field lives).
+pub const SETTINGS: &[&str] = &[
     "bind",
     "insecure",
     "shutdown_timeout_s",

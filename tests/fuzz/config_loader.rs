@@ -23,24 +23,8 @@ use serde_json::{json, Value};
 use crate::check;
 use crate::support::{self, arb_mutations, arb_text, json_close, mutate};
 
-/// The top-level settings (a field's first segment is one of them).
-const SETTINGS: &[&str] = &[
-    "bind",
-    "insecure",
-    "shutdown_timeout_s",
-    "workers",
-    "sampler",
-    "teams",
-    "auth",
-    "history",
-    "limits",
-    "websocket",
-    "log",
-    "telemetry",
-    "alertmanager",
-    "ingest",
-    "web",
-];
+// The top-level settings (a field's first segment is one of them).
+use opswire::config::SETTINGS;
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
