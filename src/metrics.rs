@@ -56,6 +56,8 @@ pub struct Metrics {
     /// (a malformed request head, a body cut short).
     pub http_client_errors: IntCounter,
     pub otlp_export_failures: IntCounterVec,
+    /// The cluster broker's health (`docs/cluster.md`).
+    pub broker: BrokerMetrics,
     host_cpu: GaugeVec,
     host_load1: GaugeVec,
     host_memory_used: GaugeVec,
@@ -68,6 +70,19 @@ pub struct Metrics {
     host_disk_total: GaugeVec,
     host_net_rx: GaugeVec,
     host_net_tx: GaugeVec,
+}
+
+/// The cluster broker's health on this node.
+pub struct BrokerMetrics {
+    pub up: IntGauge,
+    pub round_trip: HistogramVec,
+    pub publishes: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub gap_fills: IntCounter,
+    pub gap_frames: IntCounter,
+    pub frames_lost: IntCounter,
+    pub notification_lag: Histogram,
+    pub reconnects: IntCounter,
 }
 
 impl Metrics {
@@ -159,6 +174,84 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            broker: BrokerMetrics {
+                up: reg(
+                    &registry,
+                    IntGauge::new(
+                        "opswire_broker_up",
+                        "1 while the broker is reachable (always 1 with the embedded in-memory broker), 0 while it is not.",
+                    )
+                    .expect("valid metric"),
+                ),
+                round_trip: reg(
+                    &registry,
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            "opswire_broker_round_trip_seconds",
+                            "Round trip of calls to the broker, by operation (publish, read, sync, ping).",
+                        )
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                        &["op"],
+                    )
+                    .expect("valid metric"),
+                ),
+                publishes: counter_vec(
+                    "opswire_broker_publishes_total",
+                    "Log and alert publishes sent to the broker, by result (ok, repeat: a de-duplicated alert, unavailable, busy: too many in flight).",
+                    &["result"],
+                ),
+                in_flight: reg(
+                    &registry,
+                    IntGauge::new(
+                        "opswire_broker_publishes_in_flight",
+                        "Publishes waiting for the broker's answer (bounded by broker.max_in_flight).",
+                    )
+                    .expect("valid metric"),
+                ),
+                gap_fills: reg(
+                    &registry,
+                    IntCounter::new(
+                        "opswire_broker_gap_fills_total",
+                        "Times this node read frames from a stream it had not received live (catching up after a lost connection to the broker).",
+                    )
+                    .expect("valid metric"),
+                ),
+                gap_frames: reg(
+                    &registry,
+                    IntCounter::new(
+                        "opswire_broker_gap_fill_frames_total",
+                        "Frames this node read by filling gaps.",
+                    )
+                    .expect("valid metric"),
+                ),
+                frames_lost: reg(
+                    &registry,
+                    IntCounter::new(
+                        "opswire_broker_frames_lost_total",
+                        "Frames trimmed from a stream's history (or lost with an epoch) before this node could read them; its subscribers were told they lagged.",
+                    )
+                    .expect("valid metric"),
+                ),
+                notification_lag: reg(
+                    &registry,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "opswire_broker_notification_lag_seconds",
+                            "From a frame's append in the broker (its ts) to this node reading it.",
+                        )
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    )
+                    .expect("valid metric"),
+                ),
+                reconnects: reg(
+                    &registry,
+                    IntCounter::new(
+                        "opswire_broker_reconnects_total",
+                        "Connections to the broker (re)established after the first.",
+                    )
+                    .expect("valid metric"),
+                ),
+            },
             otlp_export_failures: counter_vec(
                 "opswire_otlp_export_failures_total",
                 "Failed OTLP export requests, by signal (spans, logs).",
@@ -309,6 +402,14 @@ impl Metrics {
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = m.registry.register(Box::new(pc));
+        }
+        // The embedded broker is always there; cluster mode sets it.
+        m.broker.up.set(1);
+        for op in ["publish", "read", "sync", "ping"] {
+            m.broker.round_trip.with_label_values(&[op]);
+        }
+        for result in ["ok", "repeat", "unavailable", "busy"] {
+            m.broker.publishes.with_label_values(&[result]);
         }
         m
     }
