@@ -80,6 +80,9 @@ impl AppState {
         if self.is_draining() {
             return Some("shutting down".into());
         }
+        if let Some(why) = self.hub.unavailable() {
+            return Some(why);
+        }
         if self.config.sampler.enabled {
             let last = self.last_sample_us.load(Ordering::Relaxed);
             if last == 0 {

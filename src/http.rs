@@ -155,9 +155,12 @@ fn publish_access_log(
         trace_id: crate::telemetry::trace_id_of(&tracing::Span::current()),
         time: None,
     };
-    if let Err(e) = state
-        .hub
-        .publish_log(team, &record, crate::time::now_micros())
+    // Not awaited: the request is answered already. In cluster mode a
+    // refusal shows on opswire_broker_publishes_total.
+    if let crate::hub::Pending::Done(Err(e)) =
+        state
+            .hub
+            .submit_log(team, &record, crate::time::now_micros())
     {
         tracing::debug!(error = %e, "access log line not published");
     }

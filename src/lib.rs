@@ -38,6 +38,7 @@ pub mod alertmanager;
 pub mod app;
 pub mod auth;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod faults;
 pub mod http;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::auth::{Authenticator, KeyError};
+use crate::cluster::RedisBroker;
 use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
@@ -32,12 +33,16 @@ pub enum StartError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Broker(#[from] crate::cluster::LinkError),
 }
 
 pub struct Application {
     addr: SocketAddr,
     server: Server,
     state: Arc<AppState>,
+    /// Cluster mode's broker, started with the server.
+    cluster: Option<Arc<RedisBroker>>,
 }
 
 impl Application {
@@ -46,13 +51,25 @@ impl Application {
     pub fn build(mut config: Config) -> Result<Application, StartError> {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
-        let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let listener =
+            listen(config.bind, config.reuse_port).map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
         let hub = build_hub(&config, metrics.clone());
+        let cluster = match &config.broker.url {
+            Some(url) => {
+                let teams: Vec<String> = hub.team_names().map(str::to_owned).collect();
+                let history = [config.history.logs, config.history.alerts];
+                let broker =
+                    RedisBroker::new(&config.broker, url, &teams, history, metrics.clone())?;
+                hub.set_sequencer(broker.clone(), broker.timeout(), broker.server());
+                Some(broker)
+            }
+            None => None,
+        };
         let local_host = config
             .sampler
             .host_name
@@ -78,6 +95,7 @@ impl Application {
             addr,
             server,
             state,
+            cluster,
         })
     }
 
@@ -114,6 +132,9 @@ impl Application {
             tick: Duration::from_millis(state.config.sampler.tick_ms),
             stagger: state.config.sampler.stagger,
         })?;
+        if let Some(broker) = &self.cluster {
+            broker.spawn(state.hub.clone(), state.shutdown.clone());
+        }
         tokio::spawn(crate::faults::report(
             state.metrics.http_client_errors.clone(),
             state.shutdown.clone(),
@@ -141,6 +162,27 @@ impl Application {
         let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
         result
     }
+}
+
+/// The listening socket; with `reuse_port`, several processes can listen
+/// on the same address (Linux spreads new connections over them).
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+    if reuse_port {
+        return Err(std::io::Error::other(
+            "reuse_port needs SO_REUSEPORT (Linux, BSD)",
+        ));
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// The hub over the embedded broker, sized by the configuration.

@@ -332,7 +332,9 @@ impl Publisher {
                 code,
                 message,
             } if id > 0 => {
-                if code == "rate_limited" {
+                // Refused for now, not for what it is: kept, sent again
+                // (the hub's broker is down, or the hub rate limits).
+                if code == "rate_limited" || code == "unavailable" {
                     self.shared.buffer().retry(id as u64);
                     if let Some(rate) = self.pacer.on_refusal(Instant::now()) {
                         let rate = rate.round() as u64;

@@ -58,6 +58,9 @@ pub struct Config {
     pub shutdown_timeout_s: u64,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// Listen with `SO_REUSEPORT`, so that several opswire processes on
+    /// one machine share `bind` (the kernel spreads connections over them).
+    pub reuse_port: bool,
     pub sampler: SamplerConfig,
     pub teams: Vec<TeamConfig>,
     pub auth: AuthConfig,
@@ -69,6 +72,7 @@ pub struct Config {
     pub alertmanager: AlertmanagerConfig,
     pub ingest: IngestConfig,
     pub web: WebConfig,
+    pub broker: BrokerConfig,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             insecure: false,
             shutdown_timeout_s: 10,
             workers: 0,
+            reuse_port: false,
             sampler: SamplerConfig::default(),
             teams: Vec::new(),
             auth: AuthConfig::default(),
@@ -89,6 +94,40 @@ impl Default for Config {
             alertmanager: AlertmanagerConfig::default(),
             ingest: IngestConfig::default(),
             web: WebConfig::default(),
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+/// Cluster mode (`docs/cluster.md`): the Redis that every opswire process
+/// of a deployment shares. Unset `url`: the embedded in-memory hub.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `redis://[[user]:password@]host[:port][/db]`, `rediss://` for TLS.
+    /// Holds a password: set it from the environment
+    /// (`OPSWIRE_BROKER__URL`) rather than the file.
+    pub url: Option<String>,
+    /// Keys start with `{prefix}:`: deployments sharing one Redis stay apart.
+    pub prefix: String,
+    /// This process's name in the cluster (default: host name and pid).
+    pub node: Option<String>,
+    /// Longest wait for one call to Redis; a publish not answered by then
+    /// is refused (`unavailable`, HTTP 503).
+    pub timeout_ms: u64,
+    /// Publishes waiting for Redis at once, across the process; beyond,
+    /// publishers are refused at once (back-pressure, never a queue).
+    pub max_in_flight: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: None,
+            prefix: "opswire".into(),
+            node: None,
+            timeout_ms: 2000,
+            max_in_flight: 10_000,
         }
     }
 }
@@ -418,6 +457,8 @@ pub const SETTINGS: &[&str] = &[
     "alertmanager",
     "ingest",
     "web",
+    "broker",
+    "reuse_port",
 ];
 
 /// File descriptors kept back from `max_connections` for listeners, log

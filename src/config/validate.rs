@@ -22,6 +22,43 @@ impl Config {
         self.validate_alertmanager()?;
         self.validate_ingest()?;
         self.validate_telemetry()?;
+        self.validate_broker()?;
+        Ok(())
+    }
+
+    /// The cluster broker's address and bounds.
+    fn validate_broker(&mut self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        if let Some(url) = &b.url {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if !matches!(scheme, "redis" | "rediss") || !url.contains("://") {
+                // Never echo the URL: it may hold a password.
+                return Err(invalid(
+                    "broker.url",
+                    "must start with redis:// or rediss:// (TLS)",
+                ));
+            }
+        }
+        let prefix_ok = !b.prefix.is_empty()
+            && b.prefix.len() <= 64
+            && b.prefix
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c));
+        if !prefix_ok {
+            return Err(invalid(
+                "broker.prefix",
+                "1-64 of a-z, A-Z, 0-9, '-', '_', '.', ':'",
+            ));
+        }
+        if b.timeout_ms < 10 || b.timeout_ms > 60_000 {
+            return Err(invalid(
+                "broker.timeout_ms",
+                format!("{} is out of range 10..=60000", b.timeout_ms),
+            ));
+        }
+        if b.max_in_flight == 0 {
+            return Err(invalid("broker.max_in_flight", "must be at least 1"));
+        }
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use super::broker::Stored;
 use crate::protocol::{AlertRecord, AlertStatus};
 
 /// Resolved alerts remembered so a repeated `resolved` is not sent twice.
-const RESOLVED_MEMORY: usize = 4096;
+pub const RESOLVED_MEMORY: usize = 4096;
 
 struct Firing {
     stored: Stored,

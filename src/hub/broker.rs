@@ -4,10 +4,14 @@
 //! around it.
 //!
 //! [`MemoryBroker`](super::memory::MemoryBroker) is the embedded default.
-//! A networked implementation (Redis) shares the streams and hosts of every
-//! team between processes; the contract below is what it must meet for
-//! clients to see no difference but the reach.
+//! In cluster mode (`docs/cluster.md`) a [`Sequencer`] (Redis) assigns the
+//! seqs and keeps the streams that every process shares, and each
+//! process's `MemoryBroker` is its replica of them: fed in seq order from
+//! the shared streams ([`Broker::insert`]), it answers resumes and replays
+//! from memory. The contract below is what both modes meet, so clients see
+//! no difference but the reach.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
@@ -48,6 +52,65 @@ pub struct Stored {
     pub frame: Frame,
 }
 
+/// A log or alert frame for the [`Sequencer`], before its seq: the frame
+/// is `head` + epoch + `","seq":` + seq + `tail`, assembled where the seq
+/// is assigned, so it is serialized once for the whole cluster.
+pub struct Submission {
+    pub team: TeamId,
+    pub stream: Stream,
+    /// The frame's `ts` (unix µs).
+    pub ts: i64,
+    pub level: Level,
+    pub source: String,
+    /// Up to and including `"epoch":"`.
+    pub head: String,
+    /// From `,"ts":` to the end.
+    pub tail: String,
+    /// What de-duplicates an alert transition.
+    pub alert: Option<AlertChange>,
+}
+
+/// An alert transition, as the sequencer de-duplicates it.
+pub struct AlertChange {
+    pub fingerprint: String,
+    /// The firing record's content (`None`: resolved); a firing alert
+    /// whose content did not change is a repeat.
+    pub firing: Option<String>,
+    /// Firing alerts kept per team (the oldest is evicted beyond).
+    pub max_firing: usize,
+}
+
+/// What the sequencer did with a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Seq(u64),
+    /// An alert that repeats the fingerprint's state: nothing appended.
+    Repeat,
+}
+
+/// Where a submission's answer arrives.
+pub type Answer = tokio::sync::oneshot::Receiver<Result<Appended, BrokerError>>;
+
+/// The seq authority of a networked broker (cluster mode).
+///
+/// An appended frame reaches this process's subscribers the way it
+/// reaches every other process's: read back from the shared stream, in
+/// seq order, and handed to [`Hub::deliver`](super::Hub::deliver). The
+/// answer only tells the publisher its seq.
+pub trait Sequencer: Send + Sync {
+    /// Queues `s` for appending. Refused at once (never queued without
+    /// bound) while the broker is unreachable or too many are in flight;
+    /// the answer comes within the broker's timeout.
+    fn submit(&self, s: Submission) -> Result<Answer, BrokerError>;
+    /// Shares a host's snapshot with every process (in the background;
+    /// a newer snapshot of the host replaces one not yet sent).
+    fn share_host(&self, team: TeamId, host: &str, raw: &RawValue);
+    /// Why the broker cannot be used now, if it cannot.
+    fn unavailable(&self) -> Option<String>;
+    /// Subscribers of `team` on the other processes (as last reported).
+    fn remote_subscribers(&self, team: TeamId) -> usize;
+}
+
 /// A host's latest snapshot, serialized once.
 pub struct HostEntry {
     pub raw: Box<RawValue>,
@@ -56,6 +119,8 @@ pub struct HostEntry {
     /// Label values of its gauges, to remove them when it goes.
     pub mounts: Vec<String>,
     pub ifaces: Vec<String>,
+    /// Received by another process (cluster mode): no series here.
+    pub remote: bool,
 }
 
 /// The store behind every team's streams and hosts.
@@ -101,7 +166,7 @@ pub struct HostEntry {
 ///   on the time and the number of appends in flight.
 pub trait Broker: Send + Sync {
     /// The epoch of `team`'s streams.
-    fn epoch(&self, team: TeamId) -> &str;
+    fn epoch(&self, team: TeamId) -> Arc<str>;
 
     /// Appends a log or alert frame; see the contract.
     fn append(&self, team: TeamId, stream: Stream, draft: Draft<'_>)
@@ -143,4 +208,25 @@ pub trait Broker: Send + Sync {
 
     /// The names of the team's hosts.
     fn host_names(&self, team: TeamId) -> Vec<String>;
+
+    /// When `host`'s snapshot arrived, if the team holds one.
+    fn seen(&self, team: TeamId, host: &str) -> Option<Instant>;
+
+    /// A replica's append: a frame whose seq was assigned elsewhere, in
+    /// seq order. A frame that does not follow the stream's head (the
+    /// frames between were trimmed before they could be read) starts the
+    /// history over from it.
+    fn insert(&self, team: TeamId, stream: Stream, stored: Stored, level: Level, source: &str);
+
+    /// A replica's reload: `team`'s streams are now `epoch`'s, at these
+    /// heads (seq of the newest frame), holding `frames` (oldest first).
+    fn reset(&self, team: TeamId, epoch: &str, heads: [u64; 2], frames: Vec<Reloaded>);
+}
+
+/// A frame of a reloaded history.
+pub struct Reloaded {
+    pub stream: Stream,
+    pub stored: Stored,
+    pub level: Level,
+    pub source: String,
 }

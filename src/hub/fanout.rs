@@ -54,7 +54,10 @@ pub(super) fn fan_out_event(st: &mut TeamState, p: &Published<'_>, m: &Metrics) 
     let mut i = 0;
     while i < st.subscribers.len() {
         let sub = &mut st.subscribers[i];
+        // A subscriber resumed from a seq this process had not read yet
+        // (cluster mode) already has the frames up to it.
         let wanted = sub.has(p.stream)
+            && p.stored.seq > sub.last_seq[idx]
             && match (p.log, &sub.log_filter) {
                 (Some((level, source)), Some(f)) => f.matches(level, source),
                 _ => true,
@@ -97,6 +100,27 @@ pub(super) fn fan_out_event(st: &mut TeamState, p: &Published<'_>, m: &Metrics) 
     }
     out.micros = started.elapsed().as_micros() as u64;
     out
+}
+
+/// Marks every subscriber of `stream` lagged at the last seq it was
+/// queued, and takes it out of the team: the frames after it are gone
+/// (cluster mode: trimmed before this process could read them, or lost
+/// with the broker's data). Returns how many.
+pub(super) fn lag_stream(st: &mut TeamState, team: TeamId, stream: Stream) -> usize {
+    let idx = stream as usize;
+    let before = st.subscribers.len();
+    st.subscribers_mut().retain(|sub| {
+        if !sub.has(stream) {
+            return true;
+        }
+        sub.mailbox.set_lagged(Lagged {
+            team,
+            stream,
+            last_seq: sub.last_seq[idx],
+        });
+        false
+    });
+    before - st.subscribers.len()
 }
 
 /// Subscribers a fan-out thread takes at least: below that, starting a

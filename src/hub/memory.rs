@@ -1,14 +1,15 @@
 //! The embedded broker: each team's streams and hosts in this process's
 //! memory. Its epoch is new at every start, so a restart tells clients
-//! (`recovered:false`) that what they missed is gone.
+//! (`recovered:false`) that what they missed is gone. In cluster mode it
+//! is the process's replica of the shared streams (`insert`, `reset`).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
-use super::broker::{Broker, BrokerError, Draft, HostEntry, Stored};
+use super::broker::{Broker, BrokerError, Draft, HostEntry, Reloaded, Stored};
 use super::TeamId;
 use crate::protocol::{Level, LogFilter, Stream};
 
@@ -36,6 +37,11 @@ impl History {
     }
 
     fn push(&mut self, entry: Entry) {
+        if entry.stored.seq != self.seq + 1 {
+            // The frames between are gone: what the ring holds must stay
+            // contiguous for `since`.
+            self.ring.clear();
+        }
         if self.ring.len() == self.cap {
             self.ring.pop_front();
         }
@@ -64,6 +70,7 @@ impl History {
 }
 
 struct Team {
+    epoch: Arc<str>,
     logs: History,
     alerts: History,
     hosts: BTreeMap<String, HostEntry>,
@@ -79,7 +86,6 @@ impl Team {
 }
 
 pub struct MemoryBroker {
-    epoch: String,
     /// Each behind a lock of its own; the hub calls in with the team's
     /// lock held, so these are never contended.
     teams: Vec<Mutex<Team>>,
@@ -88,11 +94,12 @@ pub struct MemoryBroker {
 impl MemoryBroker {
     /// `teams` teams, each keeping the last `logs` / `alerts` frames.
     pub fn new(teams: usize, logs: usize, alerts: usize) -> MemoryBroker {
+        let epoch: Arc<str> = new_epoch().into();
         MemoryBroker {
-            epoch: new_epoch(),
             teams: (0..teams)
                 .map(|_| {
                     Mutex::new(Team {
+                        epoch: epoch.clone(),
                         logs: History::new(logs),
                         alerts: History::new(alerts),
                         hosts: BTreeMap::new(),
@@ -109,8 +116,8 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn epoch(&self, _team: TeamId) -> &str {
-        &self.epoch
+    fn epoch(&self, team: TeamId) -> Arc<str> {
+        self.team(team).epoch.clone()
     }
 
     fn append(
@@ -193,10 +200,49 @@ impl Broker for MemoryBroker {
     fn host_names(&self, team: TeamId) -> Vec<String> {
         self.team(team).hosts.keys().cloned().collect()
     }
+
+    fn seen(&self, team: TeamId, host: &str) -> Option<Instant> {
+        self.team(team).hosts.get(host).map(|h| h.seen)
+    }
+
+    fn insert(&self, team: TeamId, stream: Stream, stored: Stored, level: Level, source: &str) {
+        self.team(team).history(stream).push(Entry {
+            stored,
+            level,
+            source: source.into(),
+        });
+    }
+
+    fn reset(&self, team: TeamId, epoch: &str, heads: [u64; 2], frames: Vec<Reloaded>) {
+        let mut t = self.team(team);
+        t.epoch = epoch.into();
+        for (stream, head) in [(Stream::Logs, heads[0]), (Stream::Alerts, heads[1])] {
+            let h = t.history(stream);
+            h.ring.clear();
+            h.seq = 0;
+            let mut held: Vec<&Reloaded> = frames.iter().filter(|f| f.stream == stream).collect();
+            // The newest `cap`, in order, ending at the head.
+            held.retain(|f| f.stored.seq <= head);
+            let skip = held.len().saturating_sub(h.cap);
+            for f in held.into_iter().skip(skip) {
+                h.push(Entry {
+                    stored: f.stored.clone(),
+                    level: f.level,
+                    source: f.source.as_str().into(),
+                });
+            }
+            if h.seq != head {
+                // The newest frames were not handed over: what is held
+                // does not reach the head, so none of it can be resumed.
+                h.ring.clear();
+                h.seq = head;
+            }
+        }
+    }
 }
 
 /// A short random epoch: changes with every broker (every process start).
-fn new_epoch() -> String {
+pub fn new_epoch() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();

@@ -33,21 +33,26 @@ pub mod broker;
 mod fanout;
 mod mailbox;
 pub mod memory;
+mod replica;
 mod session;
 mod topic;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use broker::{Broker, BrokerError, Stored};
+pub use broker::{
+    AlertChange, Answer, Appended, Broker, BrokerError, Reloaded, Sequencer, Stored, Submission,
+};
 pub use mailbox::{Control, Delivery, Lagged, Mailbox, Offer, Outgoing, Push, Sent, Take, Wire};
+pub use replica::{Incoming, Pending};
 pub use session::{SessionHandle, Subscribed};
 
 use broker::{Draft, HostEntry};
 use fanout::{fan_out_event, fan_out_metrics, EventFanout, Published};
 use memory::MemoryBroker;
+use serde_json::value::RawValue;
 use topic::TeamState;
 
 use crate::metrics::Metrics;
@@ -108,12 +113,22 @@ pub struct Hub {
 
 struct Shared {
     broker: Arc<dyn Broker>,
+    /// Cluster mode: where log and alert frames get their seq.
+    sequencer: OnceLock<Cluster>,
     topics: Vec<Topic>,
     index: HashMap<String, TeamId>,
     settings: HubSettings,
     next_session: AtomicU64,
     sessions: AtomicUsize,
     metrics: Arc<Metrics>,
+}
+
+/// The sequencer, and what a broker call's span says about it.
+struct Cluster {
+    sequencer: Arc<dyn Sequencer>,
+    /// Longest wait for an answer.
+    timeout: Duration,
+    server: (String, u16),
 }
 
 struct Topic {
@@ -158,6 +173,7 @@ impl Hub {
         Hub {
             shared: Arc::new(Shared {
                 broker,
+                sequencer: OnceLock::new(),
                 topics,
                 index,
                 settings,
@@ -168,15 +184,51 @@ impl Hub {
         }
     }
 
-    /// The epoch a `welcome` announces (every team's, with the in-memory
-    /// broker: it changes on restart).
-    pub fn epoch(&self) -> &str {
+    /// The epoch a `welcome` announces: the first team's (every team's,
+    /// with the in-memory broker; in cluster mode each team has its own,
+    /// which its frames carry).
+    pub fn epoch(&self) -> Arc<str> {
         self.shared.broker.epoch(0)
     }
 
     /// The epoch of `team`'s streams.
-    pub fn epoch_of(&self, team: TeamId) -> &str {
+    pub fn epoch_of(&self, team: TeamId) -> Arc<str> {
         self.shared.broker.epoch(team)
+    }
+
+    /// The seq of the newest frame of `team`'s log or alert stream that
+    /// this process holds.
+    pub fn head(&self, team: TeamId, stream: Stream) -> u64 {
+        self.shared.broker.head(team, stream)
+    }
+
+    /// Cluster mode: from now on `sequencer` gives log and alert frames
+    /// their seqs (within `timeout`), and they reach subscribers through
+    /// [`Hub::deliver`]. Set once, before serving.
+    pub fn set_sequencer(
+        &self,
+        sequencer: Arc<dyn Sequencer>,
+        timeout: Duration,
+        server: (String, u16),
+    ) {
+        let _ = self.shared.sequencer.set(Cluster {
+            sequencer,
+            timeout,
+            server,
+        });
+    }
+
+    /// Whether the hub runs in cluster mode.
+    pub fn clustered(&self) -> bool {
+        self.shared.sequencer.get().is_some()
+    }
+
+    /// Why publishing is not possible now (cluster mode, broker down).
+    pub fn unavailable(&self) -> Option<String> {
+        self.shared
+            .sequencer
+            .get()
+            .and_then(|c| c.sequencer.unavailable())
     }
 
     pub fn team_id(&self, name: &str) -> Option<TeamId> {
@@ -189,6 +241,13 @@ impl Hub {
 
     pub fn team_names(&self) -> impl Iterator<Item = &str> {
         self.shared.topics.iter().map(|t| t.name.as_str())
+    }
+
+    /// This process's subscribers of each team, in team order.
+    pub fn local_subscribers(&self) -> Vec<usize> {
+        (0..self.shared.topics.len())
+            .map(|t| self.lock(t).subscribers.len())
+            .collect()
     }
 
     /// Open sessions (WebSocket and SSE).
@@ -224,11 +283,17 @@ impl Hub {
         let raw = serde_json::value::to_raw_value(snapshot)
             .map_err(|e| HubError::BadSnapshot(e.to_string()))?;
         let name = &self.shared.topics[team].name;
+        let shared = self
+            .shared
+            .sequencer
+            .get()
+            .map(|c| (c.sequencer.clone(), raw.clone()));
         let entry = HostEntry {
             raw,
             seen: Instant::now(),
             mounts: snapshot.disks.iter().map(|d| d.mount.clone()).collect(),
             ifaces: snapshot.network.iter().map(|n| n.iface.clone()).collect(),
+            remote: false,
         };
         let (mounts, ifaces) = (entry.mounts.clone(), entry.ifaces.clone());
         let max = self.shared.settings.max_hosts_per_team;
@@ -247,6 +312,9 @@ impl Hub {
             }
             Err(e) => return Err(HubError::Unavailable(e.to_string())),
         };
+        if let Some((sequencer, raw)) = shared {
+            sequencer.share_host(team, &snapshot.host, &raw);
+        }
         self.shared.metrics.observe_host(name, snapshot);
         // Mounts and interfaces that went away take their series with them
         // (containers churn veth interfaces).
@@ -268,6 +336,34 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Cluster mode: a host snapshot another process received, as of
+    /// `seen`. Kept unless this process holds a newer one of the host; it
+    /// has no series on this process's /metrics (its own process exports
+    /// them).
+    pub fn merge_remote_host(&self, team: TeamId, host: &str, raw: Box<RawValue>, seen: Instant) {
+        let broker = &self.shared.broker;
+        if broker.seen(team, host).is_some_and(|s| s >= seen) {
+            return;
+        }
+        let entry = HostEntry {
+            raw,
+            seen,
+            mounts: Vec::new(),
+            ifaces: Vec::new(),
+            remote: true,
+        };
+        let max = self.shared.settings.max_hosts_per_team;
+        if let Ok(Some(old)) = broker.put_host(team, host, entry, max) {
+            if !old.remote {
+                // It reports to another process now, which exports it.
+                let name = &self.shared.topics[team].name;
+                self.shared
+                    .metrics
+                    .forget_host(name, host, &old.mounts, &old.ifaces);
+            }
+        }
     }
 
     /// Publishes the metrics frame of one team: every fresh host of the
@@ -334,6 +430,8 @@ impl Hub {
         let serialize = Instant::now();
         let mut frame = None;
         let stale_after = self.shared.settings.host_stale_after;
+        // Before `with_hosts`: the broker's lock is held inside it.
+        let epoch = self.epoch_of(team);
         let gone = self
             .shared
             .broker
@@ -341,7 +439,7 @@ impl Hub {
                 frame = Some(to_frame(&DataFrame {
                     kind: Stream::Metrics.frame_type(),
                     team: name,
-                    epoch: self.epoch_of(team),
+                    epoch: &epoch,
                     seq,
                     ts,
                     trace_id: trace_id.as_deref(),
@@ -367,7 +465,7 @@ impl Hub {
         let targets = st.metrics_targets();
         let subscribers = st.subscribers.len();
         drop(st);
-        for (host, h) in gone {
+        for (host, h) in gone.into_iter().filter(|(_, h)| !h.remote) {
             self.shared
                 .metrics
                 .forget_host(name, &host, &h.mounts, &h.ifaces);
@@ -403,7 +501,7 @@ impl Hub {
             let frame = to_frame(&DataFrame {
                 kind: record.stream.frame_type(),
                 team: name,
-                epoch,
+                epoch: &epoch,
                 seq,
                 ts: record.ts,
                 trace_id: trace_id.as_deref(),
@@ -438,39 +536,82 @@ impl Hub {
     }
 
     /// Publishes a log record to `team`; returns its seq.
-    pub fn publish_log(&self, team: TeamId, record: &LogRecord, ts: i64) -> Result<u64, HubError> {
-        let span = publish_span(&self.shared.topics[team].name, Stream::Logs);
-        let _entered = span.enter();
-        let mut st = self.lock(team);
+    pub async fn publish_log(
+        &self,
+        team: TeamId,
+        record: &LogRecord,
+        ts: i64,
+    ) -> Result<u64, HubError> {
+        let seq = self.submit_log(team, record, ts).wait().await?;
+        Ok(seq.unwrap_or_default())
+    }
+
+    /// Starts publishing a log record: done at once with the in-memory
+    /// broker, when the broker answers in cluster mode. Publishes that
+    /// one caller submits in order are appended in that order.
+    pub fn submit_log(&self, team: TeamId, record: &LogRecord, ts: i64) -> Pending {
         let rec = Record {
             stream: Stream::Logs,
             ts,
             data: record,
             log: Some((record.level, &record.source)),
         };
-        self.append(&mut st, team, rec, &span).map(|s| s.seq)
+        if let Some(cluster) = self.shared.sequencer.get() {
+            return self.submit(cluster, team, rec, None);
+        }
+        let span = publish_span(&self.shared.topics[team].name, Stream::Logs);
+        let _entered = span.enter();
+        let mut st = self.lock(team);
+        Pending::Done(self.append(&mut st, team, rec, &span).map(|s| Some(s.seq)))
     }
 
     /// Publishes an alert transition to `team`. A repeat of the current
     /// state of a fingerprint (firing again with the same content, or
     /// resolved again) is dropped: Ok(None) then, else the new seq.
     /// Alerts whose `endsAt` has passed are resolved on the way.
-    pub fn publish_alert(
+    pub async fn publish_alert(
         &self,
         team: TeamId,
         record: &AlertRecord,
         ts: i64,
     ) -> Result<Option<u64>, HubError> {
+        self.submit_alert(team, record, ts).wait().await
+    }
+
+    /// Starts publishing an alert transition (see [`Hub::submit_log`]).
+    /// In cluster mode the broker de-duplicates it, against the state
+    /// that every process shares.
+    pub fn submit_alert(&self, team: TeamId, record: &AlertRecord, ts: i64) -> Pending {
+        if let Some(cluster) = self.shared.sequencer.get() {
+            let change = AlertChange {
+                fingerprint: record.fingerprint.clone(),
+                firing: (record.status == AlertStatus::Firing)
+                    .then(|| serde_json::to_string(record).unwrap_or_default()),
+                max_firing: self.shared.settings.max_firing_alerts,
+            };
+            let rec = Record {
+                stream: Stream::Alerts,
+                ts,
+                data: record,
+                log: None,
+            };
+            return self.submit(cluster, team, rec, Some(change));
+        }
         let mut st = self.lock(team);
         let seq = self.publish_alert_locked(&mut st, team, record, ts);
         self.resolve_expired(&mut st, team, ts);
-        seq
+        Pending::Done(seq)
     }
 
     /// Resolves the alerts of `team` whose `endsAt` is at or before `now`
     /// (unix µs): a `resolved` frame each, as Alertmanager itself counts
-    /// such an alert resolved. The ticker calls it every tick.
+    /// such an alert resolved. The ticker calls it every tick. In cluster
+    /// mode every process does, and the broker keeps one resolve each.
     pub fn expire_alerts(&self, team: TeamId, now: i64) {
+        if self.clustered() {
+            self.expire_shared(team, now);
+            return;
+        }
         let mut st = self.lock(team);
         self.resolve_expired(&mut st, team, now);
     }
@@ -544,9 +685,15 @@ impl Hub {
         self.lock(team).alerts.get(fingerprint).cloned()
     }
 
-    /// Teams with their live subscriber counts and fresh hosts.
+    /// Teams with their live subscriber counts (across the cluster, in
+    /// cluster mode) and fresh hosts.
     pub fn summary(&self, team: TeamId) -> TeamSummary {
-        let subscribers = self.lock(team).subscribers.len();
+        let remote = self
+            .shared
+            .sequencer
+            .get()
+            .map_or(0, |c| c.sequencer.remote_subscribers(team));
+        let subscribers = self.lock(team).subscribers.len() + remote;
         TeamSummary {
             name: self.shared.topics[team].name.clone(),
             subscribers,

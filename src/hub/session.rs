@@ -141,9 +141,19 @@ impl SessionHandle {
         let broker = &self.hub.shared.broker;
         let head = broker.head(team, stream);
         out.positions.insert(stream, head);
+        let clustered = self.hub.clustered();
         let resumed = resume.map(|r| {
-            let from = (r.epoch == broker.epoch(team)).then_some(r.seq);
-            from.and_then(|seq| broker.since(team, stream, seq, filter).map(|f| (seq, f)))
+            let from = (*r.epoch == *broker.epoch(team)).then_some(r.seq);
+            from.and_then(|seq| {
+                if clustered && seq > head {
+                    // Cluster mode: the client had it from a process that
+                    // read the stream further than this one has yet. It
+                    // gets the frames after it as they arrive here (the
+                    // fan-out skips those it already has).
+                    return Some((seq, Vec::new()));
+                }
+                broker.since(team, stream, seq, filter).map(|f| (seq, f))
+            })
         });
         match resumed {
             Some(Some((from, frames))) => {
@@ -167,7 +177,10 @@ impl SessionHandle {
                     known = seq;
                     out.replayed.insert(stream, seq);
                 }
-                head
+                if from > head {
+                    out.positions.insert(stream, from);
+                }
+                head.max(from)
             }
             Some(None) | None => {
                 if resumed.is_some() {

@@ -53,13 +53,13 @@ fn queued(s: &SessionHandle) -> Vec<Delivery> {
 fn resume_replays_exactly_the_missed_frames() {
     let h = hub(100);
     for i in 0..4 {
-        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+        h.log_now(0, &log(&i.to_string()), 1).unwrap();
     }
     let mut s = h.open_session();
     let resume = BTreeMap::from([(
         Stream::Logs,
         ResumePoint {
-            epoch: h.epoch().into(),
+            epoch: h.epoch().to_string(),
             seq: 2,
         },
     )]);
@@ -68,7 +68,7 @@ fn resume_replays_exactly_the_missed_frames() {
     assert_eq!(seqs(&queued(&s)), vec![3, 4]);
     // Beyond the history (5 kept): not recoverable.
     for i in 0..10 {
-        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+        h.log_now(0, &log(&i.to_string()), 1).unwrap();
     }
     let mut s2 = h.open_session();
     let r = s2.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
@@ -131,7 +131,7 @@ fn teams_are_isolated_and_overflow_lags() {
     b.subscribe(1, &[Stream::Logs], &BTreeMap::new(), None)
         .unwrap();
     for i in 0..3 {
-        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+        h.log_now(0, &log(&i.to_string()), 1).unwrap();
     }
     let mut out = Vec::new();
     assert!(b.mailbox().drain(&mut out).is_none());
@@ -162,15 +162,15 @@ fn alerts_dedupe_and_firing_set_is_replayed() {
         ends_at: None,
         generator_url: String::new(),
     };
-    assert_eq!(h.publish_alert(0, &rec, 1).unwrap(), Some(1));
-    assert_eq!(h.publish_alert(0, &rec, 2).unwrap(), None);
+    assert_eq!(h.alert_now(0, &rec, 1).unwrap(), Some(1));
+    assert_eq!(h.alert_now(0, &rec, 2).unwrap(), None);
     let mut s = h.open_session();
     s.subscribe(0, &[Stream::Alerts], &BTreeMap::new(), None)
         .unwrap();
     assert_eq!(seqs(&queued(&s)), vec![1]);
     rec.status = AlertStatus::Resolved;
-    assert_eq!(h.publish_alert(0, &rec, 3).unwrap(), Some(2));
-    assert_eq!(h.publish_alert(0, &rec, 4).unwrap(), None);
+    assert_eq!(h.alert_now(0, &rec, 3).unwrap(), Some(2));
+    assert_eq!(h.alert_now(0, &rec, 4).unwrap(), None);
     assert!(h.firing_alerts(0).is_empty());
 }
 
@@ -189,10 +189,10 @@ fn filtered_subscribers_skip_and_unsubscribe_purges() {
         Some(f),
     )
     .unwrap();
-    h.publish_log(0, &log("info"), 1).unwrap();
+    h.log_now(0, &log("info"), 1).unwrap();
     let mut err = log("boom");
     err.level = Level::Error;
-    h.publish_log(0, &err, 1).unwrap();
+    h.log_now(0, &err, 1).unwrap();
     h.publish_metrics(0, 1);
     let mut out = Vec::new();
     s.mailbox().drain(&mut out);
@@ -224,8 +224,7 @@ fn alert(fp: &str, ends_at: Option<&str>) -> AlertRecord {
 fn the_firing_set_is_capped_oldest_first_and_counted() {
     let h = hub(10);
     for i in 0..5 {
-        h.publish_alert(0, &alert(&format!("f{i}"), None), 1)
-            .unwrap();
+        h.alert_now(0, &alert(&format!("f{i}"), None), 1).unwrap();
     }
     // max_firing_alerts = 3: f0 and f1 were evicted.
     let fps: Vec<_> = h
@@ -245,8 +244,8 @@ fn the_firing_set_is_capped_oldest_first_and_counted() {
     // Re-firing with new content moves it to the newest end.
     let mut again = alert("f2", None);
     again.severity = "warning".into();
-    h.publish_alert(0, &again, 2).unwrap();
-    h.publish_alert(0, &alert("f5", None), 3).unwrap();
+    h.alert_now(0, &again, 2).unwrap();
+    h.alert_now(0, &alert("f5", None), 3).unwrap();
     let fps: Vec<_> = h
         .firing_alerts(0)
         .into_iter()
@@ -263,9 +262,8 @@ fn alerts_whose_end_passed_are_resolved_with_a_frame() {
         .unwrap();
     let soon = "2026-11-22T10:05:00Z";
     let end = crate::time::parse_rfc3339_micros(soon).unwrap();
-    h.publish_alert(0, &alert("f1", Some(soon)), end - 10)
-        .unwrap();
-    h.publish_alert(0, &alert("f2", None), end - 5).unwrap();
+    h.alert_now(0, &alert("f1", Some(soon)), end - 10).unwrap();
+    h.alert_now(0, &alert("f2", None), end - 5).unwrap();
     h.expire_alerts(0, end - 1);
     assert_eq!(h.firing_alerts(0).len(), 2);
     h.expire_alerts(0, end);
@@ -298,13 +296,13 @@ fn a_replay_takes_queue_slots_and_lags_where_it_stops() {
     // then lags at 2 (the client resumes from there).
     let h = hub(2);
     for i in 0..5 {
-        h.publish_log(0, &log(&i.to_string()), 1).unwrap();
+        h.log_now(0, &log(&i.to_string()), 1).unwrap();
     }
     let mut s = h.open_session();
     let resume = BTreeMap::from([(
         Stream::Logs,
         ResumePoint {
-            epoch: h.epoch().into(),
+            epoch: h.epoch().to_string(),
             seq: 0,
         },
     )]);
@@ -347,10 +345,8 @@ fn firing_sets_that_do_not_fit_lag_from_zero_never_silently() {
     // queue); a second team's set on top of it does not.
     let h = hub(2);
     for i in 0..3 {
-        h.publish_alert(0, &alert(&format!("a{i}"), None), 1)
-            .unwrap();
-        h.publish_alert(1, &alert(&format!("b{i}"), None), 1)
-            .unwrap();
+        h.alert_now(0, &alert(&format!("a{i}"), None), 1).unwrap();
+        h.alert_now(1, &alert(&format!("b{i}"), None), 1).unwrap();
     }
     let mut s = h.open_session();
     let a = s
@@ -369,4 +365,24 @@ fn firing_sets_that_do_not_fit_lag_from_zero_never_silently() {
     let lagged = s.mailbox().drain(&mut out).expect("lagged");
     assert_eq!((lagged.team, lagged.last_seq), (1, 0));
     assert!(out.iter().filter(|d| d.team == 1).count() < 3);
+}
+
+impl Hub {
+    /// A log publish to the in-memory broker, answered at once.
+    fn log_now(&self, team: TeamId, r: &LogRecord, ts: i64) -> Result<u64, HubError> {
+        self.alert_or_log(self.submit_log(team, r, ts))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// An alert publish to the in-memory broker, answered at once.
+    fn alert_now(&self, team: TeamId, r: &AlertRecord, ts: i64) -> Result<Option<u64>, HubError> {
+        self.alert_or_log(self.submit_alert(team, r, ts))
+    }
+
+    fn alert_or_log(&self, p: Pending) -> Result<Option<u64>, HubError> {
+        match p {
+            Pending::Done(r) => r,
+            Pending::Waiting(_) => panic!("the in-memory broker answers at once"),
+        }
+    }
 }

@@ -230,8 +230,14 @@ pub async fn webhook(
     };
     let ts = now_micros();
     let mut published = 0;
-    for r in &routed {
-        match state.hub.publish_alert(r.team, &r.record, ts) {
+    // All submitted first, in order (in cluster mode they go to the
+    // broker together), then answered.
+    let pending: Vec<_> = routed
+        .iter()
+        .map(|r| state.hub.submit_alert(r.team, &r.record, ts))
+        .collect();
+    for p in pending {
+        match p.wait().await {
             Ok(Some(_)) => published += 1,
             Ok(None) => {}
             Err(e) => return Refusal::unavailable(e).respond(&state, "alertmanager"),

@@ -54,14 +54,19 @@ pub async fn json(
         Err(r) => return r.respond(&state, "http"),
     };
     let ts = now_micros();
-    let seqs: Vec<u64> = match records
+    // All submitted first, in order, then answered (in cluster mode they
+    // reach the broker together).
+    let pending: Vec<_> = records
         .iter()
-        .map(|r| state.hub.publish_log(team, r, ts))
-        .collect()
-    {
-        Ok(seqs) => seqs,
-        Err(e) => return Refusal::unavailable(e).respond(&state, "http"),
-    };
+        .map(|r| state.hub.submit_log(team, r, ts))
+        .collect();
+    let mut seqs = Vec::with_capacity(pending.len());
+    for p in pending {
+        match p.wait().await {
+            Ok(seq) => seqs.push(seq.unwrap_or_default()),
+            Err(e) => return Refusal::unavailable(e).respond(&state, "http"),
+        }
+    }
     state
         .metrics
         .ingest_total
@@ -163,8 +168,11 @@ pub async fn otlp(
     let mut outcome = OtlpOutcome::default();
     let ts = now_micros();
     for rl in &request.resource_logs {
-        if let Err(r) = publish_resource(&state, &principal, rl, ts, &mut outcome) {
-            return r.respond(&state, "otlp");
+        publish_resource(&state, &principal, rl, ts, &mut outcome);
+    }
+    for p in std::mem::take(&mut outcome.pending) {
+        if let Err(e) = p.wait().await {
+            return Refusal::unavailable(e).respond(&state, "otlp");
         }
     }
     let m = &state.metrics;
@@ -195,6 +203,8 @@ pub async fn otlp(
 /// team is not the token's), and the first refusal's reason.
 #[derive(Default)]
 struct OtlpOutcome {
+    /// Publishes submitted, in order, to be answered.
+    pending: Vec<crate::hub::Pending>,
     accepted: u64,
     rejected: i64,
     first_error: String,
@@ -202,15 +212,16 @@ struct OtlpOutcome {
 
 /// Publishes the records of one resource to its team (the resource's
 /// team attribute, else the token's only team); a team the token may not
-/// write refuses them through OTLP's partial success. Err: the hub could
-/// not take them (503, the Collector retries).
+/// write refuses them through OTLP's partial success. The publishes are
+/// left in `out.pending`: one the hub refuses makes it a 503 (the
+/// Collector retries).
 fn publish_resource(
     state: &AppState,
     principal: &crate::auth::Principal,
     rl: &opentelemetry_proto::tonic::logs::v1::ResourceLogs,
     ts: i64,
     out: &mut OtlpOutcome,
-) -> Result<(), Refusal> {
+) {
     let resource = rl
         .resource
         .as_ref()
@@ -236,14 +247,10 @@ fn publish_resource(
                 }
             };
             let record = record_of(lr, source, &host, state.config.ingest.max_line_bytes);
-            state
-                .hub
-                .publish_log(team, &record, ts)
-                .map_err(Refusal::unavailable)?;
+            out.pending.push(state.hub.submit_log(team, &record, ts));
             out.accepted += 1;
         }
     }
-    Ok(())
 }
 
 /// An OTLP log record as opswire's: the message cut at `max_line` bytes

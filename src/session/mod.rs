@@ -95,6 +95,9 @@ pub struct Session {
     /// `silence` calls to Alertmanager under way: at most a few, aborted
     /// when the session ends.
     silences: Vec<tokio::task::AbortHandle>,
+    /// Publishes waiting on the broker (cluster mode), each a task that
+    /// queues its reply; aborted with the session.
+    publishes: tokio::task::JoinSet<()>,
 }
 
 impl Session {
@@ -120,6 +123,7 @@ impl Session {
             guard,
             op_error: None,
             silences: Default::default(),
+            publishes: tokio::task::JoinSet::new(),
         }
     }
 
@@ -155,7 +159,7 @@ impl Session {
         self.count_out("welcome");
         Some(to_frame(&Reply::Welcome {
             id,
-            epoch: self.state.hub.epoch(),
+            epoch: &self.state.hub.epoch(),
             session: &self.name,
             teams: p.visible_teams(self.state.hub.team_names()),
             streams: Stream::ALL,

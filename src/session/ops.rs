@@ -6,8 +6,10 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::{subject_of, Outcome, Session};
+use crate::app::AppState;
 use crate::auth::{AuthError, Scope};
-use crate::hub::{Control, HubError};
+use crate::hub::{Control, HubError, Pending};
+use crate::protocol::Frame;
 use crate::protocol::{
     close, to_frame, ErrorCode, ErrorFrame, HostSnapshot, HostSource, Inbound, LogRecord, Op,
     PublishOp, Reply, SilenceOp, Stream, SubscribeOp, UnsubscribeOp,
@@ -19,6 +21,9 @@ const MAX_SILENCE_S: u64 = 30 * 86400;
 
 /// `silence` calls one connection may have waiting on Alertmanager.
 const MAX_SILENCES_IN_FLIGHT: usize = 4;
+
+/// Publishes one connection may have waiting on the broker (cluster mode).
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 
 impl Session {
     /// Dispatches one parsed op (after its budget, and after auth for
@@ -135,33 +140,45 @@ impl Session {
                 return Outcome::reply(self.error(id, code, &msg));
             }
         };
-        match self.publish(team, &p) {
-            Ok(seq) => {
-                metrics
-                    .ingest_total
-                    .with_label_values(&["ws", p.stream.as_str()])
-                    .inc();
-                Outcome::reply(self.reply(&Reply::Published { id, seq }))
-            }
-            Err((code, msg)) => {
-                reject(match code {
-                    ErrorCode::Unavailable => "unavailable",
-                    _ => "invalid",
-                });
-                Outcome::reply(self.error(id, code, &msg))
-            }
+        while self.publishes.try_join_next().is_some() {}
+        if self.publishes.len() >= MAX_PUBLISHES_IN_FLIGHT {
+            reject("busy");
+            let msg = format!(
+                "{MAX_PUBLISHES_IN_FLIGHT} publishes are already waiting for the broker: retry"
+            );
+            return Outcome::reply(self.error(id, ErrorCode::RateLimited, &msg));
         }
+        let stream = p.stream;
+        let pending = match self.publish(team, &p) {
+            Ok(pending) => pending,
+            Err((code, msg)) => {
+                reject("invalid");
+                return Outcome::reply(self.error(id, code, &msg));
+            }
+        };
+        if pending.is_done() {
+            let (frame, error) =
+                answer_frame(&self.state, id, stream, now_or_never(pending.wait()));
+            self.op_error = error.or(self.op_error);
+            return Outcome::reply(frame);
+        }
+        // Cluster mode: the reply is queued when the broker answers; the
+        // connection goes on meanwhile.
+        let state = self.state.clone();
+        let mailbox = self.hub.mailbox().clone();
+        self.publishes.spawn(async move {
+            let (frame, _) = answer_frame(&state, id, stream, pending.wait().await);
+            mailbox.push_late(Control::Text(frame));
+        });
+        Outcome::none()
     }
 
     /// What a `publish` puts into the hub: its seq (logs), or None (a host
-    /// snapshot, folded into the next metrics frame).
-    fn publish(&self, team: usize, p: &PublishOp) -> Result<Option<u64>, (ErrorCode, String)> {
+    /// snapshot, folded into the next metrics frame). Err: the op itself
+    /// is wrong.
+    fn publish(&self, team: usize, p: &PublishOp) -> Result<Pending, (ErrorCode, String)> {
         let hub = &self.state.hub;
         let bad = |msg: String| (ErrorCode::BadRequest, msg);
-        let refused = |e: HubError| match e {
-            HubError::Unavailable(m) => (ErrorCode::Unavailable, m),
-            other => bad(other.to_string()),
-        };
         match p.stream {
             Stream::Metrics => {
                 let mut snap = serde_json::from_str::<HostSnapshot>(p.data.get())
@@ -170,14 +187,12 @@ impl Session {
                     return Err(bad("publish: metrics `host` is empty".into()));
                 }
                 snap.source = HostSource::Agent;
-                hub.update_host(team, &snap).map(|()| None).map_err(refused)
+                Ok(Pending::Done(hub.update_host(team, &snap).map(|()| None)))
             }
             Stream::Logs => {
                 let rec = serde_json::from_str::<LogRecord>(p.data.get())
                     .map_err(|e| bad(format!("publish: log data: {e}")))?;
-                hub.publish_log(team, &rec, now_micros())
-                    .map(Some)
-                    .map_err(refused)
+                Ok(hub.submit_log(team, &rec, now_micros()))
             }
             Stream::Alerts => Err(bad(
                 "publish: alerts arrive through the Alertmanager webhook, not publish".into(),
@@ -252,4 +267,43 @@ impl Session {
         self.silences.push(handle.abort_handle());
         Outcome::none()
     }
+}
+
+/// The reply to a `publish` once its outcome is known: `published` (with
+/// the seq of a log), or the error that says why not (and its code).
+fn answer_frame(
+    state: &AppState,
+    id: Option<i64>,
+    stream: Stream,
+    answer: Result<Option<u64>, HubError>,
+) -> (Frame, Option<ErrorCode>) {
+    let m = &state.metrics;
+    match answer {
+        Ok(seq) => {
+            m.ingest_total
+                .with_label_values(&["ws", stream.as_str()])
+                .inc();
+            super::count_out(m, "control");
+            (to_frame(&Reply::Published { id, seq }), None)
+        }
+        Err(e) => {
+            let (code, reason) = match e {
+                HubError::Unavailable(_) => (ErrorCode::Unavailable, "unavailable"),
+                _ => (ErrorCode::BadRequest, "invalid"),
+            };
+            m.ingest_rejected.with_label_values(&["ws", reason]).inc();
+            super::count_error(m, code);
+            (
+                to_frame(&ErrorFrame::new(id, code, e.to_string())),
+                Some(code),
+            )
+        }
+    }
+}
+
+/// The output of a future that is ready at once (a [`Pending::Done`]).
+fn now_or_never<T>(f: impl std::future::Future<Output = T>) -> T {
+    use futures_util::FutureExt;
+    f.now_or_never()
+        .expect("a publish answered at once is ready when polled")
 }

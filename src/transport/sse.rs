@@ -153,7 +153,10 @@ pub async fn handler(
     };
     admission::count(&state, "accepted");
     state.metrics.sse_active.inc();
-    let epoch = state.hub.epoch_of(team_id(&state, &wanted.team)).to_owned();
+    let epoch = state
+        .hub
+        .epoch_of(team_id(&state, &wanted.team))
+        .to_string();
     let mut out = SseOut::new(epoch, &sub, &wanted.resume);
     out.retry(3000);
     if let Some(welcome) = session.welcome(None) {

@@ -6,6 +6,7 @@ mod helpers;
 mod agent;
 mod auth;
 mod cli;
+mod cluster;
 mod errors;
 mod fanout;
 mod hardening;

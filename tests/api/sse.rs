@@ -193,14 +193,17 @@ fn log_record(level: &str, source: &str, message: &str) -> opswire::protocol::Lo
 /// Publishes a log of any level and source through the hub.
 fn publish(app: &TestApp, level: &str, source: &str, message: &str) -> u64 {
     let id = app.state.hub.team_id("alpha").unwrap();
-    app.state
-        .hub
-        .publish_log(
-            id,
-            &log_record(level, source, message),
-            opswire::time::now_micros(),
-        )
-        .expect("the in-memory broker takes every publish")
+    let pending = app.state.hub.submit_log(
+        id,
+        &log_record(level, source, message),
+        opswire::time::now_micros(),
+    );
+    match pending {
+        opswire::hub::Pending::Done(r) => r
+            .expect("the in-memory broker takes every publish")
+            .unwrap(),
+        opswire::hub::Pending::Waiting(_) => panic!("the in-memory broker answers at once"),
+    }
 }
 
 /// An HTTP error answer: its status and JSON body (an `error` frame).

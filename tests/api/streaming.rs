@@ -124,10 +124,13 @@ async fn log_filters_are_applied_by_the_server() {
         serde_json::from_value(json!({"level": level, "source": source, "message": msg})).unwrap()
     };
     hub.publish_log(team, &rec("info", "checkout-api", "too low"), 1)
+        .await
         .unwrap();
     hub.publish_log(team, &rec("error", "other", "wrong source"), 2)
+        .await
         .unwrap();
     hub.publish_log(team, &rec("error", "checkout-api", "wanted"), 3)
+        .await
         .unwrap();
     let f = c.next_frame().await;
     assert_eq!(f["data"]["message"], "wanted");

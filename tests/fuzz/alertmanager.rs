@@ -321,7 +321,7 @@ fn alerts_after(state: &opswire::app::AppState, team: usize, after: u64) -> Vec<
     let resume = BTreeMap::from([(
         Stream::Alerts,
         opswire::protocol::ResumePoint {
-            epoch: state.hub.epoch().into(),
+            epoch: state.hub.epoch().to_string(),
             seq: after,
         },
     )]);

@@ -462,7 +462,8 @@ fn json_lines_valid() {
         for r in &got {
             state
                 .hub
-                .publish_log(team, r, ts)
+                .submit_log(team, r, ts)
+                .now()
                 .expect("in-memory publish");
         }
         let frames = support::logs_after(&state, team, before);

@@ -212,7 +212,7 @@ fn resume_through_the_hub() {
         c.history.alerts = 8;
     });
     let team = state.hub.team_id("beta").unwrap();
-    let epoch = state.hub.epoch().to_owned();
+    let epoch = state.hub.epoch().to_string();
     // What was published to `beta`, by seq (index seq - 1).
     let published = std::sync::Mutex::new((Vec::<LogRecord>::new(), 0u64));
     support::run("resume_through_the_hub", arb_case(), |case| {
@@ -230,8 +230,10 @@ fn resume_through_the_hub() {
             };
             let seq = state
                 .hub
-                .publish_log(team, &rec, ts)
-                .expect("in-memory publish");
+                .submit_log(team, &rec, ts)
+                .now()
+                .expect("in-memory publish")
+                .unwrap_or_default();
             book.0.push(rec);
             check!(
                 seq == book.0.len() as u64,
@@ -257,7 +259,8 @@ fn resume_through_the_hub() {
             };
             if let Some(seq) = state
                 .hub
-                .publish_alert(team, &rec, ts)
+                .submit_alert(team, &rec, ts)
+                .now()
                 .expect("in-memory publish")
             {
                 book.1 += 1;

@@ -415,7 +415,7 @@ pub fn logs_after(state: &AppState, team: TeamId, after: u64) -> Vec<Value> {
     let resume = BTreeMap::from([(
         Stream::Logs,
         ResumePoint {
-            epoch: state.hub.epoch().to_owned(),
+            epoch: state.hub.epoch().to_string(),
             seq: after,
         },
     )]);

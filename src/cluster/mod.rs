@@ -1,0 +1,344 @@
+//! Cluster mode (`docs/cluster.md`): every opswire process of a
+//! deployment shares each team's streams, alert state and hosts through
+//! Redis, so a client can connect to any of them, move between them, and
+//! resume across restarts of all of them.
+//!
+//! # How
+//!
+//! * A publish is one script call (`scripts::PUBLISH`): de-duplicate an
+//!   alert, increment the stream's seq, `XADD … MAXLEN ~ history`, keep
+//!   the firing set. Its `XADD` is the notification too.
+//! * Every process, the publisher's included, reads each team's streams
+//!   with a blocking `XREAD` from the seq it holds (`tail`) and hands
+//!   each frame to [`Hub::deliver`]: in seq order, never twice, with no
+//!   gap (a read after a lost connection starts where the last ended).
+//! * Each process keeps a replica of the streams' history and of the
+//!   firing set (its hub's in-memory broker), loaded at start and when a
+//!   team's epoch changes (`snapshot`), so a resume or a subscribe is
+//!   answered from memory.
+//! * Host snapshots and subscriber counts are shared every half second
+//!   (`sync`); metrics frames stay per process.
+//!
+//! # Layout
+//!
+//! * `link`: the shared connection, whether it is up, and why not.
+//! * `publish`: the [`Sequencer`]'s writer: publishes pipelined, bounded.
+//! * `tail`: the reader of every team's streams.
+//! * `sync`: hosts, subscriber counts, epochs.
+//! * `snapshot`: a team's reload.
+//! * `keys`, `scripts`, `reply`: key names, Lua, reading replies.
+
+mod keys;
+mod link;
+mod publish;
+mod reply;
+mod scripts;
+mod snapshot;
+mod sync;
+mod tail;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::Script;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub use link::LinkError;
+
+use crate::config::BrokerConfig;
+use crate::hub::{Answer, BrokerError, Hub, Sequencer, Submission, TeamId};
+use crate::metrics::Metrics;
+use keys::TeamKeys;
+use link::Link;
+use publish::Job;
+
+/// Publishes one pipelined round trip carries at most.
+const BATCH: usize = 512;
+
+/// How often hosts and subscriber counts are shared.
+const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// The Redis side of cluster mode: the hub's [`Sequencer`], and the tasks
+/// that keep this process's replica in step ([`RedisBroker::spawn`]).
+pub struct RedisBroker {
+    link: Arc<Link>,
+    jobs: mpsc::Sender<Job>,
+    /// Taken by the writer when it starts.
+    job_rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    keys: Vec<TeamKeys>,
+    nodes_key: String,
+    node: String,
+    /// History kept per stream: logs, alerts.
+    history: [usize; 2],
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+    /// Host snapshots not yet written: (team, host) → "<seen ms> <json>".
+    hosts: Mutex<HashMap<(TeamId, String), String>>,
+    /// Subscribers per team on the other processes.
+    remote: Vec<AtomicUsize>,
+    /// Every team loaded since the link last came up.
+    loaded: AtomicBool,
+    /// Woken when the link is up and loaded (the tail waits for it).
+    ready: Notify,
+    /// Teams whose epoch looked different to a publish or a read.
+    stale_epochs: Mutex<Vec<TeamId>>,
+    /// Each team's epoch as last loaded.
+    epochs: Vec<Mutex<Arc<str>>>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    publish: Script,
+    snapshot: Script,
+    hosts: Script,
+}
+
+impl RedisBroker {
+    /// The broker of `config` for `teams` (the hub's, in its order);
+    /// nothing is connected until [`RedisBroker::spawn`].
+    pub fn new(
+        config: &BrokerConfig,
+        url: &str,
+        teams: &[String],
+        history: [usize; 2],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RedisBroker>, LinkError> {
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let link = Arc::new(Link::new(url, timeout)?);
+        let (jobs, job_rx) = mpsc::channel(config.max_in_flight);
+        metrics.broker.up.set(0);
+        Ok(Arc::new(RedisBroker {
+            link,
+            jobs,
+            job_rx: Mutex::new(Some(job_rx)),
+            keys: teams
+                .iter()
+                .map(|t| TeamKeys::new(&config.prefix, t))
+                .collect(),
+            nodes_key: keys::nodes(&config.prefix),
+            node: config.node.clone().unwrap_or_else(default_node),
+            history,
+            timeout,
+            metrics,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: config.max_in_flight,
+            hosts: Mutex::new(HashMap::new()),
+            remote: teams.iter().map(|_| AtomicUsize::new(0)).collect(),
+            loaded: AtomicBool::new(false),
+            ready: Notify::new(),
+            stale_epochs: Mutex::new(Vec::new()),
+            epochs: teams.iter().map(|_| Mutex::new(Arc::from(""))).collect(),
+            scripts: Scripts {
+                publish: Script::new(scripts::PUBLISH),
+                snapshot: Script::new(scripts::SNAPSHOT),
+                hosts: Script::new(scripts::HOSTS),
+            },
+        }))
+    }
+
+    /// The broker's host and port (for spans; never the password).
+    pub fn server(&self) -> (String, u16) {
+        self.link.server.clone()
+    }
+
+    /// The longest wait for one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Starts the supervisor (connects, reconnects with backoff, loads
+    /// the teams), the writer, the reader and the sync; they end with
+    /// `shutdown`.
+    pub fn spawn(self: &Arc<Self>, hub: Hub, shutdown: CancellationToken) {
+        if let Some(rx) = self.job_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tokio::spawn(publish::run(self.clone(), rx, shutdown.clone()));
+        }
+        tokio::spawn(supervise(self.clone(), hub.clone(), shutdown.clone()));
+        tokio::spawn(tail::run(self.clone(), hub.clone(), shutdown.clone()));
+        tokio::spawn(sync::run(self.clone(), hub, shutdown));
+    }
+
+    fn is_ready(&self) -> bool {
+        self.link.is_up() && self.loaded.load(Ordering::Acquire)
+    }
+
+    /// `team`'s epoch as last loaded.
+    fn epoch(&self, team: TeamId) -> Arc<str> {
+        self.epochs[team]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_epoch(&self, team: TeamId, epoch: &str) {
+        *self.epochs[team].lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(epoch);
+    }
+
+    /// Asks the sync to reload `team` (its epoch looked different).
+    fn epoch_changed(&self, team: TeamId) {
+        let mut stale = self.stale_epochs.lock().unwrap_or_else(|e| e.into_inner());
+        if !stale.contains(&team) {
+            stale.push(team);
+        }
+    }
+
+    /// The team whose stream this is, and which stream.
+    fn team_of_stream(&self) -> HashMap<String, (TeamId, crate::protocol::Stream)> {
+        use crate::protocol::Stream;
+        let mut out = HashMap::new();
+        for (team, k) in self.keys.iter().enumerate() {
+            for s in [Stream::Logs, Stream::Alerts] {
+                out.insert(k.stream(s).to_owned(), (team, s));
+            }
+        }
+        out
+    }
+}
+
+impl Sequencer for RedisBroker {
+    fn submit(&self, s: Submission) -> Result<Answer, BrokerError> {
+        let publishes = &self.metrics.broker.publishes;
+        if let Some(why) = self.unavailable() {
+            publishes.with_label_values(&["unavailable"]).inc();
+            return Err(BrokerError::Unavailable(why));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            sub: s,
+            answer: tx,
+            queued: Instant::now(),
+        };
+        // Counted before it is queued: the writer may answer it first.
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.broker.in_flight.set(n as i64);
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(_) => {
+                let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+                self.metrics.broker.in_flight.set(n as i64);
+                publishes.with_label_values(&["busy"]).inc();
+                Err(BrokerError::Unavailable(format!(
+                    "broker busy: {} publishes are waiting for it (broker.max_in_flight); retry",
+                    self.max_in_flight
+                )))
+            }
+        }
+    }
+
+    fn share_host(&self, team: TeamId, host: &str, raw: &RawValue) {
+        let value = format!("{} {}", crate::time::now_micros() / 1000, raw.get());
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((team, host.to_owned()), value);
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        if let Some(why) = self.link.down_reason() {
+            return Some(why);
+        }
+        (!self.loaded.load(Ordering::Acquire))
+            .then(|| "broker unavailable: loading the teams' streams".to_owned())
+    }
+
+    fn remote_subscribers(&self, team: TeamId) -> usize {
+        self.remote
+            .get(team)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+}
+
+/// Connects, loads every team, and watches the connection (a ping a
+/// second); on a loss, reconnects with backoff (100 ms doubling to 5 s).
+async fn supervise(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        let attempt = async {
+            let mut conn = b.link.open(b.timeout).await?;
+            for s in [&b.scripts.publish, &b.scripts.snapshot, &b.scripts.hosts] {
+                s.prepare_invoke().load_async(&mut conn).await?;
+            }
+            snapshot::resync(&b, &hub, &mut conn, None).await?;
+            Ok::<MultiplexedConnection, redis::RedisError>(conn)
+        };
+        let conn = tokio::select! {
+            r = attempt => r,
+            () = shutdown.cancelled() => return,
+        };
+        match conn {
+            Ok(conn) => {
+                b.link.set_up(conn);
+                b.loaded.store(true, Ordering::Release);
+                b.metrics.broker.up.set(1);
+                if connected_before {
+                    b.metrics.broker.reconnects.inc();
+                }
+                tracing::info!(node = %b.node, "connected to the broker; every team loaded");
+                connected_before = true;
+                backoff = Duration::from_millis(100);
+                b.ready.notify_waiters();
+                watch(&b, &shutdown).await;
+                b.loaded.store(false, Ordering::Release);
+                b.metrics.broker.up.set(0);
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+            Err(e) => {
+                b.link.set_down(e.to_string());
+                tracing::debug!(error = %e, "broker connection attempt failed");
+            }
+        }
+        let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+        tokio::select! {
+            () = tokio::time::sleep(backoff + jitter) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Pings the broker every second until the link breaks (or shutdown).
+async fn watch(b: &RedisBroker, shutdown: &CancellationToken) {
+    loop {
+        tokio::select! {
+            () = b.link.broke.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(mut conn) = b.link.get() else {
+            return;
+        };
+        let started = Instant::now();
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        match pong {
+            Ok(_) => b
+                .metrics
+                .broker
+                .round_trip
+                .with_label_values(&["ping"])
+                .observe(started.elapsed().as_secs_f64()),
+            Err(e) => {
+                b.link.set_down(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// This process's default name: host name and pid.
+fn default_node() -> String {
+    format!(
+        "{}-{}",
+        crate::sampler::Sampler::os_host_name(),
+        std::process::id()
+    )
+}

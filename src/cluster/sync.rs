@@ -1,0 +1,162 @@
+//! Every half second: this process's host snapshots go to Redis and the
+//! whole cluster's come back (each team's metrics frame shows them all);
+//! every second: subscriber counts are exchanged (for `/api/v1/teams`)
+//! and the teams' epochs are checked (a team whose data Redis lost is
+//! reloaded).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{RedisResult, Value};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use super::{reply, snapshot, RedisBroker, SYNC_EVERY};
+use crate::hub::Hub;
+use crate::time::now_micros;
+
+/// A process whose counts are older than this is gone.
+const NODE_FRESH_MS: i64 = 5_000;
+
+/// Hosts not updated for this long leave Redis (each process applies
+/// its own, shorter, staleness rule to its frames).
+const HOST_FORGET_MS: i64 = 60_000;
+
+pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
+    let mut round: u64 = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SYNC_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(mut conn) = b.link.get() else {
+            continue;
+        };
+        if !b.loaded.load(Ordering::Acquire) {
+            continue;
+        }
+        round += 1;
+        let started = Instant::now();
+        let mut result = hosts(&b, &hub, &mut conn).await;
+        let stale = std::mem::take(&mut *b.stale_epochs.lock().unwrap_or_else(|e| e.into_inner()));
+        if result.is_ok() && round.is_multiple_of(2) {
+            // Every team's epoch, every second.
+            result = nodes(&b, &hub, &mut conn).await;
+            if result.is_ok() {
+                result = snapshot::resync(&b, &hub, &mut conn, None).await;
+            }
+        } else if result.is_ok() && !stale.is_empty() {
+            // A team a publish or a read found in another epoch: now.
+            result = snapshot::resync(&b, &hub, &mut conn, Some(&stale)).await;
+        }
+        match result {
+            Ok(()) => b
+                .metrics
+                .broker
+                .round_trip
+                .with_label_values(&["sync"])
+                .observe(started.elapsed().as_secs_f64()),
+            Err(e) => {
+                b.link.check(&e);
+                tracing::debug!(error = %e, "broker sync failed");
+            }
+        }
+    }
+}
+
+/// Writes this process's new host snapshots, reads every team's.
+async fn hosts(b: &RedisBroker, hub: &Hub, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    let pending = std::mem::take(&mut *b.hosts.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut pipe = redis::pipe();
+    for ((team, host), value) in &pending {
+        pipe.cmd("HSET")
+            .arg(b.keys[*team].hosts())
+            .arg(host)
+            .arg(value)
+            .ignore();
+    }
+    let now_ms = now_micros() / 1000;
+    for k in &b.keys {
+        pipe.cmd("EVALSHA")
+            .arg(b.scripts.hosts.get_hash())
+            .arg(1)
+            .arg(k.hosts())
+            .arg(now_ms)
+            .arg(HOST_FORGET_MS);
+    }
+    let teams: Vec<Value> = pipe.query_async(conn).await?;
+    let now = Instant::now();
+    for (team, v) in teams.iter().enumerate() {
+        for pair in reply::array(v).chunks(2) {
+            let (Some(host), Some(value)) = (
+                pair.first().and_then(reply::text),
+                pair.get(1).and_then(reply::text),
+            ) else {
+                continue;
+            };
+            let Some((seen_ms, json)) = value.split_once(' ') else {
+                continue;
+            };
+            let Ok(seen_ms) = seen_ms.parse::<i64>() else {
+                continue;
+            };
+            let Ok(raw) = RawValue::from_string(json.to_owned()) else {
+                continue;
+            };
+            let age = Duration::from_millis((now_ms - seen_ms).max(0) as u64);
+            let Some(seen) = now.checked_sub(age) else {
+                continue;
+            };
+            hub.merge_remote_host(team, &host, raw, seen);
+        }
+    }
+    Ok(())
+}
+
+/// Reports this process's subscribers per team; sums the others'.
+async fn nodes(b: &RedisBroker, hub: &Hub, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    let now_ms = now_micros() / 1000;
+    let mine = serde_json::to_string(&hub.local_subscribers()).unwrap_or_default();
+    let (all,): (std::collections::HashMap<String, String>,) = redis::pipe()
+        .cmd("HSET")
+        .arg(&b.nodes_key)
+        .arg(&b.node)
+        .arg(format!("{now_ms} {mine}"))
+        .ignore()
+        .cmd("HGETALL")
+        .arg(&b.nodes_key)
+        .query_async(conn)
+        .await?;
+    let mut sums = vec![0usize; b.remote.len()];
+    let mut gone = Vec::new();
+    for (node, value) in all {
+        let Some((at, counts)) = value.split_once(' ') else {
+            continue;
+        };
+        let age = now_ms - at.parse::<i64>().unwrap_or(0);
+        if age > 12 * NODE_FRESH_MS {
+            gone.push(node);
+            continue;
+        }
+        if node == b.node || age > NODE_FRESH_MS {
+            continue;
+        }
+        let counts: Vec<usize> = serde_json::from_str(counts).unwrap_or_default();
+        for (sum, n) in sums.iter_mut().zip(counts) {
+            *sum += n;
+        }
+    }
+    for (slot, sum) in b.remote.iter().zip(sums) {
+        slot.store(sum, Ordering::Relaxed);
+    }
+    if !gone.is_empty() {
+        redis::cmd("HDEL")
+            .arg(&b.nodes_key)
+            .arg(gone)
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The reader: one blocking `XREAD` over every team's streams, from the
+//! seq this process holds of each, on a connection of its own. Each
+//! frame goes to [`Hub::deliver`] in seq order; after a lost connection
+//! the next read starts where the last one ended, so the frames appended
+//! meanwhile are delivered before anything newer (a gap fill).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{reply, RedisBroker};
+use crate::hub::{Hub, Incoming};
+use crate::time::now_micros;
+
+/// Frames one read returns at most (per stream).
+const READ_COUNT: usize = 1000;
+
+/// How long one read blocks when nothing is appended.
+const BLOCK: Duration = Duration::from_secs(1);
+
+pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
+    let streams = b.team_of_stream();
+    let keys: Vec<String> = streams.keys().cloned().collect();
+    loop {
+        // Only once every team is loaded: reads start at what it holds.
+        while !b.is_ready() {
+            tokio::select! {
+                () = b.ready.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+        let conn = b.link.open(BLOCK + b.timeout).await;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                b.link.check(&e);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+        };
+        let mut first = true;
+        loop {
+            if !b.is_ready() {
+                break;
+            }
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&keys);
+            for k in &keys {
+                let (team, stream) = streams[k];
+                cmd.arg(format!("{}-0", hub.head(team, stream)));
+            }
+            let started = Instant::now();
+            let read: redis::RedisResult<Value> = tokio::select! {
+                r = cmd.query_async(&mut conn) => r,
+                () = shutdown.cancelled() => return,
+            };
+            let v = match read {
+                Ok(v) => v,
+                Err(e) => {
+                    b.link.check(&e);
+                    tracing::debug!(error = %e, "reading the streams failed; reconnecting");
+                    break;
+                }
+            };
+            if matches!(v, Value::Nil) {
+                first = false;
+                continue;
+            }
+            let read_for = started.elapsed();
+            let n = deliver_all(&b, &hub, &streams, &v);
+            if first && n > 0 {
+                // The first read of a connection returns what was
+                // appended while this process was not reading.
+                b.metrics.broker.gap_fills.inc();
+                b.metrics.broker.gap_frames.inc_by(n);
+            } else if read_for < BLOCK {
+                b.metrics
+                    .broker
+                    .round_trip
+                    .with_label_values(&["read"])
+                    .observe(read_for.as_secs_f64());
+            }
+            first = false;
+        }
+    }
+}
+
+/// Hands every entry of an `XREAD` reply to the hub; returns how many it
+/// delivered. Another epoch's entries make the team reload (by the sync).
+fn deliver_all(
+    b: &RedisBroker,
+    hub: &Hub,
+    streams: &std::collections::HashMap<String, (usize, crate::protocol::Stream)>,
+    v: &Value,
+) -> u64 {
+    let mut delivered = 0;
+    let now = now_micros();
+    for per_key in reply::array(v) {
+        let [key, entries] = reply::array(per_key) else {
+            continue;
+        };
+        let Some(&(team, stream)) = reply::text(key).and_then(|k| streams.get(&k)) else {
+            continue;
+        };
+        for e in reply::array(entries).iter().filter_map(reply::entry) {
+            if *b.epoch(team) != *e.epoch {
+                b.epoch_changed(team);
+                break;
+            }
+            let lag = (now - e.appended).max(0) as f64 / 1e6;
+            let inc = Incoming {
+                epoch: e.epoch,
+                seq: e.seq,
+                ts: e.ts,
+                frame: e.frame,
+                level: e.level,
+                source: e.source,
+            };
+            if hub.deliver(team, stream, inc) {
+                b.metrics.broker.notification_lag.observe(lag);
+                delivered += 1;
+            }
+        }
+    }
+    delivered
+}

@@ -1,0 +1,149 @@
+//! When Redis or a node fails: publishers are told at once, subscribers
+//! stay, nothing acknowledged is lost, and nothing is delivered twice.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::harness::{frames, no_more, seqs, Node, Redis};
+use crate::helpers::{token, token_with};
+
+#[tokio::test]
+async fn redis_killed_and_restarted_with_aof_loses_nothing_acknowledged_and_doubles_nothing() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &redis).await;
+    let b = Node::start(dir.path(), "b", &redis).await;
+    let mut sub = b.subscriber("alpha", &["logs", "metrics"]).await;
+    let mut publisher = a.bin.ws(&token_with(&["alpha"], "ingest", 600), &[]).await;
+    for i in 0..20 {
+        a.log("alpha", &format!("before-{i}")).await;
+    }
+    assert_eq!(
+        seqs(&frames(&mut sub, "logs", 20).await),
+        (1..=20).collect::<Vec<u64>>()
+    );
+
+    redis.kill();
+    // Publishers are told at once and clearly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (status, body, retry) = loop {
+        let r = a.post_logs("alpha", &["while-down".into()]).await;
+        if r.0 != 200 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still accepted");
+    };
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("broker"),
+        "{body}"
+    );
+    assert!(retry.is_some(), "503 without Retry-After");
+    publisher
+        .send_json(
+            json!({"op": "publish", "id": 9, "team": "alpha", "stream": "logs",
+            "data": {"level": "info", "message": "ws-while-down"}}),
+        )
+        .await;
+    let r = publisher.next_non_metrics().await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{r}"
+    );
+    let (s, ready) = a.readyz().await;
+    assert_eq!(s, 503);
+    assert!(
+        ready["reason"].as_str().unwrap().contains("broker"),
+        "{ready}"
+    );
+    // Subscribers stay, with their node's metrics.
+    assert_eq!(sub.next_of_type("metrics").await["team"], "alpha");
+
+    redis.restart();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    for i in 0..20 {
+        a.log("alpha", &format!("after-{i}")).await;
+    }
+    // The same subscriber: the acknowledged ones, in order, once; none
+    // of the refused.
+    let got = frames(&mut sub, "logs", 20).await;
+    assert_eq!(seqs(&got), (21..=40).collect::<Vec<u64>>());
+    assert_eq!(got[0]["data"]["message"], "after-0");
+    assert!(no_more(&mut sub, "logs", Duration::from_millis(300))
+        .await
+        .is_empty());
+    // And a resume from the start finds all forty.
+    let epoch = got[0]["epoch"].as_str().unwrap().to_owned();
+    let mut late = a.bin.ws(&token(&["alpha"]), &[]).await;
+    late.send_json(
+        json!({"op": "subscribe", "id": 2, "team": "alpha", "streams": ["logs"],
+        "resume": {"logs": {"epoch": epoch, "seq": 0}}}),
+    )
+    .await;
+    let r = late.next_non_metrics().await;
+    assert_eq!(r["recovered"]["logs"], true, "{r}");
+    let all = frames(&mut late, "logs", 40).await;
+    assert_eq!(seqs(&all), (1..=40).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn the_clients_of_a_node_killed_with_sigkill_resume_on_another() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(dir.path(), "a", &redis).await;
+    let b = Node::start(dir.path(), "b", &redis).await;
+    let c = Node::start(dir.path(), "c", &redis).await;
+    let mut sub = a.subscriber("alpha", &["logs", "alerts"]).await;
+    for i in 0..10 {
+        b.log("alpha", &format!("one-{i}")).await;
+    }
+    let got = frames(&mut sub, "logs", 10).await;
+    let epoch = got[9]["epoch"].as_str().unwrap().to_owned();
+    a.kill();
+    for i in 0..5 {
+        b.log("alpha", &format!("two-{i}")).await;
+    }
+    let mut moved = c.bin.ws(&token(&["alpha"]), &[]).await;
+    moved
+        .send_json(
+            json!({"op": "subscribe", "id": 3, "team": "alpha", "streams": ["logs"],
+            "resume": {"logs": {"epoch": epoch, "seq": 10}}}),
+        )
+        .await;
+    let r = moved.next_non_metrics().await;
+    assert_eq!(r["recovered"]["logs"], true, "{r}");
+    let got = frames(&mut moved, "logs", 5).await;
+    assert_eq!(seqs(&got), [11, 12, 13, 14, 15]);
+    assert_eq!(got[4]["data"]["message"], "two-4");
+}
+
+#[tokio::test]
+async fn a_node_started_while_redis_is_down_is_not_ready_and_serves_once_it_is_back() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    redis.kill();
+    let config = super::harness::config_file(dir.path(), "a", &redis, "");
+    let bin = crate::helpers::Binary::start(&[("OPSWIRE_CONFIG", config.to_str().unwrap())]);
+    let node = Node {
+        bin,
+        name: "a".into(),
+    };
+    let (s, ready) = node.readyz().await;
+    assert_eq!(s, 503, "{ready}");
+    assert!(
+        ready["reason"].as_str().unwrap().contains("broker"),
+        "{ready}"
+    );
+    let (s, body, _) = node.post_logs("alpha", &["early".into()]).await;
+    assert_eq!(s, 503, "{body}");
+    redis.restart();
+    node.wait_ready().await;
+    assert_eq!(node.log("alpha", "now").await, 1);
+}
