@@ -1055,8 +1055,8 @@ if [[ -n "$cluster_mode" ]]; then
       sleep 0.1
     done
     [[ "$body" == *"broker unavailable"*" 503" ]] || die "$r: /readyz without Redis answered: $body"
-    curl -fsS "http://127.0.0.1:${rport[$r]}/metrics" | grep -qx 'opswire_broker_up 0' ||
-      die "$r: opswire_broker_up is not 0 without Redis"
+    curl -fsS -o "$lbd/$r.metrics" "http://127.0.0.1:${rport[$r]}/metrics" || die "$r: GET /metrics failed"
+    grep -qx 'opswire_broker_up 0' "$lbd/$r.metrics" || die "$r: opswire_broker_up is not 0 without Redis"
     ok "$r: /readyz 503 ($body), opswire_broker_up 0"
   done
 else
