@@ -7,9 +7,14 @@
 #   * promtool test rules    alerting/tests/*.yml
 #   * amtool check-config    alerting/alertmanager.yml
 #   * alerting/tests/routes.sh (amtool config routes test, per route)
-#   * docker-compose config  (compose file parses with .env.example; refuses
-#     to without the secrets), every file it mounts exists, every variable
-#     it uses is in .env.example
+#   * docker-compose config  (compose file parses with .env.example, with and
+#     without --profile cluster; refuses to without the secrets), every file
+#     it mounts exists, every variable it uses is in .env.example
+#   * the `cluster` profile: no default service depends on it; each opswire
+#     replica (OPSWIRE_BROKER__URL) waits for a healthy Redis with AOF on, a
+#     healthcheck and a /data volume; the load balancer's upstream servers in
+#     deploy/nginx.conf are exactly the replicas, its listen port the
+#     published one
 #   * the Collector config wires only defined components and binds 0.0.0.0
 #   * dashboards: valid JSON, unique fixed uids, data source uids that are
 #     provisioned, every PromQL expression parses (promtool), every opswire
@@ -28,6 +33,17 @@
 #     of every dashboard, template variables filled from label_values(),
 #     returns data through /api/v1/query (scripts/stack_live.py; the panels
 #     that only the OpenTelemetry Collector could feed are skipped and listed)
+#   * the cluster profile, live: Debian's nginx runs deploy/nginx.conf (names
+#     of the replicas -> local ports; `nginx -t` first) in front of two real
+#     opswire started with their compose environment, next to a real
+#     redis-server started with the compose command (its compose healthcheck
+#     fails before it starts, passes after): /readyz, a browser-like
+#     same-origin WebSocket, WebSocket and SSE subscribers reaching each
+#     replica through nginx, a log posted to each replica and one through
+#     nginx reaching them as they should, both replicas in the access log,
+#     no token in it, no error in nginx's log. Cluster mode (the replicas
+#     connected to Redis) also asserts cross-replica delivery and /readyz 503
+#     without Redis; without it (this build), those are listed as skipped
 #   * end to end: that Prometheus, with a test override of one real rule
 #     (for: 0s, threshold met, labels kept), fires -> the real Alertmanager ->
 #     opswire's webhook -> a WebSocket subscriber of the alert's team gets
@@ -35,7 +51,7 @@
 #     (scripts/ws_client.py listens)
 #
 # Every server binds 127.0.0.1 on a free port; every wait has a timeout;
-# every process started here is stopped on exit (trap). About 35 s in all.
+# every process started here is stopped on exit (trap). About 45 s in all.
 #
 # Usage: scripts/check-stack.sh          (from the repository root)
 # Env:   OPSWIRE_BIN=path      binary to run (default
@@ -44,6 +60,10 @@
 #        CHECK_STACK_STRICT_LINT=1  also fail on `promtool check metrics`
 #                                   lint warnings (exit 3), not only on
 #                                   format errors (exit 1)
+#        CHECK_STACK_REQUIRE_CLUSTER=1  fail when the replicas do not connect
+#                                   to redis-server (cluster mode missing)
+#                                   instead of skipping the cross-replica
+#                                   assertions
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -61,6 +81,10 @@ sse_pid=""
 prom_pid=""
 agent_pid=""
 live_pids=()
+lb_pids=()
+nginx_pid=""
+redis_pid=""
+replica_pids=()
 # stop_pid PID: SIGTERM, up to 5 s to exit, then SIGKILL; reaps it.
 stop_pid() {
   local pid="$1" _
@@ -75,7 +99,8 @@ stop_pid() {
 cleanup() {
   # Only the processes this script started, by pid.
   local pid
-  for pid in "${live_pids[@]}" "$prom_pid" "$agent_pid" "$sse_pid" "$am_pid" "$opswire_pid"; do
+  for pid in "${live_pids[@]}" "$prom_pid" "$agent_pid" "$sse_pid" "$am_pid" "$opswire_pid" \
+      "${lb_pids[@]}" "$nginx_pid" "${replica_pids[@]}" "$redis_pid"; do
     stop_pid "$pid"
   done
   rm -rf "$tmp"
@@ -87,8 +112,9 @@ trap cleanup EXIT
 
 # ------------------------------------------------------------------ tools
 step "tools"
-for t in promtool amtool docker-compose curl; do
-  command -v "$t" >/dev/null 2>&1 || die "$t not found (Debian: prometheus, prometheus-alertmanager, docker-compose, curl)"
+for t in promtool amtool docker-compose curl nginx redis-server redis-cli; do
+  command -v "$t" >/dev/null 2>&1 ||
+    die "$t not found (Debian: prometheus, prometheus-alertmanager, docker-compose, curl, nginx, redis-server)"
 done
 # PyYAML comes with Debian's docker-compose (python3-yaml).
 py=""
@@ -100,7 +126,8 @@ for cand in python3 /usr/bin/python3; do
 done
 [[ -n "$py" ]] || die "python3 with PyYAML not found (Debian: python3-yaml)"
 printf '   %s\n' "$(promtool --version 2>&1 | head -1)" "$(amtool --version 2>&1 | head -1)" \
-  "$(docker-compose version --short 2>/dev/null || docker-compose version | head -1)" "$($py --version)"
+  "$(docker-compose version --short 2>/dev/null || docker-compose version | head -1)" "$($py --version)" \
+  "$(nginx -v 2>&1)" "$(redis-server --version | cut -d' ' -f1-3)"
 
 # -------------------------------------------------------------- compose
 step "docker-compose config -q (with .env.example)"
@@ -108,6 +135,9 @@ step "docker-compose config -q (with .env.example)"
 docker-compose -f docker-compose.yml --env-file .env.example config -q ||
   die "docker-compose config -q: docker-compose.yml does not parse"
 ok "docker-compose.yml parses"
+docker-compose -f docker-compose.yml --env-file .env.example --profile cluster config -q ||
+  die "docker-compose --profile cluster config -q: docker-compose.yml does not parse with the cluster profile"
+ok "docker-compose.yml parses with --profile cluster"
 docker-compose -f docker-compose.yml --env-file .env.example config > "$tmp/compose.resolved.yml"
 
 step "docker-compose refuses to start without each required secret"
@@ -161,8 +191,10 @@ for name, svc in doc["services"].items():
             problems.append(f"{name}: volume {src} is not declared")
     for p in svc.get("ports", []):
         published = str(p.get("published", "")) if isinstance(p, dict) else str(p)
-        if published and published not in {"8080", "3000", "16686", "9090", "9093"} and not any(
-                published.endswith(":" + u) or (":" + u + ":") in published for u in ("8080", "3000", "16686", "9090", "9093")):
+        # The UI ports, and 8081: the cluster profile's load balancer.
+        ui = ("8080", "8081", "3000", "16686", "9090", "9093")
+        if published and published not in ui and not any(
+                published.endswith(":" + u) or (":" + u + ":") in published for u in ui):
             problems.append(f"{name}: publishes {p}, which is not a UI port")
 text = open(os.path.join(root, "docker-compose.yml")).read()
 used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
@@ -174,6 +206,109 @@ if problems:
 print(f"   {mounts} bind mounts exist; {len(used)} variables all in .env.example; images pinned")
 PY
 ok "compose mounts and variables"
+
+step "compose: the cluster profile (Redis, opswire replicas, load balancer) and the default stack without it"
+# Writes $tmp/cluster.sh (the replicas, the broker service, the replicas'
+# port, the load balancer) for the live check of the profile below.
+"$py" - "$root" "$tmp/compose.resolved.yml" "$tmp/cluster.sh" <<'PY' || die "compose: cluster profile"
+import os, re, shlex, sys, urllib.parse, yaml
+root, resolved, out = sys.argv[1:4]
+svcs = yaml.safe_load(open(resolved))["services"]
+problems = []
+prof = {n: list(s.get("profiles") or []) for n, s in svcs.items()}
+default = sorted(n for n, p in prof.items() if not p)
+profiled = sorted(n for n, p in prof.items() if p)
+deps = lambda n: svcs[n].get("depends_on") or {}
+env = lambda n: svcs[n].get("environment") or {}
+def cmd(n, key="command"):
+    c = svcs[n].get(key) or []
+    return shlex.split(c) if isinstance(c, str) else [str(x) for x in c]
+def vols(n):
+    for v in svcs[n].get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            yield parts[0], parts[1] if len(parts) > 1 else ""
+        else:
+            yield v.get("source", ""), v.get("target", "")
+for n in profiled:
+    if prof[n] != ["cluster"]:
+        problems.append(f"{n}: profiles {prof[n]}, expected [cluster]")
+for n in default:
+    for d in deps(n):
+        if prof.get(d):
+            problems.append(f"{n} (no profile) depends on {d} (profile {prof[d]}): plain `docker compose up` would break")
+for n in svcs:
+    for d in deps(n):
+        if d not in svcs:
+            problems.append(f"{n} depends on {d}, which is not a service")
+replicas = sorted(n for n in svcs if "OPSWIRE_BROKER__URL" in env(n))
+if len(replicas) < 2:
+    problems.append(f"cluster: {len(replicas)} service(s) set OPSWIRE_BROKER__URL, want at least 2 replicas")
+brokers, ports = set(), set()
+for r in replicas:
+    if not prof[r]:
+        problems.append(f"{r} sets OPSWIRE_BROKER__URL outside the cluster profile")
+    u = urllib.parse.urlparse(env(r)["OPSWIRE_BROKER__URL"])
+    if u.scheme not in ("redis", "rediss") or u.hostname not in svcs:
+        problems.append(f"{r}: OPSWIRE_BROKER__URL {u.geturl()!r} does not name a redis:// service of this file")
+        continue
+    brokers.add(u.hostname)
+    if (deps(r).get(u.hostname) or {}).get("condition") != "service_healthy":
+        problems.append(f"{r} does not wait for {u.hostname} to be healthy (depends_on condition service_healthy)")
+    if not (svcs[r].get("healthcheck") or {}).get("test"):
+        problems.append(f"{r} has no healthcheck")
+    c = cmd(r)
+    bind = c[c.index("--bind") + 1] if "--bind" in c else ""
+    if not re.fullmatch(r"0\.0\.0\.0:\d+", bind):
+        problems.append(f"{r}: command {c} does not --bind 0.0.0.0:PORT")
+    else:
+        ports.add(bind.split(":")[1])
+    if svcs[r].get("ports"):
+        problems.append(f"{r} publishes a port: clients go through the load balancer")
+for b in sorted(brokers):
+    c = " ".join(cmd(b))
+    if not re.search(r"--appendonly\s+yes\b", c):
+        problems.append(f"{b}: command {c!r} does not turn AOF on (--appendonly yes)")
+    hc = (svcs[b].get("healthcheck") or {}).get("test") or []
+    if not hc or hc[0] not in ("CMD", "CMD-SHELL") or "redis-cli" not in " ".join(hc):
+        problems.append(f"{b}: healthcheck {hc} does not run redis-cli")
+    if not any(t == "/data" and not src.startswith(("/", ".")) for src, t in vols(b)):
+        problems.append(f"{b}: no named volume at /data (the AOF would die with the container)")
+    if svcs[b].get("ports"):
+        problems.append(f"{b} publishes a port")
+lbs = [n for n in svcs if any(src == os.path.join(root, "deploy/nginx.conf") for src, _ in vols(n))]
+if len(lbs) != 1:
+    problems.append(f"services mounting deploy/nginx.conf: {lbs}, want one load balancer")
+else:
+    lb = lbs[0]
+    conf = open(os.path.join(root, "deploy/nginx.conf")).read()
+    code = "\n".join(l for l in conf.splitlines() if not l.lstrip().startswith("#"))
+    servers = set(re.findall(r"^\s*server\s+([^\s;{]+)", code, re.M))
+    want = {f"{r}:{p}" for r in replicas for p in ports}
+    if len(ports) != 1 or servers != want:
+        problems.append(f"deploy/nginx.conf upstream servers {sorted(servers)}, want the replicas {sorted(want)}")
+    listen = re.findall(r"^\s*listen\s+(?:[\d.]+:)?(\d+)\b", code, re.M)
+    published = [str(p).split("/")[0].rsplit(":", 1)[-1] for p in svcs[lb].get("ports", [])]
+    if len(listen) != 1 or published != listen:
+        problems.append(f"{lb}: publishes container port(s) {published}, nginx listens on {listen}")
+    for r in replicas:
+        if (deps(lb).get(r) or {}).get("condition") != "service_healthy":
+            problems.append(f"{lb} does not wait for {r} to be healthy")
+    hc = " ".join((svcs[lb].get("healthcheck") or {}).get("test") or [])
+    m = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*)", hc)
+    if not m or m.group(1) not in listen:
+        problems.append(f"{lb}: healthcheck {hc!r} does not ask nginx on its listen port")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+with open(out, "w") as fh:
+    fh.write(f"cluster_replicas=({' '.join(replicas)})\ncluster_broker={sorted(brokers)[0]}\n"
+             f"cluster_port={ports.pop()}\ncluster_lb={lb}\ncluster_lb_health={shlex.quote(m.group(2))}\n")
+print(f"   without a profile: {', '.join(default)}")
+print(f"   profile cluster:   {', '.join(profiled)}")
+print(f"   replicas {', '.join(replicas)} -> broker {', '.join(sorted(brokers))} (AOF, healthcheck, /data volume); "
+      f"{lb} upstreams = the replicas, listens on the published port")
+PY
+ok "cluster profile wired; the default services depend on none of it"
 
 step "Dockerfile: build inputs not ignored, non-root, healthcheck, no --insecure"
 "$py" - <<'PY' || die "Dockerfile checks"
@@ -720,5 +855,217 @@ ok "subscribers, agent, Prometheus and Alertmanager stopped (live checks: $((SEC
 stop_pid "$opswire_pid"
 opswire_pid=""
 ok "opswire stopped"
+
+# ------------------------------------- cluster profile: load balancer (live)
+# The compose `cluster` profile on this machine: Debian's nginx with
+# deploy/nginx.conf in front of two real opswire replicas started with their
+# compose environment, and a real redis-server started with the compose
+# command. ($tmp/cluster.sh comes from the static compose check above.)
+step "cluster profile: nginx -t on deploy/nginx.conf, the replicas' names mapped to local ports"
+t_lb=$SECONDS
+# shellcheck disable=SC1091
+source "$tmp/cluster.sh"
+lbd="$tmp/lb"
+mkdir -p "$lbd/redis"
+lb_addr="127.0.0.1:$(free_port)"
+redis_port="$(free_port)"
+declare -A rport=()
+ups=()
+for r in "${cluster_replicas[@]}"; do
+  rport[$r]="$(free_port)"
+  ups+=(--upstream "$r:$cluster_port=127.0.0.1:${rport[$r]}")
+done
+"$py" scripts/stack_live.py lb-config "$root" "$lbd/nginx" --listen "$lb_addr" "${ups[@]}" ||
+  die "could not map deploy/nginx.conf to local ports"
+nginx_args=(-p "$lbd/nginx" -e "$lbd/nginx/log/error.log" -c "$lbd/nginx/nginx.conf")
+nginx -t "${nginx_args[@]}" >"$lbd/nginx-t.out" 2>&1 ||
+  { sed 's/^/   /' "$lbd/nginx-t.out"; die "nginx -t on deploy/nginx.conf"; }
+sed 's/^/   /' "$lbd/nginx-t.out"
+ok "$(nginx -v 2>&1 | sed 's/^nginx version: //') accepts deploy/nginx.conf"
+
+step "cluster profile: redis-server with the compose command; the compose healthcheck"
+mapfile -t redis_args < <("$py" -c '
+import shlex, sys, yaml
+svc = yaml.safe_load(open(sys.argv[1]))["services"][sys.argv[2]]
+c = svc["command"]; c = shlex.split(c) if isinstance(c, str) else c
+print("\n".join(str(x) for x in c[1:] if c[0].endswith("redis-server")))' "$tmp/compose.resolved.yml" "$cluster_broker")
+redis_hc="$("$py" -c '
+import shlex, sys, yaml
+t = yaml.safe_load(open(sys.argv[1]))["services"][sys.argv[2]]["healthcheck"]["test"]
+print(t[1] if t[0] == "CMD-SHELL" else shlex.join(t[1:]))' "$tmp/compose.resolved.yml" "$cluster_broker")"
+# The healthcheck as compose runs it, against this redis-server's port.
+redis_hc_local="${redis_hc//redis-cli/redis-cli -p $redis_port}"
+if sh -c "$redis_hc_local" >/dev/null 2>&1; then
+  die "the $cluster_broker healthcheck ($redis_hc) passes with no redis-server running"
+fi
+redis-server "${redis_args[@]}" --port "$redis_port" --bind 127.0.0.1 --dir "$lbd/redis" \
+  --daemonize no --logfile "$lbd/redis.log" >/dev/null 2>&1 &
+redis_pid=$!
+for _ in $(seq 1 100); do
+  sh -c "$redis_hc_local" >/dev/null 2>&1 && break
+  kill -0 "$redis_pid" 2>/dev/null || { tail -5 "$lbd/redis.log" >&2; die "redis-server exited with ${redis_args[*]}"; }
+  sleep 0.1
+done
+sh -c "$redis_hc_local" >/dev/null 2>&1 || die "the $cluster_broker healthcheck ($redis_hc) fails against a running redis-server"
+aof="$(redis-cli -p "$redis_port" config get appendonly | tail -1)"
+[[ "$aof" == yes ]] || die "redis-server with ${redis_args[*]} runs with appendonly=$aof"
+ok "redis-server ${redis_args[*]} on 127.0.0.1:$redis_port (appendonly=$aof); healthcheck '$redis_hc' fails before it starts, passes after"
+
+step "cluster profile: ${cluster_replicas[*]} with their compose environment (broker -> that redis-server)"
+for r in "${cluster_replicas[@]}"; do
+  # Every OPSWIRE_* setting compose gives the replica, except the two
+  # secrets (this run's own), with the broker's host name -> 127.0.0.1.
+  mapfile -t renv < <("$py" -c '
+import re, sys, yaml
+env = yaml.safe_load(open(sys.argv[1]))["services"][sys.argv[2]].get("environment") or {}
+broker = re.compile("//" + re.escape(sys.argv[3]) + r"(:\d+)?(?=/|$)")
+for k, v in sorted(env.items()):
+    if k.startswith("OPSWIRE_") and k not in ("OPSWIRE_JWT_SECRET", "OPSWIRE_ALERTMANAGER__WEBHOOK_TOKEN"):
+        print(k + "=" + broker.sub("//127.0.0.1:" + sys.argv[4], str(v)))' \
+    "$tmp/compose.resolved.yml" "$r" "$cluster_broker" "$redis_port")
+  echo "   $r: ${renv[*]}"
+  env "${renv[@]}" "$bin" serve --config deploy/opswire.toml --bind "127.0.0.1:${rport[$r]}" \
+    >"$lbd/$r.out" 2>"$lbd/$r.err" &
+  replica_pids+=("$!")
+done
+for r in "${cluster_replicas[@]}"; do
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:${rport[$r]}/readyz" 2>/dev/null && break
+    sleep 0.1
+  done
+  curl -fsS -o /dev/null "http://127.0.0.1:${rport[$r]}/readyz" ||
+    { tail -5 "$lbd/$r.err" >&2; die "replica $r did not become ready on 127.0.0.1:${rport[$r]}"; }
+done
+# Cluster mode connects every replica to Redis; a build without it ignores
+# OPSWIRE_BROKER__URL (not yet a setting) and runs its embedded broker.
+cluster_mode=""
+redis_clients=0
+for _ in $(seq 1 20); do
+  redis_clients="$(redis-cli -p "$redis_port" info clients | tr -d '\r' | sed -n 's/^connected_clients://p')"
+  ((redis_clients > 1)) && { cluster_mode=1; break; }
+  sleep 0.1
+done
+if [[ -n "$cluster_mode" ]]; then
+  ok "replicas ready; cluster mode: $((redis_clients - 1)) connection(s) to redis-server"
+else
+  ok "replicas ready; NOT in cluster mode: no replica connected to redis-server (this build ignores OPSWIRE_BROKER__URL)"
+  [[ "${CHECK_STACK_REQUIRE_CLUSTER:-0}" == 1 ]] &&
+    die "CHECK_STACK_REQUIRE_CLUSTER=1, but the replicas did not connect to redis-server"
+fi
+
+step "cluster profile: real nginx in front of the replicas: /readyz, WebSocket and SSE to each replica"
+nginx "${nginx_args[@]}" -g 'daemon off;' >"$lbd/nginx.out" 2>&1 &
+nginx_pid=$!
+for _ in $(seq 1 50); do
+  curl -fsS -o /dev/null "http://$lb_addr$cluster_lb_health" 2>/dev/null && break
+  kill -0 "$nginx_pid" 2>/dev/null || { cat "$lbd/nginx.out" "$lbd/nginx/log/error.log" >&2; die "nginx exited at start"; }
+  sleep 0.1
+done
+curl -fsS -o /dev/null "http://$lb_addr$cluster_lb_health" || die "nginx: $cluster_lb_health (the $cluster_lb healthcheck) failed"
+for _ in 1 2 3 4; do
+  code="$(curl -sS -o /dev/null -w '%{http_code}' "http://$lb_addr/readyz")"
+  [[ "$code" == 200 ]] || die "GET /readyz through nginx answered $code"
+done
+ok "nginx on $lb_addr: $cluster_lb_health 200 (the compose healthcheck), /readyz 200 x4"
+# One WebSocket and one SSE listener per replica, all through nginx: with
+# least_conn (and nothing else open) the second of each lands on the other
+# replica; lb-deliveries below proves where each one landed.
+lb_read="$("$bin" token --team platform --ttl 5m --sub check-stack-lb)"
+lb_ingest="$("$bin" token --team platform --scope ingest --ttl 5m --sub check-stack-lb)"
+ws_files=() sse_files=()
+for i in $(seq 1 "${#cluster_replicas[@]}"); do
+  "$py" scripts/ws_client.py listen "$lb_addr" "$lb_read" platform --streams logs --seconds 60 \
+    --out "$lbd/ws-$i.jsonl" 2>"$lbd/ws-$i.err" &
+  lb_pids+=("$!")
+  ws_files+=("$lbd/ws-$i.jsonl")
+  for _ in $(seq 1 50); do grep -q '"type":"subscribed"' "$lbd/ws-$i.jsonl" 2>/dev/null && break; sleep 0.1; done
+  grep -q '"type":"subscribed"' "$lbd/ws-$i.jsonl" 2>/dev/null ||
+    { cat "$lbd/ws-$i.err" >&2; die "WebSocket listener $i through nginx: no subscribed reply"; }
+done
+for i in $(seq 1 "${#cluster_replicas[@]}"); do
+  # EventSource style: the token in the query string (it must not reach nginx's log).
+  curl -s -N --max-time 60 "http://$lb_addr/sse?team=platform&streams=logs&access_token=$lb_read" \
+    >"$lbd/sse-$i.out" 2>/dev/null &
+  lb_pids+=("$!")
+  sse_files+=("$lbd/sse-$i.out")
+  for _ in $(seq 1 50); do grep -q '^event: subscribed' "$lbd/sse-$i.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q '^event: subscribed' "$lbd/sse-$i.out" 2>/dev/null || die "SSE listener $i through nginx: no subscribed event"
+done
+ok "${#ws_files[@]} WebSocket and ${#sse_files[@]} SSE listeners (team platform, logs) subscribed through nginx"
+run="$(date +%s%N)"
+post_log() { # URL MESSAGE
+  curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $lb_ingest" \
+    -H 'Content-Type: application/json' --data "{\"level\":\"info\",\"message\":\"$2\"}" "$1/api/v1/logs?team=platform"
+}
+for r in "${cluster_replicas[@]}"; do
+  code="$(post_log "http://127.0.0.1:${rport[$r]}" "check-stack-lb-$r-$run")"
+  [[ "$code" == 200 ]] || die "POST /api/v1/logs to $r answered $code"
+done
+code="$(post_log "http://$lb_addr" "check-stack-lb-via-lb-$run")"
+[[ "$code" == 200 ]] || die "POST /api/v1/logs through nginx answered $code"
+deliveries=(--listeners "ws=$(IFS=,; echo "${ws_files[*]}")" --listeners "sse=$(IFS=,; echo "${sse_files[*]}")")
+for r in "${cluster_replicas[@]}"; do deliveries+=(--replica "$r"); done
+[[ -n "$cluster_mode" ]] && deliveries+=(--cluster)
+"$py" scripts/stack_live.py lb-deliveries "$run" "${deliveries[@]}" ||
+  die "log lines posted to each replica and through nginx did not reach the listeners behind nginx as they should"
+if [[ -n "$cluster_mode" ]]; then
+  ok "every line reached every listener: each replica serves what the others publish"
+else
+  ok "each replica's line reached exactly the WebSocket and the SSE listener nginx put on that replica; the line posted through nginx reached one of each"
+fi
+# (After the listeners are placed: least_conn counts these connections too.)
+"$py" scripts/stack_live.py lb-origin "$lb_addr" "$lb_read" ||
+  die "a browser's same-origin WebSocket through nginx (Host passed on?)"
+# Close the listeners: nginx writes an access-log line when a request ends.
+for pid in "${lb_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+for pid in "${lb_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+lb_pids=()
+sleep 0.3
+"$py" - "$lbd/nginx/log/access.log" "$lb_read" "${rport[@]}" <<'PY' || die "nginx access log"
+import re, sys
+path, token, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
+log = open(path).read()
+problems = []
+if token in log or "access_token" in log:
+    problems.append("the access log holds a token (?access_token=): log $uri, not $request")
+for uri, status in (("/ws", "101"), ("/sse", "200")):
+    seen = set(re.findall(rf'"GET {uri} HTTP/1\.1" {status} .*upstream=127\.0\.0\.1:(\d+)', log))
+    if seen != set(ports):
+        problems.append(f"GET {uri} ({status}) went to replica ports {sorted(seen)}, want every replica {sorted(ports)}")
+    else:
+        print(f"   GET {uri} -> {status} from every replica ({', '.join(sorted(seen))})")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+print(f"   {len(log.splitlines())} access-log lines, no token in them")
+PY
+if grep -E '\[(error|crit|alert|emerg)\]' "$lbd/nginx/log/error.log" >"$lbd/nginx-errors" 2>/dev/null; then
+  sed 's/^/   /' "$lbd/nginx-errors"
+  die "nginx logged errors (above)"
+fi
+ok "access log: WebSocket and SSE through nginx to every replica, no token; no error in nginx's error log"
+
+if [[ -n "$cluster_mode" ]]; then
+  step "cluster profile: without Redis, every replica's /readyz answers 503 (broker unavailable)"
+  stop_pid "$redis_pid"; redis_pid=""
+  for r in "${cluster_replicas[@]}"; do
+    body=""
+    for _ in $(seq 1 100); do
+      body="$(curl -sS --max-time 2 "http://127.0.0.1:${rport[$r]}/readyz" -w ' %{http_code}' 2>/dev/null || true)"
+      [[ "$body" == *"broker unavailable"*" 503" ]] && break
+      sleep 0.1
+    done
+    [[ "$body" == *"broker unavailable"*" 503" ]] || die "$r: /readyz without Redis answered: $body"
+    curl -fsS -o "$lbd/$r.metrics" "http://127.0.0.1:${rport[$r]}/metrics" || die "$r: GET /metrics failed"
+    grep -qx 'opswire_broker_up 0' "$lbd/$r.metrics" || die "$r: opswire_broker_up is not 0 without Redis"
+    ok "$r: /readyz 503 ($body), opswire_broker_up 0"
+  done
+else
+  echo "   SKIPPED until cluster mode is in the build (CHECK_STACK_REQUIRE_CLUSTER=1 makes it fatal):"
+  echo "     - each line, posted to one replica or through nginx, reaches every listener (all replicas)"
+  echo "     - without Redis, every replica's /readyz answers 503 \"broker unavailable: ...\", opswire_broker_up 0"
+fi
+for pid in "$nginx_pid" "${replica_pids[@]}" "$redis_pid"; do stop_pid "$pid"; done
+nginx_pid="" redis_pid="" replica_pids=()
+ok "nginx, replicas and redis-server stopped (cluster profile checks: $((SECONDS - t_lb)) s)"
 
 printf '\n== stack checks passed\n'

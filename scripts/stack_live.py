@@ -34,7 +34,40 @@ otherwise stdlib only. Every HTTP call has a timeout; every wait a deadline.
       OpenTelemetry Collector's own metrics; no Collector runs here) are
       skipped and listed (--collector checks them too, e.g. against the
       Prometheus of a running `docker compose` stack); Loki (LogQL) targets
-      are listed as not PromQL.
+      are listed as not PromQL. The quantiles of the histograms that only a
+      cluster broker observes (CLUSTER_ONLY_HISTOGRAMS: the embedded broker
+      makes no calls and reads no notifications) may be NaN, and are listed,
+      only while that histogram has no observation at all (its _count sums
+      to 0); --cluster (a Redis broker runs) allows no NaN.
+
+  stack_live.py lb-config ROOT OUTDIR --listen HOST:PORT
+                          --upstream NAME:PORT=HOST:PORT [--upstream ...]
+      Writes OUTDIR/nginx.conf, a copy of ROOT/deploy/nginx.conf that
+      Debian's nginx runs on this machine, and prints what differs: each
+      upstream `server NAME:PORT resolve` -> `server HOST:PORT` (every
+      server of the file must be mapped; `resolve` needs nginx >= 1.27.3),
+      `listen` -> HOST:PORT, log/pid/temp paths -> OUTDIR, no `user` and no
+      `worker_rlimit_nofile` (not raised above this shell's limit).
+
+  stack_live.py lb-origin LB_ADDR TOKEN
+      WebSocket handshakes through the load balancer as a browser makes
+      them: with Origin http://LB_ADDR the first frame is `welcome` (the
+      balancer passed the client's Host, which opswire's same-origin check
+      compares with Origin); with a foreign Origin it is the `forbidden`
+      error (so the first result means something).
+
+  stack_live.py lb-deliveries RUN --replica NAME [--replica NAME ...]
+                              --listeners KIND=FILE,FILE [--listeners ...]
+                              [--cluster] [--timeout 5]
+      After one log line per replica was posted to that replica directly
+      (message check-stack-lb-<NAME>-<RUN>) and one through the load
+      balancer (check-stack-lb-via-lb-<RUN>): the listeners of each KIND
+      (ws, sse), one per replica, all connected through the load balancer,
+      must have received, without cluster mode, each exactly one replica's
+      line, every replica's line reaching exactly one of them (so the
+      balancer spread them over every replica and frames flow back through
+      it), and the line sent through the balancer exactly one of them; with
+      --cluster (cluster mode: every node serves every team), every line.
 
   stack_live.py alert-e2e ROOT --alertname NAME --prom-url URL --am-url URL
                           --frames TEAM=FILE [--frames TEAM=FILE ...]
@@ -239,6 +272,28 @@ def metric_names(expr):
     return names
 
 
+# Histograms that only a cluster (Redis) broker observes. With the embedded
+# broker they exist (pre-initialised) but never get an observation, so a
+# quantile of them is NaN: "no data yet", as Grafana shows it.
+CLUSTER_ONLY_HISTOGRAMS = {
+    "opswire_broker_round_trip_seconds",
+    "opswire_broker_notification_lag_seconds",
+}
+
+
+def unobserved_cluster_histograms(prom, expr, now):
+    """The CLUSTER_ONLY_HISTOGRAMS `expr` reads, if it reads only those and
+    none has a single observation; else None."""
+    bases = {re.sub(r"_(bucket|count|sum)$", "", n) for n in metric_names(expr)}
+    if not bases or not bases <= CLUSTER_ONLY_HISTOGRAMS:
+        return None
+    for b in sorted(bases):
+        res = api(prom, "/api/v1/query", query=f"sum({b}_count)", time=now)["result"]
+        if not res or float(res[0]["value"][1]) != 0:
+            return None
+    return sorted(bases)
+
+
 def collector_only(expr):
     names = metric_names(expr)
     return bool(names) and all(n.startswith("otelcol_") for n in names)
@@ -335,7 +390,7 @@ def dashboards(a):
         "__range_s": str(int(parse_dur(a.range))), "__range_ms": str(int(parse_dur(a.range) * 1000)),
     }
     print(f"   $__rate_interval={a.rate_interval} $__interval={a.interval} $__range={a.range}")
-    skipped, logql, failures = [], [], []
+    skipped, logql, failures, unobserved = [], [], [], []
     n_queries = n_exprs = 0
     now = f"{time.time():.3f}"
     for f in sorted(glob.glob(os.path.join(a.root, "grafana/dashboards/*.json"))):
@@ -407,7 +462,13 @@ def dashboards(a):
                     if not series:
                         failures.append(f"{name} {title!r} [{t['refId']}] ({label}): no data: {q}")
                     elif not numeric:
-                        failures.append(f"{name} {title!r} [{t['refId']}] ({label}): only NaN: {q}")
+                        idle = None if a.cluster else unobserved_cluster_histograms(a.prom, q, now)
+                        if idle:
+                            note = f"{title!r} [{t['refId']}]: NaN, {', '.join(idle)} not observed yet"
+                            if note not in unobserved:
+                                unobserved.append(note)
+                        else:
+                            failures.append(f"{name} {title!r} [{t['refId']}] ({label}): only NaN: {q}")
                     counts.append(str(len(series)))
                 results.append(f"{t['refId']}:{'/'.join(counts)}")
             print(f"   ok  {d['uid']:17s} {title[:52]:52s} series {' '.join(results)}")
@@ -426,6 +487,11 @@ def dashboards(a):
         print("   not PromQL (Loki data source; no Loki runs here):")
         for s in logql:
             print(f"     - {s}")
+    if unobserved:
+        print("   series present, quantile NaN: histograms only a cluster (Redis) broker observes,"
+              " with no observation at all here (embedded broker):")
+        for s in unobserved:
+            print(f"     - {s}")
 
 
 def parse_dur(s):
@@ -433,6 +499,181 @@ def parse_dur(s):
     if not m:
         raise SystemExit(f"bad duration {s}")
     return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+# -------------------------------------------------------------- lb-config
+def lb_config(a):
+    src = os.path.join(a.root, "deploy/nginx.conf")
+    text = open(src).read()
+    out = text
+    mapping = dict(u.split("=", 1) for u in a.upstream)
+    servers = re.findall(r"^\s*server\s+([^\s;{]+)(?:\s+[^;{\n]*)?;", text, re.M)
+    if set(servers) != set(mapping):
+        fail(f"deploy/nginx.conf upstream servers {sorted(servers)} != replicas {sorted(mapping)}")
+
+    def sub(pattern, repl, want, what):
+        nonlocal out
+        out, n = re.subn(pattern, repl, out, flags=re.M)
+        if (n != want) if isinstance(want, int) else (n not in want):
+            fail(f"deploy/nginx.conf: {what}: {n} matches, expected {want}")
+
+    def sub_code(old, new, what):
+        """Replaces `old` outside comments; at least once."""
+        nonlocal out
+        lines, n = out.split("\n"), 0
+        for i, line in enumerate(lines):
+            if not line.lstrip().startswith("#") and old in line:
+                n += line.count(old)
+                lines[i] = line.replace(old, new)
+        if not n:
+            fail(f"deploy/nginx.conf: {what}: not found")
+        out = "\n".join(lines)
+
+    for name, addr in mapping.items():
+        sub(rf"^(\s*server\s+){re.escape(name)}(?:\s+resolve)?\b", rf"\g<1>{addr}", 1, f"server {name}")
+    sub(r"^(\s*listen\s+)\S+;", rf"\g<1>{a.listen};", 1, "listen")
+    sub(r"^user\s+[^;]*;\n", "", 1, "user")
+    sub(r"^worker_rlimit_nofile\s+[^;]*;\n", "", (0, 1), "worker_rlimit_nofile")
+    sub_code("/var/log/nginx/", os.path.join(a.outdir, "log") + "/", "log paths")
+    sub(r"^pid\s+[^;]*;", f"pid {os.path.join(a.outdir, 'nginx.pid')};", 1, "pid")
+    sub_code("/var/cache/nginx/", os.path.join(a.outdir, "cache") + "/", "temp paths")
+    for d in ("log", "cache"):
+        os.makedirs(os.path.join(a.outdir, d), exist_ok=True)
+    with open(os.path.join(a.outdir, "nginx.conf"), "w") as fh:
+        fh.write(out)
+    import difflib
+    changed = [l for l in difflib.unified_diff(text.splitlines(), out.splitlines(), lineterm="", n=0)
+               if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    print(f"   {os.path.join(a.outdir, 'nginx.conf')}: deploy/nginx.conf with {len(changed)} changed lines:")
+    for l in changed:
+        print(f"     {l.rstrip()}")
+
+
+# -------------------------------------------------------------- lb-origin
+def ws_first_frame(addr, token, origin, timeout=5):
+    """A browser-like WebSocket handshake; returns (status line, first text frame or None)."""
+    import base64
+    import socket
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n"
+                   f"Authorization: Bearer {token}\r\n\r\n").encode())
+        buf = b""
+        deadline = time.time() + timeout
+        while b"\r\n\r\n" not in buf and time.time() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n")[0].decode(errors="replace")
+        if " 101 " not in status:
+            return status, None
+
+        def need(n):
+            nonlocal buf
+            while len(buf) < n:
+                if time.time() > deadline:
+                    raise TimeoutError("no frame")
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise EOFError("closed")
+                buf += chunk
+            out, buf = buf[:n], buf[n:]
+            return out
+
+        while True:
+            b0, b1 = need(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(need(2), "big")
+            elif n == 127:
+                n = int.from_bytes(need(8), "big")
+            payload = need(n)
+            op = b0 & 0x0F
+            if op == 1:
+                return status, json.loads(payload)
+            if op == 8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                return status, {"type": "close", "code": code, "reason": payload[2:].decode(errors="replace")}
+    finally:
+        s.close()
+
+
+def lb_origin(a):
+    try:
+        lb_origin_checks(a)
+    except (OSError, EOFError, ValueError) as e:
+        fail(f"WebSocket through the load balancer: {type(e).__name__}: {e}")
+
+
+def lb_origin_checks(a):
+    own = f"http://{a.lb}"
+    status, fr = ws_first_frame(a.lb, a.token, own)
+    if not fr or fr.get("type") != "welcome":
+        fail(f"same-origin WebSocket through the load balancer (Origin {own}): {status}, first frame {fr}")
+    print(f"   Origin {own}: {status}, first frame `welcome` (session {fr.get('session')})")
+    status, fr = ws_first_frame(a.lb, a.token, "http://elsewhere.example")
+    code = (fr or {}).get("code")
+    if not fr or fr.get("type") not in ("error", "close") or (fr.get("type") == "error" and code != "forbidden"):
+        fail(f"foreign Origin through the load balancer was not refused: {status}, first frame {fr}")
+    print(f"   Origin http://elsewhere.example: {status}, first frame {fr.get('type')} {code}: refused")
+
+
+# ---------------------------------------------------------- lb-deliveries
+def lb_deliveries(a):
+    tags = list(a.replica) + ["via-lb"]
+    groups = []
+    for spec in a.listeners:
+        kind, files = spec.split("=", 1)
+        groups.append((kind, files.split(",")))
+
+    def seen(path):
+        try:
+            text = open(path, errors="replace").read()
+        except FileNotFoundError:
+            return set()
+        return {t for t in tags if f"check-stack-lb-{t}-{a.run}" in text}
+
+    def verdict():
+        problems = []
+        for kind, files in groups:
+            got = [seen(f) for f in files]
+            if a.cluster:
+                for f, g in zip(files, got):
+                    if g != set(tags):
+                        problems.append(f"{kind} {os.path.basename(f)}: got {sorted(g)}, want every line {tags}")
+                continue
+            for f, g in zip(files, got):
+                if len(g & set(a.replica)) != 1:
+                    problems.append(f"{kind} {os.path.basename(f)}: got replica lines {sorted(g & set(a.replica))}, want exactly one")
+            for r in a.replica:
+                n = sum(r in g for g in got)
+                if n != 1:
+                    problems.append(f"{kind}: the line posted to {r} reached {n} listeners, want 1")
+            n = sum("via-lb" in g for g in got)
+            if n != 1:
+                problems.append(f"{kind}: the line posted through the load balancer reached {n} listeners, want 1")
+        return problems
+
+    deadline = time.time() + a.timeout
+    problems = verdict()
+    while problems and time.time() < deadline:
+        time.sleep(0.2)
+        problems = verdict()
+    if not a.cluster:
+        # Late frames must not change the verdict (a line reaching a second
+        # listener would mean the replicas share what they should not yet).
+        time.sleep(1.0)
+        problems = verdict()
+    for kind, files in groups:
+        for f in files:
+            print(f"   {kind} {os.path.basename(f)}: {', '.join(sorted(seen(f))) or 'nothing'}")
+    if problems:
+        fail("; ".join(problems))
 
 
 # -------------------------------------------------------------- alert-e2e
@@ -537,6 +778,22 @@ def main():
     d.add_argument("--range", default="1m")
     d.add_argument("--collector", action="store_true",
                    help="also check the Collector panels (against a stack where the Collector runs)")
+    d.add_argument("--cluster", action="store_true",
+                   help="a cluster (Redis) broker runs: no NaN allowed for its histograms either")
+    lc = sub.add_parser("lb-config")
+    lc.add_argument("root")
+    lc.add_argument("outdir")
+    lc.add_argument("--listen", required=True)
+    lc.add_argument("--upstream", action="append", required=True, help="NAME:PORT=HOST:PORT")
+    ld = sub.add_parser("lb-deliveries")
+    ld.add_argument("run")
+    ld.add_argument("--replica", action="append", required=True)
+    ld.add_argument("--listeners", action="append", required=True, help="KIND=FILE,FILE")
+    ld.add_argument("--cluster", action="store_true")
+    ld.add_argument("--timeout", type=float, default=5)
+    lo = sub.add_parser("lb-origin")
+    lo.add_argument("lb")
+    lo.add_argument("token")
     e = sub.add_parser("alert-e2e")
     e.add_argument("root")
     e.add_argument("--alertname", required=True)
@@ -547,7 +804,8 @@ def main():
     e.add_argument("--since", type=float, default=0, help="epoch seconds Prometheus started (for timings)")
     a = p.parse_args()
     return {"prom-config": prom_config, "wait-scrapes": wait_scrapes, "rules-health": rules_health,
-            "dashboards": dashboards, "alert-e2e": alert_e2e}[a.cmd](a) or 0
+            "dashboards": dashboards, "alert-e2e": alert_e2e, "lb-config": lb_config,
+            "lb-origin": lb_origin, "lb-deliveries": lb_deliveries}[a.cmd](a) or 0
 
 
 if __name__ == "__main__":
