@@ -4,7 +4,8 @@
 # Cargo.toml) on a Debian 12 machine, run as root (or with a passwordless
 # apt-get); installs everything else it needs first, idempotently (skips what
 # is present): build-essential, pkg-config, curl, python3, Prometheus and
-# Alertmanager, docker-compose (it only parses the compose file) here, and
+# Alertmanager, docker-compose (it only parses the compose file), Redis and
+# nginx here, and
 # Chromium, Node.js, npm and the locked npm packages in scripts/test-web.sh.
 # Prints how long each stage took at the end.
 set -euo pipefail
@@ -51,6 +52,11 @@ have prometheus-alertmanager || need_apt+=(prometheus-alertmanager)
 have amtool || need_apt+=(prometheus-alertmanager)
 have promtool || need_apt+=(prometheus)
 have docker-compose || need_apt+=(docker-compose)
+# Cluster mode's tests run a real Redis (and the stack check a real nginx
+# in front of two opswire replicas).
+have redis-server || need_apt+=(redis-server)
+have redis-cli || need_apt+=(redis-tools)
+have nginx || need_apt+=(nginx)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -79,7 +85,7 @@ stage "wire fuzzer: mutated WebSocket and HTTP traffic against the binary (dev a
 FUZZ_TARGETS=0 bash scripts/test-fuzz.sh
 
 stage "the stack: promtool, amtool, compose, dashboards, live /metrics"
-bash scripts/check-stack.sh
+CHECK_STACK_REQUIRE_CLUSTER=1 bash scripts/check-stack.sh
 
 stage "browser tests (dashboard, headless Chromium)"
 bash scripts/test-web.sh
