@@ -215,14 +215,22 @@ impl Sequencer for RedisBroker {
             answer: tx,
             queued: Instant::now(),
         };
-        // Counted before it is queued: the writer may answer it first.
+        // Counted before it is queued (the writer may answer it first),
+        // and bounded here: the channel's capacity alone would let a
+        // batch being sent come on top.
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.broker.in_flight.set(n as i64);
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(_) => {
-                let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        let queued = if n > self.max_in_flight {
+            Err(())
+        } else {
+            self.jobs.try_send(job).map_err(drop)
+        };
+        match queued {
+            Ok(()) => {
                 self.metrics.broker.in_flight.set(n as i64);
+                Ok(rx)
+            }
+            Err(()) => {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 publishes.with_label_values(&["busy"]).inc();
                 Err(BrokerError::Unavailable(format!(
                     "broker busy: {} publishes are waiting for it (broker.max_in_flight); retry",

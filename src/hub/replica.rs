@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::alerts::AlertState;
-use super::broker::{Answer, Appended, Reloaded, Stored, Submission};
+use super::broker::{Answer, Appended, BrokerError, Reloaded, Stored, Submission};
 use super::fanout::{fan_out_event, lag_stream, Published};
 use super::{publish_span, AlertChange, Cluster, Hub, HubError, Record, TeamId};
 use crate::protocol::{to_frame, AlertRecord, AlertStatus, DataFrame, Level, Stream};
@@ -67,7 +67,7 @@ impl Pending {
         let result = match answered {
             Ok(Ok(Ok(Appended::Seq(seq)))) => Ok(Some(seq)),
             Ok(Ok(Ok(Appended::Repeat))) => Ok(None),
-            Ok(Ok(Err(e))) => Err(HubError::Unavailable(e.to_string())),
+            Ok(Ok(Err(e))) => Err(refused(e)),
             Ok(Err(_)) => Err(HubError::Unavailable(
                 "broker unavailable: the connection to it was lost".into(),
             )),
@@ -159,7 +159,7 @@ impl Hub {
             Err(e) => {
                 call.record("error.type", "unavailable");
                 call.record("otel.status_code", "ERROR");
-                Pending::Done(Err(HubError::Unavailable(e.to_string())))
+                Pending::Done(Err(refused(e)))
             }
         }
     }
@@ -281,6 +281,15 @@ impl Hub {
             .alerts_firing
             .with_label_values(&[name])
             .set(st.alerts.len() as i64);
+    }
+}
+
+/// A publish the broker refused, as the hub reports it (the broker's
+/// message already says it is the broker's).
+fn refused(e: BrokerError) -> HubError {
+    match e {
+        BrokerError::Unavailable(why) => HubError::Unavailable(why),
+        other => HubError::Unavailable(other.to_string()),
     }
 }
 

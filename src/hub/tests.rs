@@ -386,3 +386,112 @@ impl Hub {
         }
     }
 }
+
+/// A replica's frame of team 0's logs, as the broker's reader hands it.
+fn incoming(epoch: &str, seq: u64) -> Incoming {
+    Incoming {
+        epoch: epoch.into(),
+        seq,
+        ts: 1,
+        frame: format!(r#"{{"type":"log","seq":{seq}}}"#),
+        level: Level::Info,
+        source: "src".into(),
+    }
+}
+
+#[test]
+fn a_replica_delivers_in_seq_order_drops_doubles_and_lags_subscribers_over_a_gap() {
+    let h = hub(100);
+    h.reload(0, "e1", [0, 0], Vec::new(), Vec::new());
+    let mut s = h.open_session();
+    s.subscribe(0, &[Stream::Logs], &BTreeMap::new(), None)
+        .unwrap();
+    s.mailbox().release();
+    assert!(h.deliver(0, Stream::Logs, incoming("e1", 1)));
+    assert!(h.deliver(0, Stream::Logs, incoming("e1", 2)));
+    // Read again (a reconnect's overlap): not delivered twice.
+    assert!(!h.deliver(0, Stream::Logs, incoming("e1", 2)));
+    // Another epoch's frame is left to a reload.
+    assert!(!h.deliver(0, Stream::Logs, incoming("e0", 3)));
+    assert_eq!(seqs(&queued(&s)), [1, 2]);
+    // Seqs 3 and 4 were trimmed before they could be read: the
+    // subscriber is told it lagged at 2, not handed 5 as if nothing
+    // were missing; the history starts over at 5.
+    assert!(h.deliver(0, Stream::Logs, incoming("e1", 5)));
+    let mut out = Vec::new();
+    let lagged = s.mailbox().drain(&mut out).expect("lagged");
+    assert_eq!((lagged.stream, lagged.last_seq), (Stream::Logs, 2));
+    assert!(out.is_empty());
+    assert_eq!(h.head(0, Stream::Logs), 5);
+    let mut again = h.open_session();
+    let from_2 = BTreeMap::from([(
+        Stream::Logs,
+        ResumePoint {
+            epoch: "e1".into(),
+            seq: 2,
+        },
+    )]);
+    let r = again.subscribe(0, &[Stream::Logs], &from_2, None).unwrap();
+    assert_eq!(r.recovered[&Stream::Logs], false);
+}
+
+#[test]
+fn a_reload_in_a_new_epoch_lags_the_old_subscribers_and_keeps_the_firing_set() {
+    let h = hub(100);
+    h.reload(0, "e1", [0, 0], Vec::new(), Vec::new());
+    let mut s = h.open_session();
+    s.subscribe(0, &[Stream::Logs, Stream::Alerts], &BTreeMap::new(), None)
+        .unwrap();
+    s.mailbox().release();
+    assert!(h.deliver(0, Stream::Logs, incoming("e1", 1)));
+    let frames = vec![Reloaded {
+        stream: Stream::Logs,
+        stored: Stored {
+            seq: 1,
+            ts: 1,
+            frame: Frame::from("{}"),
+        },
+        level: Level::Info,
+        source: "src".into(),
+    }];
+    let alert: AlertRecord = serde_json::from_value(serde_json::json!({
+        "status": "firing", "fingerprint": "fp", "alertname": "X", "severity": "warning",
+        "labels": {}, "annotations": {}, "starts_at": "2026-11-22T10:00:00Z",
+        "ends_at": null, "generator_url": ""
+    }))
+    .unwrap();
+    let firing = vec![(
+        alert,
+        Stored {
+            seq: 4,
+            ts: 1,
+            frame: Frame::from("{\"alert\":1}"),
+        },
+    )];
+    h.reload(0, "e2", [1, 4], frames, firing);
+    let mut out = Vec::new();
+    assert!(
+        s.mailbox().drain(&mut out).is_some(),
+        "lagged: its epoch is gone"
+    );
+    assert_eq!(&*h.epoch_of(0), "e2");
+    assert_eq!(h.firing_alerts(0).len(), 1);
+    // A resume in the new epoch finds the reloaded history.
+    let mut fresh = h.open_session();
+    let resume = BTreeMap::from([(
+        Stream::Logs,
+        ResumePoint {
+            epoch: "e2".into(),
+            seq: 0,
+        },
+    )]);
+    let r = fresh
+        .subscribe(0, &[Stream::Logs, Stream::Alerts], &resume, None)
+        .unwrap();
+    assert_eq!(r.recovered[&Stream::Logs], true);
+    assert_eq!(
+        seqs(&queued(&fresh)),
+        [1, 4],
+        "the log, then the firing alert"
+    );
+}

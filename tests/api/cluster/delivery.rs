@@ -264,3 +264,63 @@ async fn processes_share_one_port_with_reuse_port() {
         assert_eq!(c.next_non_metrics().await["type"], "pong");
     }
 }
+
+#[tokio::test]
+async fn a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_another() {
+    use crate::otlp_receiver::Receiver;
+    const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let rx = Receiver::start_grpc();
+    let endpoint = rx.endpoint();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_SERVICE_NAME", "opswire-cluster-test"),
+    ];
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start_with(dir.path(), "a", &redis, "", &otel).await;
+    let b = Node::start_with(dir.path(), "b", &redis, "", &otel).await;
+    let mut reader = a.subscriber("alpha", &["logs"]).await;
+    let mut agent = b.bin.ws(&token_with(&["alpha"], "ingest", 60), &[]).await;
+    agent
+        .send_json(
+            json!({"op": "publish", "id": 1, "team": "alpha", "stream": "logs",
+            "traceparent": format!("00-{TRACE}-b7ad6b7169203331-01"),
+            "data": {"level": "warn", "source": "agent", "message": "traced"}}),
+        )
+        .await;
+    assert_eq!(agent.next_non_metrics().await["type"], "published");
+    let log = frames(&mut reader, "logs", 1).await.remove(0);
+    assert_eq!(log["trace_id"], TRACE, "{log}");
+    // The publish (producer) and its Redis call (client, database
+    // conventions) are in that trace.
+    let spans = rx
+        .wait_for_spans(
+            |s| {
+                s.iter()
+                    .any(|x| x.trace_id == TRACE && x.name == "publish logs")
+                    && s.iter()
+                        .any(|x| x.trace_id == TRACE && x.name.starts_with("EVALSHA"))
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    let publish = spans
+        .iter()
+        .find(|x| x.trace_id == TRACE && x.name == "publish logs")
+        .unwrap();
+    let call = spans
+        .iter()
+        .find(|x| x.trace_id == TRACE && x.name.starts_with("EVALSHA"))
+        .unwrap();
+    assert_eq!((publish.kind, call.kind), (4, 3), "producer, client");
+    assert_eq!(call.parent_span_id, publish.span_id);
+    assert_eq!(call.attr("db.system.name"), Some("redis"));
+    assert_eq!(call.attr("db.operation.name"), Some("EVALSHA"));
+    assert_eq!(call.attr("server.address"), Some("127.0.0.1"));
+    assert_eq!(
+        call.attr("server.port"),
+        Some(redis.port.to_string().as_str())
+    );
+}

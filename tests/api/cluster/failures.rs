@@ -147,3 +147,73 @@ async fn a_node_started_while_redis_is_down_is_not_ready_and_serves_once_it_is_b
     node.wait_ready().await;
     assert_eq!(node.log("alpha", "now").await, 1);
 }
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_gets_bounded_publishes_and_back_pressure_not_a_queue() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start_with(dir.path(), "a", &redis, "max_in_flight = 8", &[]).await;
+    let mut sub = a.subscriber("alpha", &["logs"]).await;
+    assert_eq!(a.log("alpha", "first").await, 1);
+    frames(&mut sub, "logs", 1).await;
+
+    redis.pause(true);
+    // 40 publishers at once against a Redis that answers nothing: at most
+    // 8 wait for it (each refused within broker.timeout_ms, 1 s here),
+    // the rest are refused at once as busy.
+    let started = std::time::Instant::now();
+    let lines: Vec<[String; 1]> = (0..40).map(|i| [format!("stuck-{i}")]).collect();
+    let posts = lines.iter().map(|l| a.post_logs("alpha", l));
+    let answers = futures_util::future::join_all(posts).await;
+    let waited = started.elapsed();
+    let busy = answers
+        .iter()
+        .filter(|(s, b, _)| *s == 503 && b["message"].as_str().unwrap().contains("busy"))
+        .count();
+    assert!(
+        answers
+            .iter()
+            .all(|(s, _, retry)| *s == 503 && retry.is_some()),
+        "{answers:?}"
+    );
+    assert!(busy >= 32, "only {busy} of 40 refused as busy: {answers:?}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "publishers waited {waited:?}"
+    );
+    let (s, _) = a.readyz().await;
+    assert_eq!(s, 503, "not ready while the broker does not answer");
+
+    redis.pause(false);
+    a.wait_ready().await;
+    // A publish refused as busy never reached Redis: never delivered. One
+    // that timed out was sent, and Redis may run it when it wakes (its
+    // refusal said so): delivered at most once, in order, before what
+    // comes next.
+    let maybe: Vec<String> = answers
+        .iter()
+        .zip(&lines)
+        .filter(|((_, b, _), _)| {
+            b["message"]
+                .as_str()
+                .unwrap()
+                .contains("may have been stored")
+        })
+        .map(|(_, l)| l[0].clone())
+        .collect();
+    let next = a.log("alpha", "after").await;
+    let got = frames(&mut sub, "logs", (next - 1) as usize).await;
+    assert_eq!(seqs(&got), (2..=next).collect::<Vec<u64>>());
+    let (last, before) = got.split_last().unwrap();
+    assert_eq!(last["data"]["message"], "after");
+    for f in before {
+        let m = f["data"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            maybe.contains(&m),
+            "{m} was refused without being sent, yet delivered"
+        );
+    }
+    assert!(no_more(&mut sub, "logs", Duration::from_millis(300))
+        .await
+        .is_empty());
+}

@@ -71,6 +71,19 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT: a Redis that holds connections open
+    /// and answers nothing, as an overloaded or swapping one does.
+    pub fn pause(&self, stopped: bool) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        let sig = if stopped {
+            libc::SIGSTOP
+        } else {
+            libc::SIGCONT
+        };
+        // SAFETY: kill(2) on our own child with a valid signal.
+        unsafe { libc::kill(pid, sig) };
+    }
+
     /// `redis-cli` against it; None when it does not answer.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
@@ -85,6 +98,9 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.pause(false);
+        }
         self.kill();
     }
 }
