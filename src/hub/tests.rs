@@ -432,7 +432,7 @@ fn a_replica_delivers_in_seq_order_drops_doubles_and_lags_subscribers_over_a_gap
         },
     )]);
     let r = again.subscribe(0, &[Stream::Logs], &from_2, None).unwrap();
-    assert_eq!(r.recovered[&Stream::Logs], false);
+    assert!(!r.recovered[&Stream::Logs]);
 }
 
 #[test]
@@ -488,7 +488,7 @@ fn a_reload_in_a_new_epoch_lags_the_old_subscribers_and_keeps_the_firing_set() {
     let r = fresh
         .subscribe(0, &[Stream::Logs, Stream::Alerts], &resume, None)
         .unwrap();
-    assert_eq!(r.recovered[&Stream::Logs], true);
+    assert!(r.recovered[&Stream::Logs]);
     assert_eq!(
         seqs(&queued(&fresh)),
         [1, 4],
