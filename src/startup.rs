@@ -59,16 +59,14 @@ impl Application {
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
         let hub = build_hub(&config, metrics.clone());
-        let cluster = match &config.broker.url {
-            Some(url) => {
-                let teams: Vec<String> = hub.team_names().map(str::to_owned).collect();
-                let history = [config.history.logs, config.history.alerts];
-                let broker =
-                    RedisBroker::new(&config.broker, url, &teams, history, metrics.clone())?;
-                hub.set_sequencer(broker.clone(), broker.timeout(), broker.server());
-                Some(broker)
-            }
-            None => None,
+        let cluster = if config.broker.url.is_some() || !config.broker.cluster.is_empty() {
+            let teams: Vec<String> = hub.team_names().map(str::to_owned).collect();
+            let history = [config.history.logs, config.history.alerts];
+            let broker = RedisBroker::new(&config.broker, &teams, history, metrics.clone())?;
+            hub.set_sequencer(broker.clone(), broker.timeout(), broker.server());
+            Some(broker)
+        } else {
+            None
         };
         let local_host = config
             .sampler

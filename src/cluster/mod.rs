@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use link::Conn;
 use redis::Script;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Notify};
@@ -91,27 +91,26 @@ pub struct RedisBroker {
     stale_epochs: Mutex<Vec<TeamId>>,
     /// Each team's epoch as last loaded.
     epochs: Vec<Mutex<Arc<str>>>,
-    scripts: Scripts,
-}
-
-struct Scripts {
+    /// The publish script, called by its hash.
     publish: Script,
-    snapshot: Script,
-    hosts: Script,
 }
 
 impl RedisBroker {
-    /// The broker of `config` for `teams` (the hub's, in its order);
-    /// nothing is connected until [`RedisBroker::spawn`].
+    /// The broker of `config` (its `url`, or its `cluster` seeds) for
+    /// `teams` (the hub's, in its order); nothing is connected until
+    /// [`RedisBroker::spawn`].
     pub fn new(
         config: &BrokerConfig,
-        url: &str,
         teams: &[String],
         history: [usize; 2],
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, LinkError> {
         let timeout = Duration::from_millis(config.timeout_ms);
-        let link = Arc::new(Link::new(url, timeout)?);
+        let (urls, cluster) = match &config.url {
+            Some(url) => (vec![url.clone()], false),
+            None => (config.cluster.clone(), true),
+        };
+        let link = Arc::new(Link::new(&urls, cluster, timeout)?);
         let (jobs, job_rx) = mpsc::channel(config.max_in_flight);
         metrics.broker.up.set(0);
         Ok(Arc::new(RedisBroker {
@@ -135,11 +134,7 @@ impl RedisBroker {
             ready: Notify::new(),
             stale_epochs: Mutex::new(Vec::new()),
             epochs: teams.iter().map(|_| Mutex::new(Arc::from(""))).collect(),
-            scripts: Scripts {
-                publish: Script::new(scripts::PUBLISH),
-                snapshot: Script::new(scripts::SNAPSHOT),
-                hosts: Script::new(scripts::HOSTS),
-            },
+            publish: Script::new(scripts::PUBLISH),
         }))
     }
 
@@ -161,7 +156,22 @@ impl RedisBroker {
             tokio::spawn(publish::run(self.clone(), rx, shutdown.clone()));
         }
         tokio::spawn(supervise(self.clone(), hub.clone(), shutdown.clone()));
-        tokio::spawn(tail::run(self.clone(), hub.clone(), shutdown.clone()));
+        // One reader for every team on one Redis; one per team on a Redis
+        // Cluster, where one command may name the keys of one slot only.
+        let teams: Vec<TeamId> = (0..self.keys.len()).collect();
+        let groups: Vec<Vec<TeamId>> = if self.link.is_cluster() {
+            teams.into_iter().map(|t| vec![t]).collect()
+        } else {
+            vec![teams]
+        };
+        for group in groups {
+            tokio::spawn(tail::run(
+                self.clone(),
+                hub.clone(),
+                group,
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(sync::run(self.clone(), hub, shutdown));
     }
 
@@ -189,11 +199,14 @@ impl RedisBroker {
         }
     }
 
-    /// The team whose stream this is, and which stream.
-    fn team_of_stream(&self) -> HashMap<String, (TeamId, crate::protocol::Stream)> {
+    /// The team whose stream this is, and which stream (of `teams`).
+    fn team_of_stream(
+        &self,
+        teams: &[TeamId],
+    ) -> HashMap<String, (TeamId, crate::protocol::Stream)> {
         use crate::protocol::Stream;
         let mut out = HashMap::new();
-        for (team, k) in self.keys.iter().enumerate() {
+        for (team, k) in teams.iter().map(|&t| (t, &self.keys[t])) {
             for s in [Stream::Logs, Stream::Alerts] {
                 out.insert(k.stream(s).to_owned(), (team, s));
             }
@@ -271,11 +284,11 @@ async fn supervise(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
     loop {
         let attempt = async {
             let mut conn = b.link.open(b.timeout).await?;
-            for s in [&b.scripts.publish, &b.scripts.snapshot, &b.scripts.hosts] {
-                s.prepare_invoke().load_async(&mut conn).await?;
-            }
+            // The hot one by its hash (on every primary of a cluster); the
+            // others are sent whole (`EVAL`), being rare.
+            b.publish.prepare_invoke().load_async(&mut conn).await?;
             snapshot::resync(&b, &hub, &mut conn, None).await?;
-            Ok::<MultiplexedConnection, redis::RedisError>(conn)
+            Ok::<Conn, redis::RedisError>(conn)
         };
         let conn = tokio::select! {
             r = attempt => r,

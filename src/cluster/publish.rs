@@ -14,6 +14,7 @@ use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::link::Conn;
 use super::{reply, RedisBroker, BATCH};
 use crate::hub::alerts::RESOLVED_MEMORY;
 use crate::hub::{Appended, BrokerError, Submission};
@@ -42,13 +43,13 @@ pub async fn run(b: Arc<RedisBroker>, mut rx: mpsc::Receiver<Job>, shutdown: Can
                 Err(_) => break,
             }
         }
-        send(&b, batch, true).await;
+        send(&b, batch).await;
     }
 }
 
-/// Sends one batch; `retry`: once more after reloading the script, for
-/// the calls Redis had lost it for (a restart or `SCRIPT FLUSH`).
-async fn send(b: &RedisBroker, batch: Vec<Job>, retry: bool) {
+/// Sends one batch: one pipeline per team (its publishes in order; on a
+/// Redis Cluster a pipeline may name one slot's keys only), all at once.
+async fn send(b: &RedisBroker, batch: Vec<Job>) {
     let (late, batch): (Vec<Job>, Vec<Job>) = batch
         .into_iter()
         .partition(|j| j.queued.elapsed() > b.timeout);
@@ -64,29 +65,46 @@ async fn send(b: &RedisBroker, batch: Vec<Job>, retry: bool) {
     if batch.is_empty() {
         return;
     }
-    let Some(mut conn) = b.link.get() else {
+    let Some(conn) = b.link.get() else {
         let why = b.link.down_reason().unwrap_or_default();
         for j in batch {
             answer(b, j, Err(BrokerError::Unavailable(why.clone())));
         }
         return;
     };
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for j in &batch {
-        pipe.add_command(command(b, &j.sub));
+    let mut per_team: Vec<Vec<Job>> = Vec::new();
+    for j in batch {
+        match per_team.iter_mut().find(|g| g[0].sub.team == j.sub.team) {
+            Some(g) => g.push(j),
+            None => per_team.push(vec![j]),
+        }
     }
     let started = Instant::now();
-    let results: RedisResult<Vec<RedisResult<Value>>> = pipe.query_async(&mut conn).await;
+    let sends = per_team
+        .into_iter()
+        .map(|jobs| send_team(b, conn.clone(), jobs, true));
+    futures_util::future::join_all(sends).await;
     b.metrics
         .broker
         .round_trip
         .with_label_values(&["publish"])
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// One team's publishes in one pipeline; `by_hash`: `EVALSHA`, else the
+/// script whole (`EVAL`, for the calls Redis had lost it for: a restart,
+/// `SCRIPT FLUSH`, a new shard).
+async fn send_team(b: &RedisBroker, mut conn: Conn, jobs: Vec<Job>, by_hash: bool) {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for j in &jobs {
+        pipe.add_command(command(b, &j.sub, by_hash));
+    }
+    let results: RedisResult<Vec<RedisResult<Value>>> = pipe.query_async(&mut conn).await;
     let results = match results {
-        Ok(r) if r.len() == batch.len() => r,
+        Ok(r) if r.len() == jobs.len() => r,
         Ok(_) => {
-            for j in batch {
+            for j in jobs {
                 answer(b, j, Err(unavailable("the broker's answer did not match the publishes; they may have been stored")));
             }
             return;
@@ -94,47 +112,50 @@ async fn send(b: &RedisBroker, batch: Vec<Job>, retry: bool) {
         Err(e) => {
             b.link.check(&e);
             let why = format!("broker unavailable: {e} (the publish may have been stored)");
-            for j in batch {
+            for j in jobs {
                 answer(b, j, Err(BrokerError::Unavailable(why.clone())));
             }
             return;
         }
     };
     let mut again = Vec::new();
-    for (j, r) in batch.into_iter().zip(results) {
+    for (j, r) in jobs.into_iter().zip(results) {
         match r {
             Ok(v) => {
                 let outcome = parse(b, &j.sub, &v);
                 answer(b, j, outcome);
             }
-            Err(e) if retry && e.code() == Some("NOSCRIPT") => again.push(j),
-            Err(e) => answer(b, j, Err(BrokerError::Unavailable(format!("broker: {e}")))),
+            Err(e) if by_hash && e.code() == Some("NOSCRIPT") => again.push(j),
+            Err(e) => answer(
+                b,
+                j,
+                Err(BrokerError::Unavailable(format!("broker unavailable: {e}"))),
+            ),
         }
     }
     if !again.is_empty() {
-        let loaded = b
-            .scripts
-            .publish
-            .prepare_invoke()
-            .load_async(&mut conn)
-            .await;
-        if let Err(e) = loaded {
-            b.link.check(&e);
-        }
-        Box::pin(send(b, again, false)).await;
+        // Not run (the script was unknown): safe to send again, whole.
+        Box::pin(send_team(b, conn, again, false)).await;
     }
 }
 
-/// `EVALSHA` of the publish script for `s`.
-fn command(b: &RedisBroker, s: &Submission) -> redis::Cmd {
+/// The publish script's call for `s`.
+fn command(b: &RedisBroker, s: &Submission, by_hash: bool) -> redis::Cmd {
     let keys = &b.keys[s.team];
     let (history, alert) = match s.stream {
         Stream::Alerts => (b.history[1], s.alert.as_ref()),
         _ => (b.history[0], None),
     };
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(b.scripts.publish.get_hash())
-        .arg(keys.script_keys().len())
+    let mut cmd = if by_hash {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(b.publish.get_hash());
+        c
+    } else {
+        let mut c = redis::cmd("EVAL");
+        c.arg(super::scripts::PUBLISH);
+        c
+    };
+    cmd.arg(keys.script_keys().len())
         .arg(keys.script_keys())
         .arg(s.stream.as_str())
         .arg(crate::hub::memory::new_epoch())

@@ -4,7 +4,7 @@
 //! epoch changed (Redis lost their data) are, the rest catch up by
 //! reading their streams from where they were.
 
-use redis::aio::MultiplexedConnection;
+use super::link::Conn;
 use redis::{RedisResult, Value};
 use serde::Deserialize;
 
@@ -17,13 +17,21 @@ use crate::protocol::{AlertRecord, Stream};
 pub async fn resync(
     b: &RedisBroker,
     hub: &Hub,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     only: Option<&[TeamId]>,
 ) -> RedisResult<()> {
-    let epochs: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(b.keys.iter().map(|k| k.epoch()).collect::<Vec<_>>())
-        .query_async(conn)
-        .await?;
+    // One GET per team, all at once: on a Redis Cluster the teams' keys
+    // live in different slots (no MGET across them).
+    let gets = b.keys.iter().map(|k| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(k.epoch())
+                .query_async::<Option<String>>(&mut c)
+                .await
+        }
+    });
+    let epochs: Vec<Option<String>> = futures_util::future::try_join_all(gets).await?;
     for (team, epoch) in epochs.into_iter().enumerate() {
         let wanted = only.is_none_or(|o| o.contains(&team));
         let loaded = b.epoch(team);
@@ -35,16 +43,11 @@ pub async fn resync(
 }
 
 /// Reads `team`'s snapshot and reloads the hub's replica of it.
-pub async fn load(
-    b: &RedisBroker,
-    hub: &Hub,
-    conn: &mut MultiplexedConnection,
-    team: TeamId,
-) -> RedisResult<()> {
+pub async fn load(b: &RedisBroker, hub: &Hub, conn: &mut Conn, team: TeamId) -> RedisResult<()> {
     let keys = &b.keys[team];
     let started = std::time::Instant::now();
-    let v: Value = redis::cmd("EVALSHA")
-        .arg(b.scripts.snapshot.get_hash())
+    let v: Value = redis::cmd("EVAL")
+        .arg(super::scripts::SNAPSHOT)
         .arg(keys.script_keys().len())
         .arg(keys.script_keys())
         .arg(crate::hub::memory::new_epoch())

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use super::link::Conn;
 use redis::{RedisResult, Value};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -66,27 +66,30 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
     }
 }
 
-/// Writes this process's new host snapshots, reads every team's.
-async fn hosts(b: &RedisBroker, hub: &Hub, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+/// Writes this process's new host snapshots, reads every team's: one
+/// pipeline per team (a team's keys share a slot), all at once.
+async fn hosts(b: &RedisBroker, hub: &Hub, conn: &mut Conn) -> RedisResult<()> {
     let pending = std::mem::take(&mut *b.hosts.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut pipe = redis::pipe();
-    for ((team, host), value) in &pending {
-        pipe.cmd("HSET")
-            .arg(b.keys[*team].hosts())
-            .arg(host)
-            .arg(value)
-            .ignore();
-    }
     let now_ms = now_micros() / 1000;
-    for k in &b.keys {
-        pipe.cmd("EVALSHA")
-            .arg(b.scripts.hosts.get_hash())
+    let calls = b.keys.iter().enumerate().map(|(team, k)| {
+        let mut pipe = redis::pipe();
+        for ((_, host), value) in pending.iter().filter(|((t, _), _)| *t == team) {
+            pipe.cmd("HSET")
+                .arg(k.hosts())
+                .arg(host)
+                .arg(value)
+                .ignore();
+        }
+        pipe.cmd("EVAL")
+            .arg(super::scripts::HOSTS)
             .arg(1)
             .arg(k.hosts())
             .arg(now_ms)
             .arg(HOST_FORGET_MS);
-    }
-    let teams: Vec<Value> = pipe.query_async(conn).await?;
+        let mut c = conn.clone();
+        async move { pipe.query_async::<(Value,)>(&mut c).await.map(|(v,)| v) }
+    });
+    let teams: Vec<Value> = futures_util::future::try_join_all(calls).await?;
     let now = Instant::now();
     for (team, v) in teams.iter().enumerate() {
         for pair in reply::array(v).chunks(2) {
@@ -116,7 +119,7 @@ async fn hosts(b: &RedisBroker, hub: &Hub, conn: &mut MultiplexedConnection) -> 
 }
 
 /// Reports this process's subscribers per team; sums the others'.
-async fn nodes(b: &RedisBroker, hub: &Hub, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+async fn nodes(b: &RedisBroker, hub: &Hub, conn: &mut Conn) -> RedisResult<()> {
     let now_ms = now_micros() / 1000;
     let mine = serde_json::to_string(&hub.local_subscribers()).unwrap_or_default();
     let (all,): (std::collections::HashMap<String, String>,) = redis::pipe()

@@ -20,8 +20,10 @@ const READ_COUNT: usize = 1000;
 /// How long one read blocks when nothing is appended.
 const BLOCK: Duration = Duration::from_secs(1);
 
-pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
-    let streams = b.team_of_stream();
+/// Reads the streams of `teams` (every team on one Redis; one team per
+/// reader on a Redis Cluster) until `shutdown`.
+pub async fn run(b: Arc<RedisBroker>, hub: Hub, teams: Vec<usize>, shutdown: CancellationToken) {
+    let streams = b.team_of_stream(&teams);
     let keys: Vec<String> = streams.keys().cloned().collect();
     loop {
         // Only once every team is loaded: reads start at what it holds.

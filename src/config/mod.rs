@@ -108,6 +108,9 @@ pub struct BrokerConfig {
     /// Holds a password: set it from the environment
     /// (`OPSWIRE_BROKER__URL`) rather than the file.
     pub url: Option<String>,
+    /// A Redis Cluster instead: seed URLs of some of its primaries (the
+    /// rest are discovered). Passwords as in `url`.
+    pub cluster: Vec<String>,
     /// Keys start with `{prefix}:`: deployments sharing one Redis stay apart.
     pub prefix: String,
     /// This process's name in the cluster (default: host name and pid).
@@ -124,6 +127,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: None,
+            cluster: Vec::new(),
             prefix: "opswire".into(),
             node: None,
             timeout_ms: 2000,

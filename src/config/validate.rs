@@ -29,12 +29,19 @@ impl Config {
     /// The cluster broker's address and bounds.
     fn validate_broker(&mut self) -> Result<(), ConfigError> {
         let b = &self.broker;
-        if let Some(url) = &b.url {
+        if b.url.is_some() && !b.cluster.is_empty() {
+            return Err(invalid(
+                "broker.cluster",
+                "set either broker.url (one Redis) or broker.cluster (a Redis Cluster), not both",
+            ));
+        }
+        let urls = b.url.iter().map(|u| ("broker.url", u));
+        for (field, url) in urls.chain(b.cluster.iter().map(|u| ("broker.cluster", u))) {
             let scheme = url.split("://").next().unwrap_or_default();
             if !matches!(scheme, "redis" | "rediss") || !url.contains("://") {
                 // Never echo the URL: it may hold a password.
                 return Err(invalid(
-                    "broker.url",
+                    field,
                     "must start with redis:// or rediss:// (TLS)",
                 ));
             }

@@ -8,9 +8,9 @@ use serde_json::json;
 use super::harness::{alert, frames, no_more, seqs, Node, Redis};
 use crate::helpers::{token, token_with};
 
-#[tokio::test]
-async fn a_log_published_on_any_node_reaches_every_nodes_subscribers_once_in_seq_order() {
-    let redis = Redis::start();
+async fn a_log_published_on_any_node_reaches_every_nodes_subscribers_once_in_seq_order(
+    redis: Redis,
+) {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(dir.path(), "a", &redis).await;
     let b = Node::start(dir.path(), "b", &redis).await;
@@ -61,9 +61,7 @@ async fn a_log_published_on_any_node_reaches_every_nodes_subscribers_once_in_seq
     );
 }
 
-#[tokio::test]
-async fn a_resume_moves_across_nodes_and_survives_a_restart_of_every_node() {
-    let redis = Redis::start();
+async fn a_resume_moves_across_nodes_and_survives_a_restart_of_every_node(redis: Redis) {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Node::start(dir.path(), "a", &redis).await;
     let mut b = Node::start(dir.path(), "b", &redis).await;
@@ -115,9 +113,7 @@ async fn a_resume_moves_across_nodes_and_survives_a_restart_of_every_node() {
     assert_eq!(got[2]["data"]["message"], "after-2");
 }
 
-#[tokio::test]
-async fn metrics_frames_hold_every_nodes_hosts_and_team_counts_span_the_cluster() {
-    let redis = Redis::start();
+async fn metrics_frames_hold_every_nodes_hosts_and_team_counts_span_the_cluster(redis: Redis) {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(dir.path(), "a", &redis).await;
     let b = Node::start(dir.path(), "b", &redis).await;
@@ -163,10 +159,9 @@ async fn metrics_frames_hold_every_nodes_hosts_and_team_counts_span_the_cluster(
     }
 }
 
-#[tokio::test]
-async fn one_notification_posted_to_two_nodes_makes_one_frame_and_every_node_knows_the_firing_set()
-{
-    let redis = Redis::start();
+async fn one_notification_posted_to_two_nodes_makes_one_frame_and_every_node_knows_the_firing_set(
+    redis: Redis,
+) {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(dir.path(), "a", &redis).await;
     let b = Node::start(dir.path(), "b", &redis).await;
@@ -265,8 +260,9 @@ async fn processes_share_one_port_with_reuse_port() {
     }
 }
 
-#[tokio::test]
-async fn a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_another() {
+async fn a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_another(
+    redis: Redis,
+) {
     use crate::otlp_receiver::Receiver;
     const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
     let rx = Receiver::start_grpc();
@@ -277,7 +273,6 @@ async fn a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_SERVICE_NAME", "opswire-cluster-test"),
     ];
-    let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start_with(dir.path(), "a", &redis, "", &otel).await;
     let b = Node::start_with(dir.path(), "b", &redis, "", &otel).await;
@@ -324,3 +319,29 @@ async fn a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_
         Some(redis.port.to_string().as_str())
     );
 }
+
+/// Each test above against one Redis, and against a 3-shard Redis Cluster.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod one_redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Redis::start()).await
+            })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Redis::start_cluster()).await
+            })*
+        }
+    };
+}
+
+on_both!(
+    a_log_published_on_any_node_reaches_every_nodes_subscribers_once_in_seq_order,
+    a_resume_moves_across_nodes_and_survives_a_restart_of_every_node,
+    metrics_frames_hold_every_nodes_hosts_and_team_counts_span_the_cluster,
+    one_notification_posted_to_two_nodes_makes_one_frame_and_every_node_knows_the_firing_set,
+    a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_another,
+);

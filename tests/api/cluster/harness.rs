@@ -16,25 +16,97 @@ pub struct Redis {
     dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// The other shards when this is a Redis Cluster (this one is the
+    /// first).
+    shards: Vec<Redis>,
 }
 
-impl Redis {
-    /// Starts `redis-server` (AOF on, fsync every second, no RDB) and
-    /// waits until it answers.
-    pub fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
+/// A free port on loopback (Redis Cluster also takes port + 10000).
+fn free_port() -> u16 {
+    loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Redis {
+    /// A 3-shard Redis Cluster of Debian's redis-server (no replicas),
+    /// formed with `redis-cli --cluster create`.
+    pub fn start_cluster() -> Redis {
+        let mut shards: Vec<Redis> = (0..3).map(|_| Redis::spawn(true)).collect();
+        let addrs: Vec<String> = shards
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for r in &shards {
+            loop {
+                let info = r.cli(&["CLUSTER", "INFO"]).unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster never ok: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let mut first = shards.remove(0);
+        first.shards = shards;
+        first
+    }
+
+    /// Keys held by each shard (one entry for a standalone Redis).
+    pub fn keys_per_shard(&self) -> Vec<usize> {
+        std::iter::once(self)
+            .chain(&self.shards)
+            .map(|r| r.cli(&["DBSIZE"]).and_then(|n| n.parse().ok()).unwrap_or(0))
+            .collect()
+    }
+
+    /// The `[broker]` line that points at it.
+    pub fn broker_line(&self) -> String {
+        if self.shards.is_empty() {
+            format!("url = \"{}\"", self.url())
+        } else {
+            let seeds: Vec<String> = std::iter::once(self)
+                .chain(&self.shards)
+                .map(|r| format!("\"{}\"", r.url()))
+                .collect();
+            format!("cluster = [{}]", seeds.join(", "))
+        }
+    }
+
+    fn spawn(cluster: bool) -> Redis {
         let mut r = Redis {
-            dir,
-            port,
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
             child: None,
+            shards: Vec::new(),
         };
-        r.restart();
+        r.start_process(cluster);
         r
+    }
+    /// Starts `redis-server` (AOF on, fsync every second, no RDB) and
+    /// waits until it answers.
+    pub fn start() -> Redis {
+        Redis::spawn(false)
     }
 
     pub fn url(&self) -> String {
@@ -43,8 +115,18 @@ impl Redis {
 
     /// (Re)starts it on the same port and data directory.
     pub fn restart(&mut self) {
+        assert!(self.shards.is_empty(), "a standalone Redis");
+        self.start_process(false);
+    }
+
+    fn start_process(&mut self, cluster: bool) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if cluster {
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--dir", self.dir.path().to_str().unwrap()])
@@ -147,12 +229,12 @@ logs = 5000
 alerts = 500
 
 [broker]
-url = "{url}"
+{broker}
 node = "{name}"
 timeout_ms = 1000
 {extra}
 "#,
-        url = redis.url()
+        broker = redis.broker_line()
     );
     std::fs::write(&path, toml).unwrap();
     path

@@ -75,13 +75,23 @@ async fn watch(node: &Node, idx: usize, team: &'static str, epoch: &str, last: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_randomized_run_over_three_nodes_loses_doubles_and_leaks_nothing() {
+    run(Redis::start(), TOTAL).await;
+}
+
+/// The same run against a 3-shard Redis Cluster (teams on different
+/// shards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_randomized_run_over_three_nodes_and_a_redis_cluster() {
+    run(Redis::start_cluster(), TOTAL).await;
+}
+
+async fn run(redis: Redis, total: usize) {
     let seed: u64 = std::env::var("CLUSTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!("CLUSTER_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
@@ -102,10 +112,10 @@ async fn a_randomized_run_over_three_nodes_loses_doubles_and_leaks_nothing() {
     }
     let mut published: BTreeMap<&str, u64> = BTreeMap::new();
     let mut sent = 0;
-    while sent < TOTAL {
+    while sent < total {
         let team = TEAMS[rng.random_range(0..TEAMS.len())];
         let node = &nodes[rng.random_range(0..nodes.len())];
-        let n = BATCH.min(TOTAL - sent);
+        let n = BATCH.min(total - sent);
         let lines: Vec<String> = (0..n).map(|i| format!("{team}-{}", sent + i)).collect();
         let (s, body, _) = node.post_logs(team, &lines).await;
         assert_eq!(s, 200, "{body}");
@@ -146,7 +156,15 @@ async fn a_randomized_run_over_three_nodes_loses_doubles_and_leaks_nothing() {
         w.drain(Duration::from_millis(50)).await;
         assert_eq!(w.last, want, "{}: more frames than were published", w.team);
     }
-    assert_eq!(published.values().sum::<u64>(), TOTAL as u64);
+    assert_eq!(published.values().sum::<u64>(), total as u64);
+    // On a Redis Cluster the teams are spread over its shards.
+    let shards = redis.keys_per_shard();
+    if shards.len() > 1 {
+        assert!(
+            shards.iter().filter(|&&n| n > 0).count() > 1,
+            "keys per shard: {shards:?}"
+        );
+    }
     let moves: usize = watchers.iter().map(|w| w.moves).sum();
-    eprintln!("{TOTAL} frames, {} watchers, {moves} moves", watchers.len());
+    eprintln!("{total} frames, {} watchers, {moves} moves", watchers.len());
 }
