@@ -217,3 +217,77 @@ async fn a_redis_that_stops_answering_gets_bounded_publishes_and_back_pressure_n
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_what_redis_refused_and_sends_it_once_redis_is_back() {
+    use std::io::Write;
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &redis).await;
+    let mut sub = a.subscriber("alpha", &["logs"]).await;
+    let log = dir.path().join("app.log");
+    let append = |text: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append("");
+    let mut agent = crate::helpers::opswire_command()
+        .args(["agent", "--hub", &format!("ws://{}", a.bin.addr)])
+        .args(["--host", "agent-c", "--tick-ms", "200"])
+        .args(["--tail", log.to_str().unwrap()])
+        .env("OPSWIRE_AGENT_TOKEN", token_with(&["alpha"], "ingest", 600))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    // Tailing from the end: lines count once the agent is connected.
+    let mut m = a.subscriber("alpha", &["metrics"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = m.next_of_type("metrics").await;
+        let hosts = f["data"]["hosts"].as_array().unwrap();
+        if hosts.iter().any(|h| h["host"] == "agent-c") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never connected"
+        );
+    }
+    drop(m);
+    append("before\n");
+    assert_eq!(
+        frames(&mut sub, "logs", 1).await[0]["data"]["message"],
+        "before"
+    );
+
+    redis.kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.readyz().await.0 == 200 {
+        assert!(tokio::time::Instant::now() < deadline, "still ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines: Vec<String> = (0..20).map(|i| format!("during {i:02}")).collect();
+    append(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+    // Refused while Redis is down (`unavailable`): held by the agent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    let got = frames(&mut sub, "logs", 20).await;
+    let messages: Vec<&str> = got
+        .iter()
+        .map(|f| f["data"]["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, lines, "every line, in order, once");
+    assert_eq!(seqs(&got), (2..=21).collect::<Vec<u64>>());
+    assert!(no_more(&mut sub, "logs", Duration::from_millis(500))
+        .await
+        .is_empty());
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
