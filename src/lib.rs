@@ -21,6 +21,9 @@
 //! * Shared state: [`app`] ([`app::AppState`], connection slots),
 //!   [`request`] (principal, origin, error answers), [`alertmanager`] (its
 //!   API, for silences), [`sampler`] (this host, and the metrics ticker).
+//! * [`cluster`]: cluster mode, the Redis side of the hub (the
+//!   [`hub::Sequencer`], and the tasks that keep each process's replica of
+//!   the shared streams in step); `docs/cluster.md`.
 //! * [`session`]: a client connection, whatever carries it: admission,
 //!   welcome, team checks, every op, budgets.
 //! * [`transport`] (the WebSocket socket loop, SSE's events) and

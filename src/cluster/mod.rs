@@ -79,7 +79,7 @@ pub struct RedisBroker {
     metrics: Arc<Metrics>,
     in_flight: AtomicUsize,
     max_in_flight: usize,
-    /// Host snapshots not yet written: (team, host) → "<seen ms> <json>".
+    /// Host snapshots not yet written: (team, host) → `"<seen ms> <json>"`.
     hosts: Mutex<HashMap<(TeamId, String), String>>,
     /// Subscribers per team on the other processes.
     remote: Vec<AtomicUsize>,

@@ -90,7 +90,7 @@ return {epoch, lh, ah, logs, alerts, firing}
 "#;
 
 /// KEYS: hosts. ARGV: 1 now (unix ms), 2 age (ms) beyond which a host is
-/// dropped. Returns the rest as {host, "<seen ms> <snapshot>", …}.
+/// dropped. Returns the rest as `{host, "<seen ms> <snapshot>", …}`.
 pub const HOSTS: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
 local now, max = tonumber(ARGV[1]), tonumber(ARGV[2])
