@@ -57,6 +57,8 @@ have docker-compose || need_apt+=(docker-compose)
 have redis-server || need_apt+=(redis-server)
 have redis-cli || need_apt+=(redis-tools)
 have nginx || need_apt+=(nginx)
+# A CA and a certificate for the rediss:// (TLS) test.
+have openssl || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

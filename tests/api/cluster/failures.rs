@@ -291,3 +291,66 @@ async fn an_agent_keeps_what_redis_refused_and_sends_it_once_redis_is_back() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[tokio::test]
+async fn rediss_with_a_password_works_and_a_wrong_password_says_why_without_echoing_it() {
+    let redis = Redis::start_tls("s3cret-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = redis.cert_file();
+    // The system's roots, plus this test's CA (rustls-native-certs reads
+    // SSL_CERT_FILE).
+    let tls = |pw: &str| format!("url = \"rediss://:{pw}@127.0.0.1:{}\"\n", redis.port);
+    let env = [("SSL_CERT_FILE", cert.to_str().unwrap())];
+    let start = |name: &str, pw: &str| {
+        let config = super::harness::config_file(dir.path(), name, &redis, "");
+        // The harness wrote a plain `url`; point it at the TLS one.
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("url = ") {
+                    tls(pw)
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&config, text).unwrap();
+        let mut envs = vec![("OPSWIRE_CONFIG", config.to_str().unwrap().to_owned())];
+        envs.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Node {
+            bin: crate::helpers::Binary::start(&envs),
+            name: name.into(),
+        }
+    };
+    let a = start("a", "s3cret-pw");
+    let b = start("b", "s3cret-pw");
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut sub = b.subscriber("alpha", &["logs"]).await;
+    assert_eq!(a.log("alpha", "over tls").await, 1);
+    assert_eq!(
+        frames(&mut sub, "logs", 1).await[0]["data"]["message"],
+        "over tls"
+    );
+
+    let wrong = start("c", "not-the-password");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let reason = loop {
+        let (s, r) = wrong.readyz().await;
+        assert_eq!(s, 503, "{r}");
+        let reason = r["reason"].as_str().unwrap().to_owned();
+        if reason.to_lowercase().contains("pass") || reason.to_lowercase().contains("auth") {
+            break reason;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{reason}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!reason.contains("not-the-password"), "{reason}");
+    let log = wrong.bin.stderr.lock().unwrap().join("\n");
+    assert!(
+        !log.contains("not-the-password"),
+        "the password is in the log"
+    );
+}

@@ -93,6 +93,122 @@ impl Redis {
         }
     }
 
+    /// A standalone Redis that speaks only TLS (a self-signed certificate
+    /// for 127.0.0.1, made with `openssl`; its PEM is `cert_file()`) and
+    /// wants `password`.
+    pub fn start_tls(password: &str) -> Redis {
+        let mut r = Redis {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            child: None,
+            shards: Vec::new(),
+        };
+        let d = r.dir.path();
+        // A CA (what clients trust, `cert_file()`) and a certificate for
+        // 127.0.0.1 that it signed (what the server presents).
+        let openssl = |args: &[&str]| {
+            let ok = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(ok.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=opswire test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ]);
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &r.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .arg("--tls-cert-file")
+            .arg(d.join("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(d.join("key.pem"))
+            .args(["--tls-auth-clients", "no", "--requirepass", password])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        r.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(d.join("ca.pem"))
+                .args([
+                    "-p",
+                    &r.port.to_string(),
+                    "--no-auth-warning",
+                    "-a",
+                    password,
+                    "PING",
+                ])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) never answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The CA that signed the certificate a TLS Redis presents.
+    pub fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn spawn(cluster: bool) -> Redis {
         let mut r = Redis {
             dir: tempfile::tempdir().unwrap(),
