@@ -235,7 +235,7 @@ async fn an_agent_keeps_what_redis_refused_and_sends_it_once_redis_is_back() {
         f.write_all(text.as_bytes()).unwrap();
     };
     append("");
-    let mut agent = crate::helpers::opswire_command()
+    let agent = crate::helpers::opswire_command()
         .args(["agent", "--hub", &format!("ws://{}", a.bin.addr)])
         .args(["--host", "agent-c", "--tick-ms", "200"])
         .args(["--tail", log.to_str().unwrap()])
@@ -246,6 +246,7 @@ async fn an_agent_keeps_what_redis_refused_and_sends_it_once_redis_is_back() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("agent starts");
+    let _agent = Reaped(agent);
     // Tailing from the end: lines count once the agent is connected.
     let mut m = a.subscriber("alpha", &["metrics"]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
