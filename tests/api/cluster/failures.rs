@@ -289,8 +289,16 @@ async fn an_agent_keeps_what_redis_refused_and_sends_it_once_redis_is_back() {
     assert!(no_more(&mut sub, "logs", Duration::from_millis(500))
         .await
         .is_empty());
-    let _ = agent.kill();
-    let _ = agent.wait();
+}
+
+/// A child process killed on drop (a failing test leaves none behind).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]
