@@ -54,6 +54,14 @@ impl TeamKeys {
         }
     }
 
+    /// The counter of a log or alert stream's seq.
+    pub fn seq(&self, stream: Stream) -> &str {
+        match stream {
+            Stream::Alerts => &self.keys[ALERTS - 1],
+            _ => &self.keys[LOGS - 1],
+        }
+    }
+
     pub fn hosts(&self) -> &str {
         &self.keys[HOSTS]
     }

@@ -203,8 +203,13 @@ fn cluster_client(
     connect: Duration,
     response: Duration,
 ) -> Result<ClusterClient, RedisError> {
+    // No retries by the client: it would send a whole pipeline again on
+    // a redirect or a dropped connection, and publishes that already ran
+    // would be appended twice. A failed call is refused as "may have been
+    // stored" instead, and the next one goes to the refreshed topology.
     ClusterClientBuilder::new(seeds.iter().map(String::as_str))
         .connection_timeout(connect)
         .response_timeout(response)
+        .retries(0)
         .build()
 }

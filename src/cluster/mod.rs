@@ -67,9 +67,12 @@ const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// that keep this process's replica in step ([`RedisBroker::spawn`]).
 pub struct RedisBroker {
     link: Arc<Link>,
-    jobs: mpsc::Sender<Job>,
-    /// Taken by the writer when it starts.
-    job_rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// One writer per team (a slow shard of a Redis Cluster holds up its
+    /// own teams only). Unbounded channels, bounded together by
+    /// `max_in_flight`, which `submit` reserves before queuing.
+    jobs: Vec<mpsc::UnboundedSender<Job>>,
+    /// Taken by the writers when they start.
+    job_rx: Mutex<Vec<mpsc::UnboundedReceiver<Job>>>,
     keys: Vec<TeamKeys>,
     nodes_key: String,
     node: String,
@@ -79,12 +82,21 @@ pub struct RedisBroker {
     metrics: Arc<Metrics>,
     in_flight: AtomicUsize,
     max_in_flight: usize,
-    /// Host snapshots not yet written: (team, host) → `"<seen ms> <json>"`.
+    /// Host snapshots not yet written: (team, host) → `"<seen ms> <node>
+    /// <json>"` (the node: so a process skips its own when it reads them
+    /// back).
     hosts: Mutex<HashMap<(TeamId, String), String>>,
     /// Subscribers per team on the other processes.
     remote: Vec<AtomicUsize>,
     /// Every team loaded since the link last came up.
     loaded: AtomicBool,
+    /// Every team loaded at least once.
+    loaded_once: AtomicBool,
+    /// One load of a team at a time (the supervisor's and the sync's).
+    loading: Vec<tokio::sync::Mutex<()>>,
+    /// The highest seq answered per team and stream (logs, alerts): an
+    /// answer at or below it means Redis went back in time.
+    answered: Vec<[std::sync::atomic::AtomicU64; 2]>,
     /// Woken when the link is up and loaded (the tail waits for it).
     ready: Notify,
     /// Teams whose epoch looked different to a publish or a read.
@@ -111,12 +123,12 @@ impl RedisBroker {
             None => (config.cluster.clone(), true),
         };
         let link = Arc::new(Link::new(&urls, cluster, timeout)?);
-        let (jobs, job_rx) = mpsc::channel(config.max_in_flight);
+        let (jobs, job_rx) = teams.iter().map(|_| mpsc::unbounded_channel()).unzip();
         metrics.broker.up.set(0);
         Ok(Arc::new(RedisBroker {
             link,
             jobs,
-            job_rx: Mutex::new(Some(job_rx)),
+            job_rx: Mutex::new(job_rx),
             keys: teams
                 .iter()
                 .map(|t| TeamKeys::new(&config.prefix, t))
@@ -131,6 +143,9 @@ impl RedisBroker {
             hosts: Mutex::new(HashMap::new()),
             remote: teams.iter().map(|_| AtomicUsize::new(0)).collect(),
             loaded: AtomicBool::new(false),
+            loaded_once: AtomicBool::new(false),
+            loading: teams.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
+            answered: teams.iter().map(|_| Default::default()).collect(),
             ready: Notify::new(),
             stale_epochs: Mutex::new(Vec::new()),
             epochs: teams.iter().map(|_| Mutex::new(Arc::from(""))).collect(),
@@ -152,7 +167,8 @@ impl RedisBroker {
     /// the teams), the writer, the reader and the sync; they end with
     /// `shutdown`.
     pub fn spawn(self: &Arc<Self>, hub: Hub, shutdown: CancellationToken) {
-        if let Some(rx) = self.job_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let writers = std::mem::take(&mut *self.job_rx.lock().unwrap_or_else(|e| e.into_inner()));
+        for rx in writers {
             tokio::spawn(publish::run(self.clone(), rx, shutdown.clone()));
         }
         tokio::spawn(supervise(self.clone(), hub.clone(), shutdown.clone()));
@@ -191,8 +207,10 @@ impl RedisBroker {
         *self.epochs[team].lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(epoch);
     }
 
-    /// Asks the sync to reload `team` (its epoch looked different).
-    fn epoch_changed(&self, team: TeamId) {
+    /// Asks the sync to reload `team` (its epoch looked different, Redis
+    /// answered a seq it had answered before, or frames were trimmed
+    /// before this process read them).
+    fn needs_reload(&self, team: TeamId) {
         let mut stale = self.stale_epochs.lock().unwrap_or_else(|e| e.into_inner());
         if !stale.contains(&team) {
             stale.push(team);
@@ -216,45 +234,68 @@ impl RedisBroker {
 }
 
 impl Sequencer for RedisBroker {
-    fn submit(&self, s: Submission) -> Result<Answer, BrokerError> {
+    fn submit(&self, subs: Vec<Submission>) -> Result<Vec<Answer>, BrokerError> {
         let publishes = &self.metrics.broker.publishes;
+        let n = subs.len();
         if let Some(why) = self.unavailable() {
-            publishes.with_label_values(&["unavailable"]).inc();
+            publishes
+                .with_label_values(&["unavailable"])
+                .inc_by(n as u64);
             return Err(BrokerError::Unavailable(why));
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job {
-            sub: s,
-            answer: tx,
-            queued: Instant::now(),
-        };
-        // Counted before it is queued (the writer may answer it first),
-        // and bounded here: the channel's capacity alone would let a
-        // batch being sent come on top.
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        let queued = if n > self.max_in_flight {
-            Err(())
-        } else {
-            self.jobs.try_send(job).map_err(drop)
-        };
-        match queued {
-            Ok(()) => {
-                self.metrics.broker.in_flight.set(n as i64);
-                Ok(rx)
+        // All of them or none: reserved before any is queued (the writers
+        // may answer the first before the last is queued).
+        let reserved = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now + n <= self.max_in_flight).then_some(now + n)
+            });
+        if reserved.is_err() {
+            publishes.with_label_values(&["busy"]).inc_by(n as u64);
+            if n > self.max_in_flight {
+                return Err(BrokerError::BatchTooLarge {
+                    n,
+                    max: self.max_in_flight,
+                });
             }
-            Err(()) => {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                publishes.with_label_values(&["busy"]).inc();
-                Err(BrokerError::Unavailable(format!(
-                    "broker busy: {} publishes are waiting for it (broker.max_in_flight); retry",
-                    self.max_in_flight
-                )))
-            }
+            return Err(BrokerError::Unavailable(format!(
+                "broker busy: {} publishes are waiting for it (broker.max_in_flight); retry",
+                self.max_in_flight
+            )));
         }
+        self.metrics.broker.in_flight.add(n as i64);
+        let deadline = Instant::now() + self.timeout;
+        let mut answers = Vec::with_capacity(n);
+        for sub in subs {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let team = sub.team;
+            let job = Job {
+                sub,
+                answer: tx,
+                deadline,
+            };
+            if let Err(e) = self.jobs[team].send(job) {
+                // The writer has stopped (shutting down).
+                publish::answer(
+                    self,
+                    e.0,
+                    Err(BrokerError::Unavailable(
+                        "broker unavailable: shutting down".into(),
+                    )),
+                );
+            }
+            answers.push(rx);
+        }
+        Ok(answers)
     }
 
     fn share_host(&self, team: TeamId, host: &str, raw: &RawValue) {
-        let value = format!("{} {}", crate::time::now_micros() / 1000, raw.get());
+        let value = format!(
+            "{} {} {}",
+            crate::time::now_micros() / 1000,
+            self.node,
+            raw.get()
+        );
         self.hosts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -267,6 +308,10 @@ impl Sequencer for RedisBroker {
         }
         (!self.loaded.load(Ordering::Acquire))
             .then(|| "broker unavailable: loading the teams' streams".to_owned())
+    }
+
+    fn loaded_once(&self) -> bool {
+        self.loaded_once.load(Ordering::Acquire)
     }
 
     fn remote_subscribers(&self, team: TeamId) -> usize {
@@ -287,7 +332,7 @@ async fn supervise(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
             // The hot one by its hash (on every primary of a cluster); the
             // others are sent whole (`EVAL`), being rare.
             b.publish.prepare_invoke().load_async(&mut conn).await?;
-            snapshot::resync(&b, &hub, &mut conn, None).await?;
+            snapshot::resync(&b, &hub, &mut conn, &[]).await?;
             Ok::<Conn, redis::RedisError>(conn)
         };
         let conn = tokio::select! {
@@ -298,6 +343,7 @@ async fn supervise(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
             Ok(conn) => {
                 b.link.set_up(conn);
                 b.loaded.store(true, Ordering::Release);
+                b.loaded_once.store(true, Ordering::Release);
                 b.metrics.broker.up.set(1);
                 if connected_before {
                     b.metrics.broker.reconnects.inc();

@@ -1,10 +1,12 @@
-//! The writer: publishes go to Redis in pipelined batches (one round
-//! trip for as many as are waiting, up to `BATCH`), in the order they
-//! were submitted, and each publisher gets its seq back.
+//! The writers, one per team: a team's publishes go to Redis in
+//! pipelined batches (one round trip for as many as are waiting, up to
+//! `BATCH`), in the order they were submitted, and each publisher gets its
+//! seq back.
 //!
-//! Bounded: at most `broker.max_in_flight` wait (beyond, `submit`
-//! refuses at once), and one that waited longer than `broker.timeout_ms`
-//! is refused rather than sent late.
+//! Bounded: at most `broker.max_in_flight` wait in the process (beyond,
+//! `submit` refuses at once); one still unsent after `broker.timeout_ms`
+//! is refused rather than sent late, and Redis's answer is awaited at most
+//! `broker.timeout_ms` (the connection's response timeout).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,10 +26,16 @@ use crate::protocol::Stream;
 pub struct Job {
     pub sub: Submission,
     pub answer: oneshot::Sender<Result<Appended, BrokerError>>,
-    pub queued: Instant,
+    /// Refused if not sent by then.
+    pub deadline: Instant,
 }
 
-pub async fn run(b: Arc<RedisBroker>, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+/// One team's writer, until `shutdown`.
+pub async fn run(
+    b: Arc<RedisBroker>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    shutdown: CancellationToken,
+) {
     loop {
         let first = tokio::select! {
             j = rx.recv() => j,
@@ -47,12 +55,11 @@ pub async fn run(b: Arc<RedisBroker>, mut rx: mpsc::Receiver<Job>, shutdown: Can
     }
 }
 
-/// Sends one batch: one pipeline per team (its publishes in order; on a
-/// Redis Cluster a pipeline may name one slot's keys only), all at once.
+/// Sends one team's batch in one pipeline (on a Redis Cluster a pipeline
+/// may name one slot's keys only).
 async fn send(b: &RedisBroker, batch: Vec<Job>) {
-    let (late, batch): (Vec<Job>, Vec<Job>) = batch
-        .into_iter()
-        .partition(|j| j.queued.elapsed() > b.timeout);
+    let now = Instant::now();
+    let (late, batch): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline <= now);
     for j in late {
         answer(
             b,
@@ -72,18 +79,8 @@ async fn send(b: &RedisBroker, batch: Vec<Job>) {
         }
         return;
     };
-    let mut per_team: Vec<Vec<Job>> = Vec::new();
-    for j in batch {
-        match per_team.iter_mut().find(|g| g[0].sub.team == j.sub.team) {
-            Some(g) => g.push(j),
-            None => per_team.push(vec![j]),
-        }
-    }
     let started = Instant::now();
-    let sends = per_team
-        .into_iter()
-        .map(|jobs| send_team(b, conn.clone(), jobs, true));
-    futures_util::future::join_all(sends).await;
+    send_team(b, conn, batch, true).await;
     b.metrics
         .broker
         .round_trip
@@ -183,10 +180,18 @@ fn parse(b: &RedisBroker, s: &Submission, v: &Value) -> Result<Appended, BrokerE
             "the broker answered a publish with something unexpected",
         ));
     };
+    let i = (s.stream == Stream::Alerts) as usize;
     if *b.epoch(s.team) != *epoch {
         // Appended in an epoch this process has not loaded: the sync
         // reloads the team; the frame is delivered from there.
-        b.epoch_changed(s.team);
+        b.needs_reload(s.team);
+    } else if seq > 0 {
+        let before = b.answered[s.team][i].fetch_max(seq as u64, Ordering::AcqRel);
+        if seq as u64 <= before {
+            // A seq handed out before, in the same epoch: Redis lost what
+            // it had acknowledged (a restore from an older state).
+            b.needs_reload(s.team);
+        }
     }
     Ok(match seq {
         0 => Appended::Repeat,
@@ -194,12 +199,9 @@ fn parse(b: &RedisBroker, s: &Submission, v: &Value) -> Result<Appended, BrokerE
     })
 }
 
-fn answer(b: &RedisBroker, j: Job, outcome: Result<Appended, BrokerError>) {
-    let n = b
-        .in_flight
-        .fetch_sub(1, Ordering::Relaxed)
-        .saturating_sub(1);
-    b.metrics.broker.in_flight.set(n as i64);
+pub fn answer(b: &RedisBroker, j: Job, outcome: Result<Appended, BrokerError>) {
+    b.in_flight.fetch_sub(1, Ordering::AcqRel);
+    b.metrics.broker.in_flight.dec();
     let result = match &outcome {
         Ok(Appended::Seq(_)) => "ok",
         Ok(Appended::Repeat) => "repeat",

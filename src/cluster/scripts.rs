@@ -89,6 +89,21 @@ end
 return {epoch, lh, ah, logs, alerts, firing}
 "#;
 
+/// KEYS: as [`PUBLISH`]. ARGV: 1 the epoch whose streams Redis no
+/// longer holds as acknowledged (it went back in time), 2 a new epoch.
+/// Starts the team's streams over in the new epoch, unless another
+/// process did so already (the firing set stays: it is what Redis has).
+/// Returns the team's epoch.
+pub const ROTATE: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if epoch == ARGV[1] then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+  redis.call('SET', KEYS[1], ARGV[2])
+  epoch = ARGV[2]
+end
+return epoch
+"#;
+
 /// KEYS: hosts. ARGV: 1 now (unix ms), 2 age (ms) beyond which a host is
 /// dropped. Returns the rest as `{host, "<seen ms> <snapshot>", …}`.
 pub const HOSTS: &str = r#"

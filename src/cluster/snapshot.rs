@@ -12,38 +12,72 @@ use super::{reply, RedisBroker};
 use crate::hub::{Hub, Reloaded, Stored, TeamId};
 use crate::protocol::{AlertRecord, Stream};
 
-/// Reloads the teams whose epoch in Redis is not the one this process
-/// holds (all of them at start), or only `only`'s.
+/// Reloads the teams that need it: those whose epoch in Redis is not the
+/// one this process holds (all of them at start), those whose seq in Redis
+/// is behind what this process has read (Redis went back in time: their
+/// streams start over in a new epoch first), and `force`'s.
 pub async fn resync(
     b: &RedisBroker,
     hub: &Hub,
     conn: &mut Conn,
-    only: Option<&[TeamId]>,
+    force: &[TeamId],
 ) -> RedisResult<()> {
-    // One GET per team, all at once: on a Redis Cluster the teams' keys
-    // live in different slots (no MGET across them).
-    let gets = b.keys.iter().map(|k| {
+    // One pipeline per team (its keys share a slot), all at once.
+    let checks = b.keys.iter().map(|k| {
         let mut c = conn.clone();
         async move {
-            redis::cmd("GET")
+            redis::pipe()
+                .cmd("GET")
                 .arg(k.epoch())
-                .query_async::<Option<String>>(&mut c)
+                .cmd("GET")
+                .arg(k.seq(Stream::Logs))
+                .cmd("GET")
+                .arg(k.seq(Stream::Alerts))
+                .query_async::<(Option<String>, Option<u64>, Option<u64>)>(&mut c)
                 .await
         }
     });
-    let epochs: Vec<Option<String>> = futures_util::future::try_join_all(gets).await?;
-    for (team, epoch) in epochs.into_iter().enumerate() {
-        let wanted = only.is_none_or(|o| o.contains(&team));
+    let states = futures_util::future::try_join_all(checks).await?;
+    for (team, (epoch, logs, alerts)) in states.into_iter().enumerate() {
         let loaded = b.epoch(team);
-        if wanted && (epoch.as_deref() != Some(&*loaded) || loaded.is_empty()) {
+        let same = !loaded.is_empty() && epoch.as_deref() == Some(&*loaded);
+        let behind = same
+            && (logs.unwrap_or(0) < hub.head(team, Stream::Logs)
+                || alerts.unwrap_or(0) < hub.head(team, Stream::Alerts));
+        if behind {
+            tracing::warn!(
+                team = %hub.team_name(team),
+                epoch = %loaded,
+                "the broker lost frames it had acknowledged (restored from an older state?): the team's streams start over in a new epoch"
+            );
+            rotate(b, conn, team, &loaded).await?;
+        }
+        if !same || behind || force.contains(&team) {
             load(b, hub, conn, team).await?;
         }
     }
     Ok(())
 }
 
+/// Starts `team`'s streams over in a new epoch, unless another process
+/// did already.
+async fn rotate(b: &RedisBroker, conn: &mut Conn, team: TeamId, old: &str) -> RedisResult<()> {
+    let keys = &b.keys[team];
+    redis::cmd("EVAL")
+        .arg(super::scripts::ROTATE)
+        .arg(keys.script_keys().len())
+        .arg(keys.script_keys())
+        .arg(old)
+        .arg(crate::hub::memory::new_epoch())
+        .query_async::<Option<String>>(conn)
+        .await
+        .map(drop)
+}
+
 /// Reads `team`'s snapshot and reloads the hub's replica of it.
 pub async fn load(b: &RedisBroker, hub: &Hub, conn: &mut Conn, team: TeamId) -> RedisResult<()> {
+    // One at a time per team: a slower, older snapshot never lands last.
+    let _one = b.loading[team].lock().await;
     let keys = &b.keys[team];
     let started = std::time::Instant::now();
     let v: Value = redis::cmd("EVAL")
@@ -90,6 +124,9 @@ pub async fn load(b: &RedisBroker, hub: &Hub, conn: &mut Conn, team: TeamId) -> 
         .collect();
     hub.reload(team, &epoch, heads, frames, firing);
     b.set_epoch(team, &epoch);
+    for (answered, head) in b.answered[team].iter().zip(heads) {
+        answered.store(head, std::sync::atomic::Ordering::Release);
+    }
     tracing::debug!(team = %hub.team_name(team), %epoch, logs = heads[0], alerts = heads[1], "team loaded from the broker");
     Ok(())
 }

@@ -32,6 +32,14 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
         }
         let Some(mut conn) = b.link.get() else {
+            // Down: what waits to be written ages out with the hosts.
+            let oldest = now_micros() / 1000 - HOST_FORGET_MS;
+            b.hosts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, v| {
+                    v.split(' ').next().and_then(|t| t.parse::<i64>().ok()) > Some(oldest)
+                });
             continue;
         };
         if !b.loaded.load(Ordering::Acquire) {
@@ -45,11 +53,11 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
             // Every team's epoch, every second.
             result = nodes(&b, &hub, &mut conn).await;
             if result.is_ok() {
-                result = snapshot::resync(&b, &hub, &mut conn, None).await;
+                result = snapshot::resync(&b, &hub, &mut conn, &stale).await;
             }
         } else if result.is_ok() && !stale.is_empty() {
             // A team a publish or a read found in another epoch: now.
-            result = snapshot::resync(&b, &hub, &mut conn, Some(&stale)).await;
+            result = snapshot::resync(&b, &hub, &mut conn, &stale).await;
         }
         match result {
             Ok(()) => b
@@ -61,6 +69,10 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
             Err(e) => {
                 b.link.check(&e);
                 tracing::debug!(error = %e, "broker sync failed");
+                // Still to reload, next time.
+                for team in stale {
+                    b.needs_reload(team);
+                }
             }
         }
     }
@@ -90,7 +102,9 @@ async fn hosts(b: &RedisBroker, hub: &Hub, conn: &mut Conn) -> RedisResult<()> {
         async move { pipe.query_async::<(Value,)>(&mut c).await.map(|(v,)| v) }
     });
     let teams: Vec<Value> = futures_util::future::try_join_all(calls).await?;
+    // Both clocks now: a snapshot's age is judged against the same moment.
     let now = Instant::now();
+    let now_ms = now_micros() / 1000;
     for (team, v) in teams.iter().enumerate() {
         for pair in reply::array(v).chunks(2) {
             let (Some(host), Some(value)) = (
@@ -99,9 +113,16 @@ async fn hosts(b: &RedisBroker, hub: &Hub, conn: &mut Conn) -> RedisResult<()> {
             ) else {
                 continue;
             };
-            let Some((seen_ms, json)) = value.split_once(' ') else {
+            let mut parts = value.splitn(3, ' ');
+            let (Some(seen_ms), Some(node), Some(json)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
+            if node == b.node {
+                // Our own, read back: this process holds it already.
+                continue;
+            }
             let Ok(seen_ms) = seen_ms.parse::<i64>() else {
                 continue;
             };

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
+
 use super::{reply, RedisBroker};
-use crate::hub::{Hub, Incoming};
+use crate::hub::{Delivered, Hub, Incoming};
+use crate::protocol::Stream;
 use crate::time::now_micros;
 
 /// Frames one read returns at most (per stream).
@@ -58,6 +61,9 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, teams: Vec<usize>, shutdown: Can
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(&keys);
+            // Each team's epoch as the read goes out: a reply for a team
+            // reloaded meanwhile is not this epoch's.
+            let issued: HashMap<usize, Arc<str>> = teams.iter().map(|&t| (t, b.epoch(t))).collect();
             for k in &keys {
                 let (team, stream) = streams[k];
                 cmd.arg(format!("{}-0", hub.head(team, stream)));
@@ -80,7 +86,15 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, teams: Vec<usize>, shutdown: Can
                 continue;
             }
             let read_for = started.elapsed();
-            let n = deliver_all(&b, &hub, &streams, &v);
+            let (n, stale) = deliver_all(&b, &hub, &streams, &issued, &v);
+            if stale {
+                // Until the sync reloads the team, the same read would
+                // return the same entries: not in a tight loop.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
             if first && n > 0 {
                 // The first read of a connection returns what was
                 // appended while this process was not reading.
@@ -99,14 +113,20 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, teams: Vec<usize>, shutdown: Can
 }
 
 /// Hands every entry of an `XREAD` reply to the hub; returns how many it
-/// delivered. Another epoch's entries make the team reload (by the sync).
+/// delivered, and whether a team needs a reload first. A team whose epoch
+/// changed since the read was issued (`issued`: a reload came in between)
+/// is skipped: its ids were the old epoch's. Another epoch's entries, or
+/// frames after a gap on an alerts stream, make the team reload (by the
+/// sync).
 fn deliver_all(
     b: &RedisBroker,
     hub: &Hub,
-    streams: &std::collections::HashMap<String, (usize, crate::protocol::Stream)>,
+    streams: &HashMap<String, (usize, Stream)>,
+    issued: &HashMap<usize, Arc<str>>,
     v: &Value,
-) -> u64 {
+) -> (u64, bool) {
     let mut delivered = 0;
+    let mut stale = false;
     let now = now_micros();
     for per_key in reply::array(v) {
         let [key, entries] = reply::array(per_key) else {
@@ -115,9 +135,14 @@ fn deliver_all(
         let Some(&(team, stream)) = reply::text(key).and_then(|k| streams.get(&k)) else {
             continue;
         };
+        let epoch = b.epoch(team);
+        if issued.get(&team) != Some(&epoch) {
+            continue;
+        }
         for e in reply::array(entries).iter().filter_map(reply::entry) {
-            if *b.epoch(team) != *e.epoch {
-                b.epoch_changed(team);
+            if *epoch != *e.epoch {
+                b.needs_reload(team);
+                stale = true;
                 break;
             }
             let lag = (now - e.appended).max(0) as f64 / 1e6;
@@ -129,11 +154,18 @@ fn deliver_all(
                 level: e.level,
                 source: e.source,
             };
-            if hub.deliver(team, stream, inc) {
-                b.metrics.broker.notification_lag.observe(lag);
-                delivered += 1;
+            match hub.deliver(team, stream, inc) {
+                Delivered::Dropped => {}
+                d => {
+                    if d == Delivered::AfterGap && stream == Stream::Alerts {
+                        // The firing set missed what happened meanwhile.
+                        b.needs_reload(team);
+                    }
+                    b.metrics.broker.notification_lag.observe(lag);
+                    delivered += 1;
+                }
             }
         }
     }
-    delivered
+    (delivered, stale)
 }

@@ -26,6 +26,12 @@ pub enum BrokerError {
     /// stored. Publishers are told (`unavailable`, HTTP 503) and may retry.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// A batch larger than the publishes allowed in flight: it can never
+    /// be taken whole.
+    #[error(
+        "a batch of {n} publishes is more than broker.max_in_flight ({max}); send smaller batches"
+    )]
+    BatchTooLarge { n: usize, max: usize },
     /// The team holds as many hosts as it may.
     #[error("team already has {max} hosts (limits.max_hosts_per_team)")]
     TooManyHosts { max: usize },
@@ -98,15 +104,19 @@ pub type Answer = tokio::sync::oneshot::Receiver<Result<Appended, BrokerError>>;
 /// seq order, and handed to [`Hub::deliver`](super::Hub::deliver). The
 /// answer only tells the publisher its seq.
 pub trait Sequencer: Send + Sync {
-    /// Queues `s` for appending. Refused at once (never queued without
-    /// bound) while the broker is unreachable or too many are in flight;
-    /// the answer comes within the broker's timeout.
-    fn submit(&self, s: Submission) -> Result<Answer, BrokerError>;
+    /// Queues `subs` for appending, in order, all or none: refused at
+    /// once (never queued without bound) while the broker is unreachable
+    /// or they would take more than the publishes allowed in flight. Each
+    /// answer comes within twice the broker's timeout.
+    fn submit(&self, subs: Vec<Submission>) -> Result<Vec<Answer>, BrokerError>;
     /// Shares a host's snapshot with every process (in the background;
     /// a newer snapshot of the host replaces one not yet sent).
     fn share_host(&self, team: TeamId, host: &str, raw: &RawValue);
     /// Why the broker cannot be used now, if it cannot.
     fn unavailable(&self) -> Option<String>;
+    /// Whether this process has loaded the teams' streams at least once
+    /// (before, its replica holds nothing a resume could be judged by).
+    fn loaded_once(&self) -> bool;
     /// Subscribers of `team` on the other processes (as last reported).
     fn remote_subscribers(&self, team: TeamId) -> usize;
 }

@@ -46,7 +46,7 @@ pub use broker::{
     AlertChange, Answer, Appended, Broker, BrokerError, Reloaded, Sequencer, Stored, Submission,
 };
 pub use mailbox::{Control, Delivery, Lagged, Mailbox, Offer, Outgoing, Push, Sent, Take, Wire};
-pub use replica::{Incoming, Pending};
+pub use replica::{Delivered, Incoming, Pending};
 pub use session::{SessionHandle, Subscribed};
 
 use broker::{Draft, HostEntry};
@@ -87,6 +87,9 @@ pub enum HubError {
     /// Nothing was published: the broker is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// A batch the broker can never take whole (cluster mode).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Sizes the hub is built with.
@@ -221,6 +224,15 @@ impl Hub {
     /// Whether the hub runs in cluster mode.
     pub fn clustered(&self) -> bool {
         self.shared.sequencer.get().is_some()
+    }
+
+    /// Cluster mode, before the first load: subscribes to logs or alerts
+    /// are refused (the replica's epoch and history are not known yet).
+    pub(crate) fn not_loaded(&self) -> bool {
+        self.shared
+            .sequencer
+            .get()
+            .is_some_and(|c| !c.sequencer.loaded_once())
     }
 
     /// Why publishing is not possible now (cluster mode, broker down).
@@ -557,12 +569,68 @@ impl Hub {
             log: Some((record.level, &record.source)),
         };
         if let Some(cluster) = self.shared.sequencer.get() {
-            return self.submit(cluster, team, rec, None);
+            let p = self.prepare(cluster, team, rec, None);
+            return self.send(cluster, vec![p]).remove(0);
         }
         let span = publish_span(&self.shared.topics[team].name, Stream::Logs);
         let _entered = span.enter();
         let mut st = self.lock(team);
         Pending::Done(self.append(&mut st, team, rec, &span).map(|s| Some(s.seq)))
+    }
+
+    /// Starts publishing several log records (each to its team), in this
+    /// order; in cluster mode all of them or none are queued for the
+    /// broker, so a refused batch can be retried whole without doubles.
+    pub fn submit_logs(&self, items: &[(TeamId, &LogRecord)], ts: i64) -> Vec<Pending> {
+        let Some(cluster) = self.shared.sequencer.get() else {
+            return items
+                .iter()
+                .map(|(team, r)| self.submit_log(*team, r, ts))
+                .collect();
+        };
+        let prepared = items
+            .iter()
+            .map(|(team, r)| {
+                let rec = Record {
+                    stream: Stream::Logs,
+                    ts,
+                    data: *r,
+                    log: Some((r.level, &r.source)),
+                };
+                self.prepare(cluster, *team, rec, None)
+            })
+            .collect();
+        self.send(cluster, prepared)
+    }
+
+    /// Starts publishing several alert transitions (see
+    /// [`Hub::submit_logs`]).
+    pub fn submit_alerts(&self, items: &[(TeamId, &AlertRecord)], ts: i64) -> Vec<Pending> {
+        let Some(cluster) = self.shared.sequencer.get() else {
+            return items
+                .iter()
+                .map(|(team, r)| self.submit_alert(*team, r, ts))
+                .collect();
+        };
+        let prepared = items
+            .iter()
+            .map(|(team, r)| {
+                let change = AlertChange {
+                    fingerprint: r.fingerprint.clone(),
+                    firing: (r.status == AlertStatus::Firing)
+                        .then(|| serde_json::to_string(r).unwrap_or_default()),
+                    max_firing: self.shared.settings.max_firing_alerts,
+                };
+                let rec = Record {
+                    stream: Stream::Alerts,
+                    ts,
+                    data: *r,
+                    log: None,
+                };
+                self.prepare(cluster, *team, rec, Some(change))
+            })
+            .collect();
+        self.send(cluster, prepared)
     }
 
     /// Publishes an alert transition to `team`. A repeat of the current
@@ -595,7 +663,8 @@ impl Hub {
                 data: record,
                 log: None,
             };
-            return self.submit(cluster, team, rec, Some(change));
+            let p = self.prepare(cluster, team, rec, Some(change));
+            return self.send(cluster, vec![p]).remove(0);
         }
         let mut st = self.lock(team);
         let seq = self.publish_alert_locked(&mut st, team, record, ts);

@@ -69,11 +69,12 @@ impl Pending {
             Ok(Ok(Ok(Appended::Repeat))) => Ok(None),
             Ok(Ok(Err(e))) => Err(refused(e)),
             Ok(Err(_)) => Err(HubError::Unavailable(
-                "broker unavailable: the connection to it was lost".into(),
+                "broker unavailable: the connection to it was lost (the publish may have been stored)"
+                    .into(),
             )),
             Err(_) => Err(HubError::Unavailable(format!(
-                "broker unavailable: no answer within {} ms",
-                timeout.as_millis()
+                "broker unavailable: no answer within {} ms (the publish may have been stored)",
+                (timeout * 2).as_millis()
             ))),
         };
         match &result {
@@ -91,6 +92,13 @@ impl Pending {
     }
 }
 
+/// A publish serialized for the sequencer, with its spans.
+pub(super) struct Prepared {
+    submission: Submission,
+    span: tracing::Span,
+    call: tracing::Span,
+}
+
 /// A log or alert frame read from a team's shared stream.
 pub struct Incoming {
     /// The epoch it was appended in.
@@ -100,6 +108,19 @@ pub struct Incoming {
     pub frame: String,
     pub level: Level,
     pub source: String,
+}
+
+/// What [`Hub::deliver`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// The next one: delivered.
+    InOrder,
+    /// Delivered after frames this process never got (trimmed before it
+    /// read them): the stream's subscribers were lagged; an alerts
+    /// stream's firing set needs a reload.
+    AfterGap,
+    /// Already held, or of another epoch: not delivered.
+    Dropped,
 }
 
 /// An alert frame's record, read back.
@@ -115,14 +136,14 @@ pub fn alert_of(frame: &str) -> Result<AlertRecord, serde_json::Error> {
 
 impl Hub {
     /// Serializes `record` around its seq (with the publish span's trace
-    /// id) and hands it to the sequencer.
-    pub(super) fn submit<T: serde::Serialize>(
+    /// id), ready for the sequencer.
+    pub(super) fn prepare<T: serde::Serialize>(
         &self,
         cluster: &Cluster,
         team: TeamId,
         record: Record<'_, T>,
         alert: Option<AlertChange>,
-    ) -> Pending {
+    ) -> Prepared {
         let name = &self.shared.topics[team].name;
         let span = publish_span(name, record.stream);
         let call = broker_span(&span, cluster, record.stream);
@@ -139,28 +160,50 @@ impl Hub {
         span.record("messaging.message.body.size", frame.len() as u64);
         let (head, tail) = split_at_seq(&frame);
         let (level, source) = record.log.unwrap_or((Level::Info, ""));
-        let submission = Submission {
-            team,
-            stream: record.stream,
-            ts: record.ts,
-            level,
-            source: source.to_owned(),
-            head,
-            tail,
-            alert,
-        };
-        match cluster.sequencer.submit(submission) {
-            Ok(answer) => Pending::Waiting(Box::new(Waiting {
-                answer,
-                timeout: cluster.timeout,
-                span,
-                call,
-            })),
-            Err(e) => {
-                call.record("error.type", "unavailable");
-                call.record("otel.status_code", "ERROR");
-                Pending::Done(Err(refused(e)))
-            }
+        Prepared {
+            submission: Submission {
+                team,
+                stream: record.stream,
+                ts: record.ts,
+                level,
+                source: source.to_owned(),
+                head,
+                tail,
+                alert,
+            },
+            span,
+            call,
+        }
+    }
+
+    /// Hands prepared publishes to the sequencer, all or none (a batch is
+    /// never half queued: a retry of a refused one doubles nothing).
+    pub(super) fn send(&self, cluster: &Cluster, prepared: Vec<Prepared>) -> Vec<Pending> {
+        let (subs, spans): (Vec<Submission>, Vec<(tracing::Span, tracing::Span)>) = prepared
+            .into_iter()
+            .map(|p| (p.submission, (p.span, p.call)))
+            .unzip();
+        match cluster.sequencer.submit(subs) {
+            Ok(answers) => answers
+                .into_iter()
+                .zip(spans)
+                .map(|(answer, (span, call))| {
+                    Pending::Waiting(Box::new(Waiting {
+                        answer,
+                        timeout: cluster.timeout,
+                        span,
+                        call,
+                    }))
+                })
+                .collect(),
+            Err(e) => spans
+                .into_iter()
+                .map(|(_, call)| {
+                    call.record("error.type", "unavailable");
+                    call.record("otel.status_code", "ERROR");
+                    Pending::Done(Err(refused(e.clone())))
+                })
+                .collect(),
         }
     }
 
@@ -191,20 +234,22 @@ impl Hub {
     /// One that skips seqs (they were trimmed before this process could
     /// read them) lags the stream's subscribers first: they resume, and
     /// learn they missed frames, rather than miss them silently.
-    /// A frame of another epoch is dropped too (false): the caller
-    /// reloads the team.
-    pub fn deliver(&self, team: TeamId, stream: Stream, inc: Incoming) -> bool {
+    /// A frame of another epoch is dropped too: the caller reloads the
+    /// team.
+    pub fn deliver(&self, team: TeamId, stream: Stream, inc: Incoming) -> Delivered {
         let broker = &self.shared.broker;
         let m = &self.shared.metrics;
         let mut st = self.lock(team);
         let head = broker.head(team, stream);
         // Another epoch's frame is for a reload to sort out.
         if inc.seq <= head || *broker.epoch(team) != *inc.epoch {
-            return false;
+            return Delivered::Dropped;
         }
+        let mut delivered = Delivered::InOrder;
         if inc.seq > head + 1 {
             m.broker.frames_lost.inc_by(inc.seq - head - 1);
             lag_stream(&mut st, team, stream);
+            delivered = Delivered::AfterGap;
         }
         let stored = Stored {
             seq: inc.seq,
@@ -244,7 +289,7 @@ impl Hub {
             stored.frame.len(),
             &tracing::Span::none(),
         );
-        true
+        delivered
     }
 
     /// Cluster mode: `team`'s streams and firing set as the broker holds
@@ -289,6 +334,7 @@ impl Hub {
 fn refused(e: BrokerError) -> HubError {
     match e {
         BrokerError::Unavailable(why) => HubError::Unavailable(why),
+        e @ BrokerError::BatchTooLarge { .. } => HubError::TooLarge(e.to_string()),
         other => HubError::Unavailable(other.to_string()),
     }
 }

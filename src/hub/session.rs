@@ -75,6 +75,12 @@ impl SessionHandle {
         if self.subscription_count() + added > max {
             return Err(HubError::TooManySubscriptions(max));
         }
+        if self.hub.not_loaded() && streams.iter().any(|&s| s != Stream::Metrics) {
+            return Err(HubError::Unavailable(
+                "broker unavailable: this process has not loaded the teams' streams yet; retry"
+                    .into(),
+            ));
+        }
         let mut out = Subscribed::default();
         let mut st = self.hub.lock(team);
         let pos = st.subscribers.iter().position(|s| s.session == self.id);

@@ -407,17 +407,27 @@ fn a_replica_delivers_in_seq_order_drops_doubles_and_lags_subscribers_over_a_gap
     s.subscribe(0, &[Stream::Logs], &BTreeMap::new(), None)
         .unwrap();
     s.mailbox().release();
-    assert!(h.deliver(0, Stream::Logs, incoming("e1", 1)));
-    assert!(h.deliver(0, Stream::Logs, incoming("e1", 2)));
+    let ok = Delivered::InOrder;
+    assert_eq!(h.deliver(0, Stream::Logs, incoming("e1", 1)), ok);
+    assert_eq!(h.deliver(0, Stream::Logs, incoming("e1", 2)), ok);
     // Read again (a reconnect's overlap): not delivered twice.
-    assert!(!h.deliver(0, Stream::Logs, incoming("e1", 2)));
+    assert_eq!(
+        h.deliver(0, Stream::Logs, incoming("e1", 2)),
+        Delivered::Dropped
+    );
     // Another epoch's frame is left to a reload.
-    assert!(!h.deliver(0, Stream::Logs, incoming("e0", 3)));
+    assert_eq!(
+        h.deliver(0, Stream::Logs, incoming("e0", 3)),
+        Delivered::Dropped
+    );
     assert_eq!(seqs(&queued(&s)), [1, 2]);
     // Seqs 3 and 4 were trimmed before they could be read: the
     // subscriber is told it lagged at 2, not handed 5 as if nothing
     // were missing; the history starts over at 5.
-    assert!(h.deliver(0, Stream::Logs, incoming("e1", 5)));
+    assert_eq!(
+        h.deliver(0, Stream::Logs, incoming("e1", 5)),
+        Delivered::AfterGap
+    );
     let mut out = Vec::new();
     let lagged = s.mailbox().drain(&mut out).expect("lagged");
     assert_eq!((lagged.stream, lagged.last_seq), (Stream::Logs, 2));
@@ -443,7 +453,10 @@ fn a_reload_in_a_new_epoch_lags_the_old_subscribers_and_keeps_the_firing_set() {
     s.subscribe(0, &[Stream::Logs, Stream::Alerts], &BTreeMap::new(), None)
         .unwrap();
     s.mailbox().release();
-    assert!(h.deliver(0, Stream::Logs, incoming("e1", 1)));
+    assert_eq!(
+        h.deliver(0, Stream::Logs, incoming("e1", 1)),
+        Delivered::InOrder
+    );
     let frames = vec![Reloaded {
         stream: Stream::Logs,
         stored: Stored {

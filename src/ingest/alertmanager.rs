@@ -232,10 +232,8 @@ pub async fn webhook(
     let mut published = 0;
     // All submitted first, in order (in cluster mode they go to the
     // broker together), then answered.
-    let pending: Vec<_> = routed
-        .iter()
-        .map(|r| state.hub.submit_alert(r.team, &r.record, ts))
-        .collect();
+    let items: Vec<_> = routed.iter().map(|r| (r.team, &r.record)).collect();
+    let pending = state.hub.submit_alerts(&items, ts);
     for p in pending {
         match p.wait().await {
             Ok(Some(_)) => published += 1,

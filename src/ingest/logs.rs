@@ -56,10 +56,8 @@ pub async fn json(
     let ts = now_micros();
     // All submitted first, in order, then answered (in cluster mode they
     // reach the broker together).
-    let pending: Vec<_> = records
-        .iter()
-        .map(|r| state.hub.submit_log(team, r, ts))
-        .collect();
+    let items: Vec<_> = records.iter().map(|r| (team, r)).collect();
+    let pending = state.hub.submit_logs(&items, ts);
     let mut seqs = Vec::with_capacity(pending.len());
     for p in pending {
         match p.wait().await {
@@ -168,9 +166,12 @@ pub async fn otlp(
     let mut outcome = OtlpOutcome::default();
     let ts = now_micros();
     for rl in &request.resource_logs {
-        publish_resource(&state, &principal, rl, ts, &mut outcome);
+        publish_resource(&state, &principal, rl, &mut outcome);
     }
-    for p in std::mem::take(&mut outcome.pending) {
+    // One batch: queued for the broker whole or not at all.
+    let items: Vec<_> = outcome.records.iter().map(|(t, r)| (*t, r)).collect();
+    let pending = state.hub.submit_logs(&items, ts);
+    for p in pending {
         if let Err(e) = p.wait().await {
             return Refusal::unavailable(e).respond(&state, "otlp");
         }
@@ -203,8 +204,8 @@ pub async fn otlp(
 /// team is not the token's), and the first refusal's reason.
 #[derive(Default)]
 struct OtlpOutcome {
-    /// Publishes submitted, in order, to be answered.
-    pending: Vec<crate::hub::Pending>,
+    /// Records to publish, in order, with their teams.
+    records: Vec<(crate::hub::TeamId, LogRecord)>,
     accepted: u64,
     rejected: i64,
     first_error: String,
@@ -212,14 +213,12 @@ struct OtlpOutcome {
 
 /// Publishes the records of one resource to its team (the resource's
 /// team attribute, else the token's only team); a team the token may not
-/// write refuses them through OTLP's partial success. The publishes are
-/// left in `out.pending`: one the hub refuses makes it a 503 (the
-/// Collector retries).
+/// write refuses them through OTLP's partial success. The records are
+/// left in `out.records`, to be published together.
 fn publish_resource(
     state: &AppState,
     principal: &crate::auth::Principal,
     rl: &opentelemetry_proto::tonic::logs::v1::ResourceLogs,
-    ts: i64,
     out: &mut OtlpOutcome,
 ) {
     let resource = rl
@@ -247,7 +246,7 @@ fn publish_resource(
                 }
             };
             let record = record_of(lr, source, &host, state.config.ingest.max_line_bytes);
-            out.pending.push(state.hub.submit_log(team, &record, ts));
+            out.records.push((team, record));
             out.accepted += 1;
         }
     }

@@ -45,7 +45,11 @@ impl Refusal {
     /// sender retries (what was published before is de-duplicated for
     /// alerts, and sent again for logs: at least once).
     pub fn unavailable(e: crate::hub::HubError) -> Refusal {
-        Refusal::new(ErrorCode::Unavailable, "unavailable", e.to_string())
+        match e {
+            // Retrying the same request cannot help: 413, not 503.
+            crate::hub::HubError::TooLarge(m) => Refusal::new(ErrorCode::TooLarge, "too_large", m),
+            other => Refusal::new(ErrorCode::Unavailable, "unavailable", other.to_string()),
+        }
     }
 
     pub fn respond(&self, state: &AppState, source: &str) -> actix_web::HttpResponse {

@@ -196,7 +196,10 @@ impl Session {
         let sub = self
             .hub
             .subscribe(team_id, &streams, resume, filter)
-            .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+            .map_err(|e| match e {
+                crate::hub::HubError::Unavailable(m) => (ErrorCode::Unavailable, m),
+                other => (ErrorCode::BadRequest, other.to_string()),
+            })?;
         let reply = self.reply(&Reply::Subscribed {
             id,
             team,
