@@ -330,8 +330,11 @@ async fn supervise(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
         let attempt = async {
             let mut conn = b.link.open(b.timeout).await?;
             // The hot one by its hash (on every primary of a cluster); the
-            // others are sent whole (`EVAL`), being rare.
-            b.publish.prepare_invoke().load_async(&mut conn).await?;
+            // others are sent whole (`EVAL`), being rare. Not fatal: an
+            // unknown hash falls back to `EVAL` (publish.rs).
+            if let Err(e) = b.publish.prepare_invoke().load_async(&mut conn).await {
+                tracing::debug!(error = %e, "SCRIPT LOAD failed; publishes fall back to EVAL");
+            }
             snapshot::resync(&b, &hub, &mut conn, &[]).await?;
             Ok::<Conn, redis::RedisError>(conn)
         };
@@ -385,7 +388,12 @@ async fn watch(b: &RedisBroker, shutdown: &CancellationToken) {
             return;
         };
         let started = Instant::now();
-        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        // A keyed read, not PING: on a Redis Cluster PING goes to every
+        // primary, and one unreachable shard would take every team down.
+        let pong: redis::RedisResult<i64> = redis::cmd("EXISTS")
+            .arg(&b.nodes_key)
+            .query_async(&mut conn)
+            .await;
         match pong {
             Ok(_) => b
                 .metrics

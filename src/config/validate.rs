@@ -45,6 +45,12 @@ impl Config {
                     "must start with redis:// or rediss:// (TLS)",
                 ));
             }
+            if url.contains("protocol=") {
+                return Err(invalid(
+                    field,
+                    "the protocol is RESP2, chosen by opswire: remove `protocol=` from the URL",
+                ));
+            }
         }
         let prefix_ok = !b.prefix.is_empty()
             && b.prefix.len() <= 64
