@@ -72,11 +72,15 @@ impl Redis {
         first
     }
 
-    /// Keys held by each shard (one entry for a standalone Redis).
+    /// Teams' keys (`opswire:{…}:…`) held by each shard (one entry for a
+    /// standalone Redis).
     pub fn keys_per_shard(&self) -> Vec<usize> {
         std::iter::once(self)
             .chain(&self.shards)
-            .map(|r| r.cli(&["DBSIZE"]).and_then(|n| n.parse().ok()).unwrap_or(0))
+            .map(|r| {
+                r.cli(&["--scan", "--pattern", "opswire:{*"])
+                    .map_or(0, |out| out.lines().filter(|l| !l.is_empty()).count())
+            })
             .collect()
     }
 
