@@ -7,6 +7,11 @@
 #   * promtool test rules    alerting/tests/*.yml
 #   * amtool check-config    alerting/alertmanager.yml
 #   * alerting/tests/routes.sh (amtool config routes test, per route)
+#   * alerting/tests/entrypoint.sh (the Alertmanager entrypoint with a
+#     stand-in binary), then the entrypoint with each Alertmanager service's
+#     compose environment: `alertmanager` gets the arguments it always got;
+#     each member of the pair a copy of alertmanager.yml with the opswire URL
+#     replaced (amtool check-config, routes.sh on it) and its gossip flags
 #   * docker-compose config  (compose file parses with .env.example, with and
 #     without --profile cluster; refuses to without the secrets), every file
 #     it mounts exists, every variable it uses is in .env.example
@@ -14,7 +19,12 @@
 #     replica (OPSWIRE_BROKER__URL) waits for a healthy Redis with AOF on, a
 #     healthcheck and a /data volume; the load balancer's upstream servers in
 #     deploy/nginx.conf are exactly the replicas, its listen port the
-#     published one
+#     published one; the Alertmanager pair (services of the profile running
+#     alerting/alertmanager-entrypoint.sh): alertmanager's image, mounts and
+#     secrets, a data volume each, every member peering with every other,
+#     the opswire receiver -> the load balancer; Prometheus sends to and
+#     scrapes each member by DNS (never a static target); the replicas'
+#     silences go to the pair; no host port published twice
 #   * the Collector config wires only defined components and binds 0.0.0.0
 #   * dashboards: valid JSON, unique fixed uids, data source uids that are
 #     provisioned, every PromQL expression parses (promtool), every opswire
@@ -43,7 +53,12 @@
 #     nginx reaching them as they should, both replicas in the access log,
 #     no token in it, no error in nginx's log. Cluster mode (the replicas
 #     connected to Redis) also asserts cross-replica delivery and /readyz 503
-#     without Redis; without it (this build), those are listed as skipped
+#     without Redis; without it (this build), those are listed as skipped.
+#     In cluster mode, the Alertmanager pair: two real Alertmanagers started
+#     through alerting/alertmanager-entrypoint.sh with their compose
+#     environment (names -> local ports) gossip with each other, and an
+#     alert posted to BOTH (gossip slowed down, so that both notify) reaches
+#     each WebSocket subscriber behind nginx exactly once
 #   * end to end: that Prometheus, with a test override of one real rule
 #     (for: 0s, threshold met, labels kept), fires -> the real Alertmanager ->
 #     opswire's webhook -> a WebSocket subscriber of the alert's team gets
@@ -51,7 +66,7 @@
 #     (scripts/ws_client.py listens)
 #
 # Every server binds 127.0.0.1 on a free port; every wait has a timeout;
-# every process started here is stopped on exit (trap). About 45 s in all.
+# every process started here is stopped on exit (trap). About 60 s in all.
 #
 # Usage: scripts/check-stack.sh          (from the repository root)
 # Env:   OPSWIRE_BIN=path      binary to run (default
@@ -85,6 +100,7 @@ lb_pids=()
 nginx_pid=""
 redis_pid=""
 replica_pids=()
+pair_pids=()
 # stop_pid PID: SIGTERM, up to 5 s to exit, then SIGKILL; reaps it.
 stop_pid() {
   local pid="$1" _
@@ -100,7 +116,7 @@ cleanup() {
   # Only the processes this script started, by pid.
   local pid
   for pid in "${live_pids[@]}" "$prom_pid" "$agent_pid" "$sse_pid" "$am_pid" "$opswire_pid" \
-      "${lb_pids[@]}" "$nginx_pid" "${replica_pids[@]}" "$redis_pid"; do
+      "${lb_pids[@]}" "${pair_pids[@]}" "$nginx_pid" "${replica_pids[@]}" "$redis_pid"; do
     stop_pid "$pid"
   done
   rm -rf "$tmp"
@@ -162,6 +178,7 @@ root, resolved = sys.argv[1], sys.argv[2]
 doc = yaml.safe_load(open(resolved))
 problems = []
 mounts = 0
+seen_ports = {}
 for name, svc in doc["services"].items():
     image = svc.get("image", "")
     if "build" in svc:
@@ -191,8 +208,13 @@ for name, svc in doc["services"].items():
             problems.append(f"{name}: volume {src} is not declared")
     for p in svc.get("ports", []):
         published = str(p.get("published", "")) if isinstance(p, dict) else str(p)
-        # The UI ports, and 8081: the cluster profile's load balancer.
-        ui = ("8080", "8081", "3000", "16686", "9090", "9093")
+        host_port = published.split("/")[0].split(":")[-2] if published.count(":") >= 2 else published.split(":")[0]
+        if host_port in seen_ports:
+            problems.append(f"{name}: publishes host port {host_port}, as {seen_ports[host_port]} does")
+        seen_ports[host_port] = name
+        # The UI ports, and the cluster profile's: 8081 (the load balancer),
+        # 9095 and 9096 (the Alertmanager pair).
+        ui = ("8080", "8081", "3000", "16686", "9090", "9093", "9095", "9096")
         if published and published not in ui and not any(
                 published.endswith(":" + u) or (":" + u + ":") in published for u in ui):
             problems.append(f"{name}: publishes {p}, which is not a UI port")
@@ -298,15 +320,131 @@ else:
     m = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*)", hc)
     if not m or m.group(1) not in listen:
         problems.append(f"{lb}: healthcheck {hc!r} does not ask nginx on its listen port")
+
+# The Alertmanagers: every service that runs alerting/alertmanager-entrypoint.sh.
+# `alertmanager` (no profile) keeps posting to http://opswire:8080 with
+# clustering off; the pair of the profile gossips, every member with every
+# other, and posts to the load balancer.
+entry = os.path.join(root, "alerting/alertmanager-entrypoint.sh")
+am_yml = os.path.join(root, "alerting/alertmanager.yml")
+ams = sorted(n for n in svcs if any(src == entry for src, _ in vols(n)))
+single = [n for n in ams if not prof[n]]
+pair = [n for n in ams if prof[n]]
+am_cfg = yaml.safe_load(open(am_yml))
+opswire_urls = [w["url"] for r in am_cfg["receivers"] if r["name"] == "opswire" for w in r.get("webhook_configs", [])]
+hook_path = urllib.parse.urlparse(opswire_urls[0]).path if len(opswire_urls) == 1 else ""
+if not hook_path:
+    problems.append(f"alerting/alertmanager.yml: receiver opswire has webhook URLs {opswire_urls}, want one")
+AM_VARS = ("OPSWIRE_WEBHOOK_URL", "ALERTMANAGER_CLUSTER_LISTEN_ADDRESS", "ALERTMANAGER_CLUSTER_PEERS")
+if single != ["alertmanager"]:
+    problems.append(f"Alertmanagers without a profile: {single}, want [alertmanager]")
+for n in single:
+    for k in AM_VARS:
+        if k in env(n):
+            problems.append(f"{n} (no profile) sets {k}: the default stack's Alertmanager must stay as it was")
+if len(pair) < 2:
+    problems.append(f"cluster: Alertmanagers of the profile {pair}, want an HA pair (at least 2)")
+gossip, am_port = {}, {}
+ref = svcs.get("alertmanager") or {}
+def mount_targets(n):
+    return {src: t.split(":")[0] for src, t in vols(n) if src in (entry, am_yml)}
+def published_to(n, container_port):
+    for p in svcs[n].get("ports", []):
+        parts = str(p.get("published", "")) if isinstance(p, dict) else str(p)
+        if isinstance(p, dict) and str(p.get("target")) == container_port:
+            return str(p.get("published"))
+        bits = parts.split("/")[0].split(":")
+        if len(bits) >= 2 and bits[-1] == container_port:
+            return bits[-2]
+    return None
+for n in pair:
+    e = env(n)
+    la = str(e.get("ALERTMANAGER_CLUSTER_LISTEN_ADDRESS", ""))
+    mm = re.fullmatch(r"0\.0\.0\.0:(\d+)", la)
+    if not mm:
+        problems.append(f"{n}: ALERTMANAGER_CLUSTER_LISTEN_ADDRESS {la!r}, want 0.0.0.0:PORT (gossip on)")
+        continue
+    gossip[n] = mm.group(1)
+    for key in ("image", "entrypoint", "tmpfs", "healthcheck"):
+        if svcs[n].get(key) != ref.get(key):
+            problems.append(f"{n}: {key} {svcs[n].get(key)!r} differs from alertmanager's {ref.get(key)!r}")
+    if mount_targets(n) != mount_targets("alertmanager") or len(mount_targets(n)) != 2:
+        problems.append(f"{n}: mounts {mount_targets(n)}, want alertmanager's {mount_targets('alertmanager')}")
+    for k in ("OPSWIRE_WEBHOOK_TOKEN", "SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY"):
+        if e.get(k) != env("alertmanager").get(k):
+            problems.append(f"{n}: {k} is not alertmanager's")
+    u = urllib.parse.urlparse(str(e.get("OPSWIRE_WEBHOOK_URL", "")))
+    if lbs and len(lbs) == 1 and not (u.scheme == "http" and u.hostname == lbs[0]
+                                      and str(u.port) in listen and u.path == hook_path):
+        problems.append(f"{n}: OPSWIRE_WEBHOOK_URL {u.geturl()!r}, want http://{lbs[0]}:{'/'.join(listen)}{hook_path} (the load balancer)")
+    if lbs and (deps(n).get(lbs[0]) or {}).get("condition") != "service_healthy":
+        problems.append(f"{n} does not wait for {lbs[0]} to be healthy")
+    data = [src for src, t in vols(n) if t == "/alertmanager" and not src.startswith(("/", "."))]
+    if len(data) != 1:
+        problems.append(f"{n}: no named volume of its own at /alertmanager")
+    else:
+        am_port[n] = data[0]
+    pub = published_to(n, "9093")
+    ext = urllib.parse.urlparse(str(e.get("ALERTMANAGER_EXTERNAL_URL", "")))
+    if pub and str(ext.port) != pub:
+        problems.append(f"{n}: ALERTMANAGER_EXTERNAL_URL {ext.geturl()!r} does not name its published port {pub}")
+datas = list(am_port.values()) + [src for src, t in vols("alertmanager") if t == "/alertmanager"]
+if len(set(datas)) != len(datas):
+    problems.append(f"Alertmanagers share a data volume: {datas} (each needs its own notification log)")
+for n in gossip:
+    got = set(re.split(r"[,\s]+", str(env(n).get("ALERTMANAGER_CLUSTER_PEERS", "")).strip())) - {""}
+    want = {f"{o}:{gossip[o]}" for o in gossip if o != n}
+    if got != want:
+        problems.append(f"{n}: ALERTMANAGER_CLUSTER_PEERS {sorted(got)}, want every other member {sorted(want)}")
+# Prometheus sends every alert to `alertmanager` and to every member of the
+# pair, and scrapes each member; the pair by DNS (names that do not resolve
+# without the profile), never as static targets (two dead Alertmanagers in
+# the default stack: every send would fail, TargetDown would fire).
+prom = yaml.safe_load(open(os.path.join(root, "prometheus/prometheus.yml")))
+def reached(cfgs):
+    static, dns = set(), set()
+    for c in cfgs:
+        for sc in c.get("static_configs") or []:
+            static.update(sc.get("targets") or [])
+        for dc in c.get("dns_sd_configs") or []:
+            if dc.get("type", "SRV") == "A" and dc.get("port"):
+                dns.update(f"{nm}:{dc['port']}" for nm in dc.get("names") or [])
+    return static, dns
+a_static, a_dns = reached((prom.get("alerting") or {}).get("alertmanagers") or [])
+s_static, s_dns = reached(prom.get("scrape_configs") or [])
+if "alertmanager:9093" not in a_static:
+    problems.append("prometheus/prometheus.yml: alerting does not reach alertmanager:9093 (static)")
+for n in pair:
+    if f"{n}:9093" not in a_dns:
+        problems.append(f"prometheus/prometheus.yml: alerting does not find {n}:9093 through dns_sd_configs (type A)")
+    if f"{n}:9093" not in s_dns:
+        problems.append(f"prometheus/prometheus.yml: no scrape job finds {n}:9093 through dns_sd_configs (type A)")
+    if any(t.split(":")[0] == n for t in a_static | s_static):
+        problems.append(f"prometheus/prometheus.yml: {n} is a static target (down in the default stack)")
+# The replicas' `silence` op goes to the pair (the Alertmanagers feeding
+# the cluster), through a name every member answers to.
+aliases = {n: set(((svcs[n].get("networks") or {}).get("default") or {}).get("aliases") or []) for n in svcs}
+for r in replicas:
+    u = urllib.parse.urlparse(str(env(r).get("OPSWIRE_ALERTMANAGER__URL", "")))
+    holders = sorted(n for n in svcs if u.hostname == n or u.hostname in aliases[n])
+    if holders != sorted(pair) or u.port != 9093:
+        problems.append(f"{r}: OPSWIRE_ALERTMANAGER__URL {u.geturl()!r} reaches {holders}:{u.port}, want every member of the pair {pair}:9093")
 if problems:
     print("\n".join("   " + p for p in problems)); sys.exit(1)
 with open(out, "w") as fh:
     fh.write(f"cluster_replicas=({' '.join(replicas)})\ncluster_broker={sorted(brokers)[0]}\n"
-             f"cluster_port={ports.pop()}\ncluster_lb={lb}\ncluster_lb_health={shlex.quote(m.group(2))}\n")
+             f"cluster_port={ports.pop()}\ncluster_lb={lb}\ncluster_lb_health={shlex.quote(m.group(2))}\n"
+             f"cluster_lb_port={listen[0]}\ncluster_ams=({' '.join(pair)})\ncluster_hook_path={shlex.quote(hook_path)}\n"
+             f"declare -A cluster_am_gossip=({' '.join(f'[{n}]={p}' for n, p in gossip.items())})\n")
 print(f"   without a profile: {', '.join(default)}")
 print(f"   profile cluster:   {', '.join(profiled)}")
 print(f"   replicas {', '.join(replicas)} -> broker {', '.join(sorted(brokers))} (AOF, healthcheck, /data volume); "
       f"{lb} upstreams = the replicas, listens on the published port")
+print(f"   Alertmanager pair {', '.join(pair)}: gossip "
+      f"{', '.join(f'{n}:{gossip[n]}' for n in gossip)}, each peering with the other(s); opswire receiver -> "
+      f"http://{lb}:{listen[0]}{hook_path}; alertmanager's image, entrypoint, mounts and secrets, a data volume each")
+print(f"   prometheus/prometheus.yml: alerts -> alertmanager:9093 (static) + {', '.join(f'{n}:9093' for n in pair)} (DNS); "
+      f"the replicas' silences -> the pair")
 PY
 ok "cluster profile wired; the default services depend on none of it"
 
@@ -357,8 +495,10 @@ for f in deploy/agent-entrypoint.sh alerting/alertmanager-entrypoint.sh; do
   sh -n "$f" || die "$f: syntax error"
   ok "sh -n $f"
 done
-bash -n alerting/tests/routes.sh || die "alerting/tests/routes.sh: syntax error"
-ok "bash -n alerting/tests/routes.sh"
+for f in alerting/tests/routes.sh alerting/tests/entrypoint.sh; do
+  bash -n "$f" || die "$f: syntax error"
+  ok "bash -n $f"
+done
 
 # ----------------------------------------------------------- prometheus
 step "promtool check config prometheus/prometheus.yml (as mounted in the container)"
@@ -424,6 +564,56 @@ amtool check-config alerting/alertmanager.yml || die "amtool check-config alerti
 
 step "routing tests: bash alerting/tests/routes.sh"
 bash alerting/tests/routes.sh || die "routing tests (alerting/tests/routes.sh)"
+
+step "entrypoint tests: bash alerting/tests/entrypoint.sh"
+bash alerting/tests/entrypoint.sh || die "entrypoint tests (alerting/tests/entrypoint.sh)"
+
+step "the entrypoint as compose runs each Alertmanager (a stand-in binary prints the arguments)"
+# Every service that runs alerting/alertmanager-entrypoint.sh, with its
+# compose environment: `alertmanager` gets exactly the arguments it always
+# got (the mounted alertmanager.yml, clustering off); each member of the
+# pair a copy whose opswire URL is the load balancer's, which amtool and
+# the routing tests accept, and its gossip flags.
+printf '#!/bin/sh\nprintf "%%s\\n" "$@"\n' >"$tmp/fake-alertmanager"
+chmod +x "$tmp/fake-alertmanager"
+mkdir -p "$tmp/amsvc"
+mapfile -t am_services < <("$py" -c '
+import os, sys, yaml
+svcs = yaml.safe_load(open(sys.argv[1]))["services"]
+entry = os.path.join(sys.argv[2], "alerting/alertmanager-entrypoint.sh")
+for n, s in sorted(svcs.items()):
+    if any(str(v).split(":")[0] == entry for v in s.get("volumes", [])):
+        print(n)' "$tmp/compose.resolved.yml" "$root")
+((${#am_services[@]} >= 3)) || die "services running the Alertmanager entrypoint: ${am_services[*]}, want alertmanager and a pair"
+for svc in "${am_services[@]}"; do
+  mapfile -t aenv < <("$py" -c '
+import sys, yaml
+env = yaml.safe_load(open(sys.argv[1]))["services"][sys.argv[2]].get("environment") or {}
+print("\n".join(f"{k}={v}" for k, v in sorted(env.items())))' "$tmp/compose.resolved.yml" "$svc")
+  env -i PATH="$PATH" "${aenv[@]}" ALERTMANAGER_BIN="$tmp/fake-alertmanager" \
+    ALERTMANAGER_CONFIG="$root/alerting/alertmanager.yml" ALERTMANAGER_SECRETS_DIR="$tmp/amsvc/$svc" \
+    sh alerting/alertmanager-entrypoint.sh >"$tmp/amsvc/$svc.args" 2>"$tmp/amsvc/$svc.err" ||
+    { cat "$tmp/amsvc/$svc.err" >&2; die "$svc: the entrypoint failed with the compose environment"; }
+  cfg="$(sed -n 's/^--config.file=//p' "$tmp/amsvc/$svc.args")"
+  if [[ "$svc" == alertmanager ]]; then
+    want="--config.file=$root/alerting/alertmanager.yml
+--storage.path=/alertmanager
+--web.listen-address=:9093
+--web.external-url=http://localhost:9093
+--cluster.listen-address="
+    [[ "$(cat "$tmp/amsvc/$svc.args")" == "$want" && ! -e "$tmp/amsvc/$svc/alertmanager.yml" ]] ||
+      die "$svc: arguments $(tr '\n' ' ' <"$tmp/amsvc/$svc.args"), want the default stack's as before: $(tr '\n' ' ' <<<"$want")"
+    ok "$svc: the mounted alertmanager.yml, clustering off, as before: $(tr '\n' ' ' <"$tmp/amsvc/$svc.args")"
+    continue
+  fi
+  [[ "$cfg" == "$tmp/amsvc/$svc/alertmanager.yml" ]] || die "$svc: runs on $cfg, not the entrypoint's copy"
+  amtool check-config "$cfg" >"$tmp/amsvc/$svc.check" 2>&1 ||
+    { cat "$tmp/amsvc/$svc.check"; die "$svc: amtool check-config on the entrypoint's copy of alertmanager.yml"; }
+  ALERTMANAGER_CONFIG="$cfg" bash alerting/tests/routes.sh >"$tmp/amsvc/$svc.routes" 2>&1 ||
+    { cat "$tmp/amsvc/$svc.routes"; die "$svc: routing tests on the entrypoint's copy of alertmanager.yml"; }
+  { diff alerting/alertmanager.yml "$cfg" || true; } | grep '^>' | sed "s/^>\s*/   $svc: /"
+  ok "$svc: the copy passes amtool check-config and $(tail -1 "$tmp/amsvc/$svc.routes" | sed 's/^routing tests: //') routing tests; $(grep -- '^--cluster' "$tmp/amsvc/$svc.args" | tr '\n' ' ')"
+done
 
 # ------------------------------------------------------------ collector
 step "otel-collector/config.yaml: components wired, listeners on 0.0.0.0"
@@ -1043,6 +1233,149 @@ if grep -E '\[(error|crit|alert|emerg)\]' "$lbd/nginx/log/error.log" >"$lbd/ngin
   die "nginx logged errors (above)"
 fi
 ok "access log: WebSocket and SSE through nginx to every replica, no token; no error in nginx's error log"
+
+if [[ -n "$cluster_mode" ]]; then
+  # The pair as compose runs it, through alerting/alertmanager-entrypoint.sh
+  # with the compose environment (names -> local ports, this run's webhook
+  # token, Slack and PagerDuty empty): it rewrites the opswire URL to nginx's.
+  # Test-only flags, after the entrypoint's: gossip slowed to hours (the
+  # first member's notification log cannot reach the other before it sends:
+  # BOTH notify, as a pair that cannot gossip does), peer timeout 1 s (the
+  # second member sends 1 s after the first; 15 s by default), settled after
+  # 1 s. The alert, posted to both, must reach each WebSocket subscriber
+  # behind nginx exactly once.
+  step "cluster profile: the Alertmanager pair ${cluster_ams[*]} (entrypoint, compose environment) -> nginx -> replicas"
+  t_pair=$SECONDS
+  pd="$lbd/pair"
+  declare -A am_web=() am_gossip=()
+  for a in "${cluster_ams[@]}"; do am_web[$a]="$(free_port)"; am_gossip[$a]="$(free_port)"; done
+  # One after the other, each ready before the next starts: the first
+  # cannot join anyone (it retries), every later one joins it at once.
+  for a in "${cluster_ams[@]}"; do
+    mkdir -p "$pd/$a"
+    maps=("$cluster_lb:$cluster_lb_port=$lb_addr" "0.0.0.0:${cluster_am_gossip[$a]}=127.0.0.1:${am_gossip[$a]}")
+    for o in "${cluster_ams[@]}"; do maps+=("$o:${cluster_am_gossip[$o]}=127.0.0.1:${am_gossip[$o]}"); done
+    mapfile -t aenv < <("$py" -c '
+import re, sys, yaml
+env = yaml.safe_load(open(sys.argv[1]))["services"][sys.argv[2]].get("environment") or {}
+maps = dict(m.split("=", 1) for m in sys.argv[3:])
+for k, v in sorted(env.items()):
+    v = str(v)
+    for old, new in maps.items():
+        v = re.sub(r"(?<![\w.-])" + re.escape(old) + r"(?![\w.-])", new, v)
+    print(f"{k}={v}")' "$tmp/compose.resolved.yml" "$a" "${maps[@]}")
+    sed "s#/secrets/#$pd/$a/secrets/#g" alerting/alertmanager.yml >"$pd/$a/alertmanager.yml"
+    env -i PATH="$PATH" HOME="$pd/$a" "${aenv[@]}" OPSWIRE_WEBHOOK_TOKEN="$webhook_token" SLACK_WEBHOOK_URL= \
+      PAGERDUTY_ROUTING_KEY= ALERTMANAGER_EXTERNAL_URL="http://127.0.0.1:${am_web[$a]}" \
+      ALERTMANAGER_BIN="$am_bin" ALERTMANAGER_CONFIG="$pd/$a/alertmanager.yml" ALERTMANAGER_SECRETS_DIR="$pd/$a/secrets" \
+      ALERTMANAGER_STORAGE_PATH="$pd/$a/data" ALERTMANAGER_WEB_LISTEN_ADDRESS="127.0.0.1:${am_web[$a]}" \
+      sh alerting/alertmanager-entrypoint.sh --cluster.gossip-interval=1h --cluster.probe-interval=1h \
+      --cluster.pushpull-interval=1h --cluster.settle-timeout=1s --cluster.peer-timeout=1s \
+      >"$pd/$a.log" 2>&1 &
+    pair_pids+=("$!")
+    for _ in $(seq 1 100); do
+      curl -fsS -o /dev/null "http://127.0.0.1:${am_web[$a]}/-/ready" 2>/dev/null && break
+      kill -0 "${pair_pids[-1]}" 2>/dev/null || { cat "$pd/$a.log" >&2; die "$a exited at start"; }
+      sleep 0.1
+    done
+    curl -fsS -o /dev/null "http://127.0.0.1:${am_web[$a]}/-/ready" || { tail -5 "$pd/$a.log" >&2; die "$a: not ready"; }
+    grep -q "^ *- url: http://$lb_addr$cluster_hook_path\$" "$pd/$a/secrets/alertmanager.yml" ||
+      die "$a: the entrypoint's copy does not post to nginx (http://$lb_addr$cluster_hook_path)"
+    echo "   $a: API 127.0.0.1:${am_web[$a]}, gossip 127.0.0.1:${am_gossip[$a]}; $(grep -o 'opswire receiver -> .*' "$pd/$a.log" | sed "s#$pd/##")"
+  done
+  # Both settled, each seeing every member.
+  n_ams=${#cluster_ams[@]}
+  for a in "${cluster_ams[@]}"; do
+    st=""
+    for _ in $(seq 1 100); do
+      st="$(curl -fsS "http://127.0.0.1:${am_web[$a]}/api/v2/status" 2>/dev/null |
+        "$py" -c 'import json, sys; c = json.load(sys.stdin)["cluster"]; print(c["status"], len(c.get("peers") or []))' 2>/dev/null || true)"
+      [[ "$st" == "ready $n_ams" ]] && break
+      sleep 0.1
+    done
+    [[ "$st" == "ready $n_ams" ]] || die "$a: cluster status '$st', want 'ready $n_ams' (the pair does not gossip)"
+  done
+  ok "${cluster_ams[*]}: each sees $n_ams members (gossip), settled; their copies post to http://$lb_addr$cluster_hook_path"
+  pair_read="$("$bin" token --team search --ttl 5m --sub check-stack-pair)"
+  pair_ws=()
+  for i in $(seq 1 "${#cluster_replicas[@]}"); do
+    "$py" scripts/ws_client.py listen "$lb_addr" "$pair_read" search --streams alerts --seconds 60 \
+      --out "$pd/ws-$i.jsonl" 2>"$pd/ws-$i.err" &
+    lb_pids+=("$!")
+    pair_ws+=("$pd/ws-$i.jsonl")
+    for _ in $(seq 1 50); do grep -q '"type":"subscribed"' "$pd/ws-$i.jsonl" 2>/dev/null && break; sleep 0.1; done
+    grep -q '"type":"subscribed"' "$pd/ws-$i.jsonl" 2>/dev/null ||
+      { cat "$pd/ws-$i.err" >&2; die "WebSocket listener $i through nginx: no subscribed reply"; }
+  done
+  hooks_before="$(grep -c "\"POST $cluster_hook_path " "$lbd/nginx/log/access.log" || true)"
+  pair_run="pair-$(date +%s%N)"
+  starts="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  posts=()
+  for a in "${cluster_ams[@]}"; do
+    curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' "http://127.0.0.1:${am_web[$a]}/api/v2/alerts" \
+      --data '[{"labels":{"alertname":"CheckStackPair","team":"search","severity":"warning","check_run":"'"$pair_run"'"},
+               "annotations":{"summary":"posted to both Alertmanagers of the pair"},"startsAt":"'"$starts"'"}]' &
+    posts+=("$!")
+  done
+  for pid in "${posts[@]}"; do wait "$pid" || die "POST /api/v2/alerts to a member of the pair failed"; done
+  # Each member notifies opswire once (group_wait 5 s; the second 1 s later).
+  am_metric() { # MEMBER METRIC: the webhook integration's count
+    curl -fsS "http://127.0.0.1:${am_web[$1]}/metrics" |
+      awk -v m="$2" '$1 ~ "^" m "\\{" && $1 ~ /integration="webhook"/ { s += $NF } END { print s + 0 }'
+  }
+  all_sent=""
+  for _ in $(seq 1 200); do
+    all_sent=1
+    for a in "${cluster_ams[@]}"; do
+      (( $(am_metric "$a" alertmanager_notifications_total) >= 1 )) || { all_sent=""; break; }
+    done
+    [[ -n "$all_sent" ]] && break
+    sleep 0.1
+  done
+  sleep 1
+  for a in "${cluster_ams[@]}"; do
+    echo "   $a: webhook notifications $(am_metric "$a" alertmanager_notifications_total), failed $(am_metric "$a" alertmanager_notifications_failed_total)"
+  done
+  [[ -n "$all_sent" ]] || { grep -hE 'level=(warn|error)' "$pd"/*.log | grep -v -i slack | tail -5 >&2 || true
+    die "not every member of the pair notified opswire within 20 s"; }
+  for a in "${cluster_ams[@]}"; do
+    (( $(am_metric "$a" alertmanager_notifications_failed_total) == 0 )) || die "$a: a webhook notification to nginx failed"
+  done
+  "$py" - "$pair_run" "$lbd/nginx/log/access.log" "$hooks_before" "$cluster_hook_path" "${#cluster_ams[@]}" \
+      "${pair_ws[@]}" <<'PY' || die "the alert posted by both Alertmanagers did not reach each subscriber behind nginx exactly once"
+import json, re, sys
+run, log, before, path, n_ams, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6:]
+problems = []
+posts = [l for l in open(log) if f'"POST {path} ' in l][before:]
+ups = [re.search(r"upstream=(\S+)", l).group(1) for l in posts]
+codes = [l.split('"')[2].split()[0] for l in posts]
+print(f"   nginx: {len(posts)} webhook POSTs -> status {', '.join(codes)}, replicas {', '.join(ups)}")
+if len(posts) != n_ams or set(codes) != {"200"}:
+    problems.append(f"{len(posts)} webhook POSTs through nginx ({codes}), want {n_ams} (one per member), all 200")
+if len(posts) == n_ams and len(set(ups)) != len(ups):
+    problems.append(f"the members' POSTs went to the same replica ({ups}): nginx should spread them")
+for f in files:
+    frames = []
+    for line in open(f):
+        try:
+            fr = json.loads(line)
+        except ValueError:
+            continue
+        d = fr.get("data") or {}
+        if fr.get("type") == "alert" and (d.get("labels") or {}).get("check_run") == run:
+            frames.append(d.get("status"))
+    print(f"   subscriber {f.rsplit('/', 1)[-1]}: {len(frames)} alert frame(s) {frames}")
+    if frames != ["firing"]:
+        problems.append(f"{f.rsplit('/', 1)[-1]}: alert frames {frames}, want exactly one firing")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+PY
+  ok "both members notified (through nginx, to different replicas); each subscriber got ONE alert frame ($((SECONDS - t_pair)) s)"
+  for pid in "${lb_pids[@]}" "${pair_pids[@]}"; do stop_pid "$pid"; done
+  lb_pids=() pair_pids=()
+else
+  echo "   SKIPPED until cluster mode is in the build: the Alertmanager pair -> nginx -> replicas (one frame per alert)"
+fi
 
 if [[ -n "$cluster_mode" ]]; then
   step "cluster profile: without Redis, every replica's /readyz answers 503 (broker unavailable)"
