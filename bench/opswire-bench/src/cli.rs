@@ -332,9 +332,11 @@ pub fn plan(a: &Args, nofile: u64) -> Result<Plan, String> {
         ));
     }
     let publish_url = match &a.publish_url {
-        Some(u) => parse_url(u)
-            .map_err(|e| e.replace("--url", "--publish-url"))?
-            .1,
+        Some(u) => {
+            parse_url(u)
+                .map_err(|e| e.replace("--url", "--publish-url"))?
+                .1
+        }
         None => url.clone(),
     };
     let watch = a

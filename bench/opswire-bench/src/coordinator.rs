@@ -357,11 +357,18 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         .map(|t| token_for(args, vec![t.clone()], "read"))
         .collect::<Result<_, _>>()?;
 
-    let server_before = sample_all(&args.server_pid)
-        .ok_or_else(|| format!("--server-pid {:?}: cannot read /proc for it", args.server_pid))?;
+    let server_before = sample_all(&args.server_pid).ok_or_else(|| {
+        format!(
+            "--server-pid {:?}: cannot read /proc for it",
+            args.server_pid
+        )
+    })?;
     let watch_pids: Vec<u32> = plan.watch.iter().map(|(_, pid)| *pid).collect();
     if sample_all(&watch_pids).is_none() {
-        return Err(format!("--watch-pid {:?}: cannot read /proc for it", plan.watch));
+        return Err(format!(
+            "--watch-pid {:?}: cannot read /proc for it",
+            plan.watch
+        ));
     }
 
     let n = args.subscribers;
@@ -559,7 +566,11 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
             })
         }
         _ => {
-            progress!(quiet, "a server process ({:?}) vanished during the run", args.server_pid);
+            progress!(
+                quiet,
+                "a server process ({:?}) vanished during the run",
+                args.server_pid
+            );
             None
         }
     };

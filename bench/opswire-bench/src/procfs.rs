@@ -120,7 +120,8 @@ mod tests {
 
     #[test]
     fn machine_busy_share() {
-        let a = machine_from("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\ncpu1 1 2 3 4\n").unwrap();
+        let a =
+            machine_from("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\ncpu1 1 2 3 4\n").unwrap();
         let b = machine_from("cpu  300 0 150 1000 50 0 100 0 0 0\ncpu0 1\ncpu1 2\n").unwrap();
         assert_eq!((a.busy, a.total, a.cores), (150, 1000, 2));
         // 400 of 600 ticks busy on 2 cores: 133.3 % of one core.

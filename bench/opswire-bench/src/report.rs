@@ -725,15 +725,22 @@ mod tests {
             seq_max: Some(42),
             ..Default::default()
         };
-        for (prev, cur) in [(None, (40, 1_100)), (Some((40, 1_100)), (41, 2_100))] {
+        for (prev, cur) in [
+            (None, (40, 1_100, 0)),
+            (Some((40, 1_100, 0)), (41, 2_100, 0)),
+        ] {
             t.metrics_sources.links.extend(prev.map(|p| (p, cur)));
             if prev.is_none() {
                 t.metrics_sources.firsts.push((cur, 1));
             }
         }
-        t.metrics_sources.links.insert(((41, 2_100), (42, 3_100)));
-        t.metrics_sources.firsts.push(((7, 1_500), 1));
-        t.metrics_sources.links.insert(((7, 1_500), (9, 3_500)));
+        t.metrics_sources
+            .links
+            .insert(((41, 2_100, 0), (42, 3_100, 0)));
+        t.metrics_sources.firsts.push(((7, 1_500, 0), 1));
+        t.metrics_sources
+            .links
+            .insert(((7, 1_500, 0), (9, 3_500, 0)));
         // The third subscriber got nothing in the window: it expected
         // the widest range (3).
         let r = build(config(), &[w], Extra::default());

@@ -111,8 +111,20 @@ fn opt(a: Option<u64>, b: Option<u64>, f: fn(u64, u64) -> u64) -> Option<u64> {
     }
 }
 
-/// A metrics frame of the window: its (seq, ts).
-pub type FrameId = (u64, i64);
+/// A metrics frame of the window: its seq, its ts and a hash of its
+/// text. Two processes' tickers may wake in the same microsecond (the
+/// kernel's timer slack coalesces their wake-ups), so (seq, ts) alone can
+/// be the same for two sources; their frames still differ (each counts
+/// its own connections).
+pub type FrameId = (u64, i64, u64);
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: every worker process hashes alike.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
 
 /// Where a team's metrics frames came from. Each opswire process numbers
 /// its own metrics frames (in cluster mode every node publishes every
@@ -182,7 +194,7 @@ impl Sources {
         }
         // Per root: min seq, max seq, subscribers.
         let mut per: BTreeMap<usize, (u64, u64, u64)> = BTreeMap::new();
-        for (&(seq, _), &i) in &ids {
+        for (&(seq, _, _), &i) in &ids {
             let r = root(&mut parent, i);
             let e = per.entry(r).or_insert((seq, seq, 0));
             e.0 = e.0.min(seq);
@@ -378,8 +390,9 @@ impl Ctx {
                         }
                         sub.last[s] = prev.max(seq);
                     } else {
-                        t.metrics_sources.saw(sub.metrics, (seq, ts));
-                        sub.metrics = Some((seq, ts));
+                        let id = (seq, ts, text_hash(text));
+                        t.metrics_sources.saw(sub.metrics, id);
+                        sub.metrics = Some(id);
                     }
                 }
                 if s == 0 && h.data_at > 0 {
@@ -850,31 +863,35 @@ mod tests {
     fn metrics_sources_split_by_what_subscribers_received() {
         let mut s = Sources::default();
         // Source A: seqs 10..=12 at ts 1xx; two subscribers, one missed 11.
-        s.saw(None, (10, 100));
-        s.saw(Some((10, 100)), (11, 110));
-        s.saw(Some((11, 110)), (12, 120));
-        s.saw(None, (10, 100));
-        s.saw(Some((10, 100)), (12, 120));
+        s.saw(None, (10, 100, 0));
+        s.saw(Some((10, 100, 0)), (11, 110, 0));
+        s.saw(Some((11, 110, 0)), (12, 120, 0));
+        s.saw(None, (10, 100, 0));
+        s.saw(Some((10, 100, 0)), (12, 120, 0));
         // Source B, another process: seqs 3..=5 at other times; its
         // only subscriber came in at 4.
         let mut w2 = Sources::default();
-        w2.saw(None, (4, 205));
-        w2.saw(Some((4, 205)), (5, 215));
-        w2.saw(None, (3, 195));
-        w2.saw(Some((3, 195)), (4, 205));
+        w2.saw(None, (4, 205, 0));
+        w2.saw(Some((4, 205, 0)), (5, 215, 0));
+        w2.saw(None, (3, 195, 0));
+        w2.saw(Some((3, 195, 0)), (4, 205, 0));
         s.merge(&w2);
         let mut split = s.split();
         split.sort();
         // A: 3 frames × 2 subscribers; B: 3 frames × 2 subscribers.
         assert_eq!(split, vec![(3, 2), (3, 2)]);
-        // The same seq from two sources stays apart.
+        // The same seq from two sources stays apart, and so does the
+        // same (seq, ts) with other text.
         let mut t = Sources::default();
-        t.saw(None, (7, 1));
-        t.saw(None, (7, 2));
-        t.saw(Some((7, 2)), (8, 3));
+        t.saw(None, (7, 1, 0));
+        t.saw(None, (7, 2, 0));
+        t.saw(Some((7, 2, 0)), (8, 3, 0));
+        t.saw(None, (7, 2, 9));
+        t.saw(Some((7, 2, 9)), (8, 3, 9));
         let mut split = t.split();
         split.sort();
-        assert_eq!(split, vec![(1, 1), (2, 1)]);
+        assert_eq!(split, vec![(1, 1), (2, 1), (2, 1)]);
+        assert_ne!(text_hash("a"), text_hash("b"));
     }
 
     #[test]
