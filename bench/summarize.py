@@ -26,6 +26,11 @@ def load(d):
                 r = json.load(f)
             except json.JSONDecodeError:
                 continue
+        # CPU other processes used meanwhile (bench/foreign_cpu.py).
+        foreign = path[: -len(".json")] + ".foreign.json"
+        if os.path.exists(foreign):
+            with open(foreign) as f:
+                r["foreign"] = json.load(f)
         rows.append((m["case"], m["server"], int(m["n"]), int(m["rep"]), r))
     rows.sort(key=lambda x: (x[0], SERVERS.get(x[1], 9), x[2], x[3]))
     return rows
@@ -63,6 +68,11 @@ def cpu(r, name):
     return w["cpu_pct"] if w else None
 
 
+def foreign(r):
+    f = r.get("foreign")
+    return fmt(f["mean_pct"]) if f else "–"
+
+
 def other_cpu(r):
     """Machine CPU not accounted for by the server(s), the watched
     processes and the generator's workers (agents, kernel, other load)."""
@@ -77,9 +87,10 @@ def other_cpu(r):
 def cluster_table(rows):
     print(
         "| N | run | connected | metrics rx / expected | sources | missing | lag p50 ms | p99 ms | max ms "
-        "| servers CPU % (each) | Redis CPU % | generator CPU % | machine CPU % (of 200) | rest % | RSS / conn KiB |"
+        "| servers CPU % (each) | Redis CPU % | generator CPU % | machine CPU % (of 200) | rest % | RSS / conn KiB "
+        "| other load % |"
     )
-    print("| --- " * 15 + "|")
+    print("| --- " * 16 + "|")
     for _, _, n, rep, r in rows:
         h, s, c = r["healthy"], r.get("server") or {}, r["connect"]
         m = h["metrics"]
@@ -90,7 +101,7 @@ def cluster_table(rows):
             f"| {m['expected'] - m['received'] + h.get('loss', 0):,} | {fmt(lag['p50'])} | {fmt(lag['p99'])} "
             f"| {fmt(lag['max'])} | {fmt(s.get('cpu_pct'))} ({each}) | {fmt(cpu(r, 'redis'))} "
             f"| {fmt(r['generator']['cpu_pct'])} | {fmt((r.get('machine') or {}).get('cpu_pct'))} "
-            f"| {fmt(other_cpu(r))} | {fmt(s.get('rss_per_conn_kib'))} |"
+            f"| {fmt(other_cpu(r))} | {fmt(s.get('rss_per_conn_kib'))} | {foreign(r)} |"
         )
         if c["failed"]:
             print(f"|  | failed: {c['errors']} |")
@@ -99,9 +110,10 @@ def cluster_table(rows):
 def crossnode_table(rows):
     print(
         "| N | run | logs rx / expected | lost | logs lag p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-        "| metrics p99 ms | published / acked | node B CPU % | node A CPU % | Redis CPU % | generator CPU % |"
+        "| metrics p99 ms | published / acked | node B CPU % | node A CPU % | Redis CPU % | generator CPU % "
+        "| other load % |"
     )
-    print("| --- " * 15 + "|")
+    print("| --- " * 16 + "|")
     for _, _, n, rep, r in rows:
         h = r["healthy"]
         lg = h.get("logs") or {}
@@ -112,7 +124,7 @@ def crossnode_table(rows):
             f"| {fmt(lag['p50'], 2)} | {fmt(lag['p90'], 2)} | {fmt(lag['p99'], 2)} | {fmt(lag['p99_9'], 2)} "
             f"| {fmt(lag['max'], 2)} | {fmt(h['lag_ms']['metrics']['p99'])} | {p.get('sent', 0):,} / {p.get('acked', 0):,} "
             f"| {fmt((r.get('server') or {}).get('cpu_pct'))} | {fmt(cpu(r, 'nodea'))} | {fmt(cpu(r, 'redis'))} "
-            f"| {fmt(r['generator']['cpu_pct'])} |"
+            f"| {fmt(r['generator']['cpu_pct'])} | {foreign(r)} |"
         )
 
 
@@ -128,9 +140,9 @@ def per_frame_us(r):
 def clustercost_table(rows):
     print(
         "| hub | N | run | frames delivered | missing | lag p99 ms | server CPU % | µs per frame "
-        "| Redis CPU % | µs per frame with Redis |"
+        "| Redis CPU % | µs per frame with Redis | other load % |"
     )
-    print("| --- " * 10 + "|")
+    print("| --- " * 11 + "|")
     by = {}
     for _, server, n, rep, r in rows:
         h = r["healthy"]
@@ -146,7 +158,7 @@ def clustercost_table(rows):
         missing = h["metrics"]["expected"] - h["metrics"]["received"] + h.get("loss", 0)
         print(
             f"| {server} | {n:,} | {rep} | {frames:,} | {missing:,} | {fmt(h['lag_ms']['all']['p99'])} "
-            f"| {fmt(r['server']['cpu_pct'])} | {fmt(us, 2)} | {fmt(red)} | {fmt(with_redis, 2)} |"
+            f"| {fmt(r['server']['cpu_pct'])} | {fmt(us, 2)} | {fmt(red)} | {fmt(with_redis, 2)} | {foreign(r)} |"
         )
     for rep in sorted({k[1] for k in by}):
         mem, cl = by.get(("memory", rep)), by.get(("cluster", rep))
