@@ -22,7 +22,8 @@
 #   cluster      cluster mode: 3 opswire processes on one port (reuse_port)
 #                and a fresh redis-server, N = $NS_CLUSTER (50k) over 10 teams
 #   crossnode    cluster mode: logs published on node A at 1,000/s (100/s
-#                per team), read on node B by N = $NS_CROSSNODE (100, 1000)
+#                per team), read on node B by N = $NS_CROSSNODE (100, 1000);
+#                then the same load on one in-memory process
 #   clustercost  one process at 10k: the in-memory hub, then cluster mode
 #                (Redis), CPU per delivered frame side by side
 #
@@ -311,6 +312,9 @@ one_case() {
                 --logs --log-rate 100 --publish-url "ws://127.0.0.1:$PORT" --watch-pid "redis=$REDIS" \
                 --watch-pid "nodea=$a"
             stop_all
+            # The same load on one in-memory process (publisher and
+            # subscribers on it): the fan-out without Redis or a second node.
+            start_opswire; run "crossnode-memory-$n-r$rep" "$n" "${TEN[@]}" --logs --log-rate 100; stop_all
         done ;;
     clustercost)
         # Same N, same script run: the in-memory hub, then cluster mode

@@ -109,18 +109,18 @@ def cluster_table(rows):
 
 def crossnode_table(rows):
     print(
-        "| N | run | logs rx / expected | lost | logs lag p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
+        "| hub | N | run | logs rx / expected | lost | logs lag p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
         "| metrics p99 ms | published / acked | node B CPU % | node A CPU % | Redis CPU % | generator CPU % "
         "| other load % |"
     )
-    print("| --- " * 16 + "|")
-    for _, _, n, rep, r in rows:
+    print("| --- " * 17 + "|")
+    for _, server, n, rep, r in rows:
         h = r["healthy"]
         lg = h.get("logs") or {}
         lag = h["lag_ms"]["logs"]
         p = r.get("publisher") or {}
         print(
-            f"| {n:,} | {rep} | {lg.get('received', 0):,} / {lg.get('expected', 0):,} | {h.get('loss', 0):,} "
+            f"| {server} | {n:,} | {rep} | {lg.get('received', 0):,} / {lg.get('expected', 0):,} | {h.get('loss', 0):,} "
             f"| {fmt(lag['p50'], 2)} | {fmt(lag['p90'], 2)} | {fmt(lag['p99'], 2)} | {fmt(lag['p99_9'], 2)} "
             f"| {fmt(lag['max'], 2)} | {fmt(h['lag_ms']['metrics']['p99'])} | {p.get('sent', 0):,} / {p.get('acked', 0):,} "
             f"| {fmt((r.get('server') or {}).get('cpu_pct'))} | {fmt(cpu(r, 'nodea'))} | {fmt(cpu(r, 'redis'))} "
