@@ -132,12 +132,15 @@ free_port() {
 }
 
 # Cluster mode. A fresh redis-server on a free port, in a temp dir, no
-# persistence (--save "" --appendonly no: this measures opswire, not disks).
+# persistence (--save "" --appendonly no: this measures opswire, not disks);
+# REDIS_AOF=1: append-only file, fsync every second (as deploy's compose).
 REDIS= REDIS_PORT=
 start_redis() { # cpus
     REDIS_PORT=$(free_port)
     rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
-    taskset -c "$1" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    local aof=(--appendonly no)
+    [ "${REDIS_AOF:-0}" = 1 ] && aof=(--appendonly yes --appendfsync everysec)
+    taskset -c "$1" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${aof[@]}" \
         --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" &
     REDIS=$!; PIDS+=("$REDIS")
     for _ in $(seq 100); do

@@ -68,6 +68,11 @@ def cpu(r, name):
     return w["cpu_pct"] if w else None
 
 
+def cores(r):
+    c = (r.get("foreign") or {}).get("cores_pct")
+    return " / ".join(fmt(x) for x in c) if c else "–"
+
+
 def foreign(r):
     f = r.get("foreign")
     return fmt(f["mean_pct"]) if f else "–"
@@ -87,10 +92,10 @@ def other_cpu(r):
 def cluster_table(rows):
     print(
         "| N | run | connected | metrics rx / expected | sources | missing | lag p50 ms | p99 ms | max ms "
-        "| servers CPU % (each) | Redis CPU % | generator CPU % | machine CPU % (of 200) | rest % | RSS / conn KiB "
-        "| other load % |"
+        "| servers CPU % (each) | Redis CPU % | generator CPU % | machine CPU % (of 200) | rest % "
+        "| core 0 / core 1 busy % | RSS / conn KiB | other load % |"
     )
-    print("| --- " * 16 + "|")
+    print("| --- " * 17 + "|")
     for _, _, n, rep, r in rows:
         h, s, c = r["healthy"], r.get("server") or {}, r["connect"]
         m = h["metrics"]
@@ -101,7 +106,7 @@ def cluster_table(rows):
             f"| {m['expected'] - m['received'] + h.get('loss', 0):,} | {fmt(lag['p50'])} | {fmt(lag['p99'])} "
             f"| {fmt(lag['max'])} | {fmt(s.get('cpu_pct'))} ({each}) | {fmt(cpu(r, 'redis'))} "
             f"| {fmt(r['generator']['cpu_pct'])} | {fmt((r.get('machine') or {}).get('cpu_pct'))} "
-            f"| {fmt(other_cpu(r))} | {fmt(s.get('rss_per_conn_kib'))} | {foreign(r)} |"
+            f"| {fmt(other_cpu(r))} | {cores(r)} | {fmt(s.get('rss_per_conn_kib'))} | {foreign(r)} |"
         )
         if c["failed"]:
             print(f"|  | failed: {c['errors']} |")
