@@ -122,6 +122,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     pub log_rate: f64,
 
+    /// Publish the logs of --log-rate to this URL instead of --url (another
+    /// node of a cluster; loopback only, as --url).
+    #[arg(long, requires = "log_rate")]
+    pub publish_url: Option<String>,
+
     /// Message length of the published logs, in bytes.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=16_384))]
     pub log_bytes: u64,
@@ -159,9 +164,16 @@ pub struct Args {
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
     pub read_buffer: u64,
 
-    /// opswire's process id: report its CPU % and RSS from /proc.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// opswire's process id: report its CPU % and RSS from /proc. A
+    /// comma-separated list (several processes on one port): the report
+    /// sums them and lists each.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Also report the CPU % and RSS of another process over the window,
+    /// as NAME=PID (e.g. `redis=1234`); repeatable.
+    #[arg(long, value_name = "NAME=PID")]
+    pub watch_pid: Vec<String>,
 
     /// The server's tick in ms, for the nominal frame count [default: from
     /// GET /api/v1/info, else 1000].
@@ -196,6 +208,10 @@ pub struct Plan {
     pub streams: [bool; 3],
     pub stalled_ppm: u64,
     pub deadline_s: u64,
+    /// Where the log publishers connect (--publish-url, else `url`).
+    pub publish_url: String,
+    /// --watch-pid, parsed.
+    pub watch: Vec<(String, u32)>,
 }
 
 /// The server's address from a loopback `ws://` URL, and the URL to use.
@@ -315,9 +331,29 @@ pub fn plan(a: &Args, nofile: u64) -> Result<Plan, String> {
             a.duration
         ));
     }
+    let publish_url = match &a.publish_url {
+        Some(u) => {
+            parse_url(u)
+                .map_err(|e| e.replace("--url", "--publish-url"))?
+                .1
+        }
+        None => url.clone(),
+    };
+    let watch = a
+        .watch_pid
+        .iter()
+        .map(|w| {
+            w.split_once('=')
+                .and_then(|(name, pid)| Some((name.trim().to_owned(), pid.trim().parse().ok()?)))
+                .filter(|(name, _)| !name.is_empty())
+                .ok_or_else(|| format!("--watch-pid `{w}`: expected NAME=PID"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Plan {
         server,
         url,
+        publish_url,
+        watch,
         workers,
         streams: if a.idle {
             [false; 3]
@@ -418,5 +454,36 @@ mod tests {
             vec!["t0", "t1", "t2"]
         );
         assert_eq!(teams(&args(&["--teams", "a,b"])), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn cluster_options() {
+        // Several servers on one port, and another process to watch.
+        let a = args(&["--server-pid", "10,11,12", "--watch-pid", "redis=13"]);
+        assert_eq!(a.server_pid, vec![10, 11, 12]);
+        let p = plan(&a, 20_000).unwrap();
+        assert_eq!(p.watch, vec![("redis".to_owned(), 13)]);
+        assert_eq!(p.publish_url, p.url);
+        for bad in ["redis", "=13", "redis=x"] {
+            assert!(plan(&args(&["--watch-pid", bad]), 20_000).is_err(), "{bad}");
+        }
+        // Logs published on one node, read on another.
+        let p = plan(
+            &args(&[
+                "--url",
+                "ws://127.0.0.1:9001",
+                "--log-rate",
+                "100",
+                "--publish-url",
+                "ws://127.0.0.2:9000",
+            ]),
+            20_000,
+        )
+        .unwrap();
+        assert_eq!(p.url, "ws://127.0.0.1:9001/ws");
+        assert_eq!(p.publish_url, "ws://127.0.0.2:9000/ws");
+        let off = args(&["--log-rate", "1", "--publish-url", "ws://10.0.0.1:9000"]);
+        assert!(plan(&off, 20_000).unwrap_err().contains("--publish-url"));
+        assert!(Args::try_parse_from(["b", "--publish-url", "ws://127.0.0.1:1"]).is_err());
     }
 }

@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 use super::cli::{self, Args, Plan};
 use super::frame::{self, Kind, STREAMS};
 use super::procfs;
-use super::report::{self, Extra, PublisherReport, RunConfig, ServerReport};
+use super::report::{
+    self, Extra, MachineReport, ProcessReport, PublisherReport, RunConfig, ServerReport,
+};
 use super::worker::{Go, WorkerMsg, WorkerResult, WorkerSpec};
 use opswire::auth::{mint, now_s, Claims};
 
@@ -355,14 +357,19 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         .map(|t| token_for(args, vec![t.clone()], "read"))
         .collect::<Result<_, _>>()?;
 
-    let server_before = args.server_pid.map(|pid| procfs::sample(Some(pid)));
-    if let Some(None) = server_before {
+    let server_before = sample_all(&args.server_pid).ok_or_else(|| {
+        format!(
+            "--server-pid {:?}: cannot read /proc for it",
+            args.server_pid
+        )
+    })?;
+    let watch_pids: Vec<u32> = plan.watch.iter().map(|(_, pid)| *pid).collect();
+    if sample_all(&watch_pids).is_none() {
         return Err(format!(
-            "--server-pid {}: cannot read /proc for it",
-            args.server_pid.unwrap_or(0)
+            "--watch-pid {:?}: cannot read /proc for it",
+            plan.watch
         ));
     }
-    let server_before = server_before.flatten();
 
     let n = args.subscribers;
     let w = plan.workers as u64;
@@ -473,7 +480,7 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
                 };
                 token.map(|token| {
                     tokio::spawn(publish_logs(
-                        plan.url.clone(),
+                        plan.publish_url.clone(),
                         t.clone(),
                         token,
                         args.log_rate,
@@ -489,9 +496,13 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
     };
 
     tokio::time::sleep_until(start).await;
-    let server_start = args.server_pid.and_then(|p| procfs::sample(Some(p)));
+    let server_start = sample_all(&args.server_pid);
+    let watch_start = sample_all(&watch_pids);
+    let machine_start = procfs::machine();
     tokio::time::sleep_until(end).await;
-    let server_end = args.server_pid.and_then(|p| procfs::sample(Some(p)));
+    let server_end = sample_all(&args.server_pid);
+    let watch_end = sample_all(&watch_pids);
+    let machine_end = procfs::machine();
     progress!(quiet, "window closed; collecting");
 
     let mut results: Vec<WorkerResult> = Vec::new();
@@ -532,24 +543,51 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         }
     }
 
-    let server = match (args.server_pid, server_before, server_start, server_end) {
-        (Some(pid), Some(b), Some(s), Some(e)) => {
+    let server = match (server_start, server_end) {
+        _ if args.server_pid.is_empty() => None,
+        (Some(s), Some(e)) => {
             let conns = results.iter().map(|r| r.connected).sum::<u64>().max(1);
+            let rss = |v: &[procfs::Sample]| v.iter().map(|x| x.rss_kib).sum::<u64>();
+            let (b, s_rss, e_rss) = (rss(&server_before), rss(&s), rss(&e));
+            let processes = processes(&args.server_pid, &s, &e);
             Some(ServerReport {
-                pid,
-                cpu_pct: procfs::cpu_pct(&s, &e),
-                rss_kib_before: b.rss_kib,
-                rss_kib_start: s.rss_kib,
-                rss_kib_end: e.rss_kib,
-                rss_per_conn_kib: ((e.rss_kib as f64 - b.rss_kib as f64) / conns as f64 * 100.0)
-                    .round()
+                pid: args.server_pid[0],
+                cpu_pct: (processes.iter().map(|p| p.cpu_pct).sum::<f64>() * 10.0).round() / 10.0,
+                rss_kib_before: b,
+                rss_kib_start: s_rss,
+                rss_kib_end: e_rss,
+                rss_per_conn_kib: ((e_rss as f64 - b as f64) / conns as f64 * 100.0).round()
                     / 100.0,
+                processes: if processes.len() > 1 {
+                    processes
+                } else {
+                    Vec::new()
+                },
             })
         }
-        (Some(pid), ..) => {
-            progress!(quiet, "server pid {pid} vanished during the run");
+        _ => {
+            progress!(
+                quiet,
+                "a server process ({:?}) vanished during the run",
+                args.server_pid
+            );
             None
         }
+    };
+    let watched = match (watch_start, watch_end) {
+        (Some(s), Some(e)) => plan
+            .watch
+            .iter()
+            .map(|(name, _)| name.clone())
+            .zip(processes(&watch_pids, &s, &e))
+            .collect(),
+        _ => Default::default(),
+    };
+    let machine = match (machine_start, machine_end) {
+        (Some(a), Some(b)) => Some(MachineReport {
+            cores: b.cores,
+            cpu_pct: procfs::machine_pct(&a, &b),
+        }),
         _ => None,
     };
 
@@ -570,5 +608,31 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         source_ips: args.source_ips,
         window_start_unix_s: start_us as f64 / 1e6,
     };
-    Ok(report::build(config, &results, Extra { server, publisher }))
+    Ok(report::build(
+        config,
+        &results,
+        Extra {
+            server,
+            publisher,
+            watched,
+            machine,
+        },
+    ))
+}
+
+/// One sample of each of `pids` (None if any cannot be read).
+fn sample_all(pids: &[u32]) -> Option<Vec<procfs::Sample>> {
+    pids.iter().map(|&p| procfs::sample(Some(p))).collect()
+}
+
+/// Each process's CPU and RSS between two [`sample_all`]s.
+fn processes(pids: &[u32], a: &[procfs::Sample], b: &[procfs::Sample]) -> Vec<ProcessReport> {
+    pids.iter()
+        .zip(a.iter().zip(b))
+        .map(|(&pid, (a, b))| ProcessReport {
+            pid,
+            cpu_pct: procfs::cpu_pct(a, b),
+            rss_kib_end: b.rss_kib,
+        })
+        .collect()
 }

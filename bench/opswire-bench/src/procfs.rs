@@ -67,9 +67,67 @@ pub fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
     (secs / wall * 1000.0).round() / 10.0
 }
 
+/// The whole machine's CPU time from `/proc/stat`: (busy, total) clock
+/// ticks over every core, busy = everything but idle and iowait.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineSample {
+    pub busy: u64,
+    pub total: u64,
+    /// Cores online (the `cpuN` lines; this process's affinity aside).
+    pub cores: usize,
+}
+
+pub fn machine() -> Option<MachineSample> {
+    machine_from(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn machine_from(stat: &str) -> Option<MachineSample> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]:
+    // guest time is already inside user.
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4).copied().unwrap_or(0);
+    let cores = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    Some(MachineSample {
+        busy: total - idle,
+        total,
+        cores: cores.max(1),
+    })
+}
+
+/// Busy CPU between two machine samples, in % of one core (up to cores × 100).
+pub fn machine_pct(a: &MachineSample, b: &MachineSample) -> f64 {
+    let cores = b.cores;
+    let total = b.total.saturating_sub(a.total);
+    if total == 0 {
+        return 0.0;
+    }
+    let busy = b.busy.saturating_sub(a.busy) as f64 / total as f64;
+    (busy * cores as f64 * 1000.0).round() / 10.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_busy_share() {
+        let a =
+            machine_from("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\ncpu1 1 2 3 4\n").unwrap();
+        let b = machine_from("cpu  300 0 150 1000 50 0 100 0 0 0\ncpu0 1\ncpu1 2\n").unwrap();
+        assert_eq!((a.busy, a.total, a.cores), (150, 1000, 2));
+        // 400 of 600 ticks busy on 2 cores: 133.3 % of one core.
+        assert_eq!(machine_pct(&a, &b), 133.3);
+        assert!(machine().is_some());
+    }
 
     #[test]
     fn parses_stat_with_an_awkward_name() {

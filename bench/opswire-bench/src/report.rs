@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::STREAMS;
 use super::hist::{Hist, Summary};
-use super::worker::{ErrorCount, StreamAcc, TeamAcc, WorkerResult};
+use super::worker::{ErrorCount, Sources, StreamAcc, TeamAcc, WorkerResult};
 
 /// The run as asked for (and as discovered: teams, tick).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,6 +63,12 @@ pub struct StreamReport {
     /// Metrics: duration × ticks per second × reading subscribers.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub nominal: Option<u64>,
+    /// Metrics: the sources the frames came from (server processes
+    /// that published the team; several in cluster mode), at most over
+    /// the teams. Expected counts each source's seq range for its own
+    /// subscribers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sources: Option<u64>,
 }
 
 impl StreamReport {
@@ -74,6 +80,9 @@ impl StreamReport {
         self.out_of_order += o.out_of_order;
         if let Some(n) = o.nominal {
             self.nominal = Some(self.nominal.unwrap_or(0) + n);
+        }
+        if let Some(n) = o.sources {
+            self.sources = Some(self.sources.unwrap_or(0).max(n));
         }
     }
 }
@@ -139,15 +148,38 @@ pub struct StalledReport {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServerReport {
+    /// The (first) server process.
     pub pid: u32,
-    /// utime + stime over the window ÷ its wall time, in % of one core.
+    /// utime + stime over the window ÷ its wall time, in % of one core
+    /// (several processes: their sum).
     pub cpu_pct: f64,
-    /// Before the first connection, at the window's start, at its end.
+    /// Before the first connection, at the window's start, at its end
+    /// (several processes: their sum).
     pub rss_kib_before: u64,
     pub rss_kib_start: u64,
     pub rss_kib_end: u64,
     /// (end − before) ÷ connected subscribers.
     pub rss_per_conn_kib: f64,
+    /// Each process, when --server-pid listed several.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub processes: Vec<ProcessReport>,
+}
+
+/// One process over the window.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessReport {
+    pub pid: u32,
+    /// In % of one core.
+    pub cpu_pct: f64,
+    pub rss_kib_end: u64,
+}
+
+/// The whole machine over the window (`/proc/stat`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MachineReport {
+    pub cores: usize,
+    /// Busy time of all cores, in % of one core (at most cores × 100).
+    pub cpu_pct: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -178,6 +210,11 @@ pub struct Report {
     pub healthy: HealthyReport,
     pub stalled: StalledReport,
     pub teams: Vec<TeamReport>,
+    /// --watch-pid processes (e.g. Redis) over the window, by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub watched: BTreeMap<String, ProcessReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub machine: Option<MachineReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub server: Option<ServerReport>,
     pub generator: GeneratorReport,
@@ -186,9 +223,12 @@ pub struct Report {
 }
 
 /// What the coordinator measured itself.
+#[derive(Default)]
 pub struct Extra {
     pub server: Option<ServerReport>,
     pub publisher: Option<PublisherReport>,
+    pub watched: BTreeMap<String, ProcessReport>,
+    pub machine: Option<MachineReport>,
 }
 
 fn stream_report(acc: &StreamAcc, subscribers: u64) -> StreamReport {
@@ -204,7 +244,26 @@ fn stream_report(acc: &StreamAcc, subscribers: u64) -> StreamReport {
         seq_gaps: acc.seq_gaps,
         out_of_order: acc.out_of_order,
         nominal: None,
+        sources: None,
     }
+}
+
+/// A team's metrics: each source's seq range × the subscribers reading
+/// it (see [`Sources`]); a subscriber that got no frame of the window
+/// expected the widest range.
+fn metrics_report(acc: &StreamAcc, sources: &Sources, subscribers: u64) -> StreamReport {
+    let mut r = stream_report(acc, subscribers);
+    let split = sources.split();
+    if split.is_empty() {
+        return r;
+    }
+    let assigned: u64 = split.iter().map(|(_, n)| n).sum();
+    let widest = split.iter().map(|(len, _)| *len).max().unwrap_or(0);
+    r.expected = split.iter().map(|(len, n)| len * n).sum::<u64>()
+        + subscribers.saturating_sub(assigned) * widest;
+    r.missing = r.expected.saturating_sub(acc.received);
+    r.sources = Some(split.len() as u64);
+    r
 }
 
 fn lag_report(h: &[Hist; 3]) -> LagReport {
@@ -260,6 +319,7 @@ pub fn build(config: RunConfig, workers: &[WorkerResult], extra: Extra) -> Repor
             for s in 0..3 {
                 t.streams[s].merge(&a.streams[s]);
             }
+            t.metrics_sources.merge(&a.metrics_sources);
         }
         for s in 0..3 {
             lag[s].merge(&Hist::from_data(&w.lag[s]));
@@ -286,6 +346,7 @@ pub fn build(config: RunConfig, workers: &[WorkerResult], extra: Extra) -> Repor
     let mut totals: [StreamReport; 3] = Default::default();
     for (name, t) in config.teams.iter().zip(&teams) {
         let mut per = [0, 1, 2].map(|s| stream_report(&t.streams[s], t.healthy));
+        per[0] = metrics_report(&t.streams[0], &t.metrics_sources, t.healthy);
         per[0].nominal = Some(nominal_per_sub * t.healthy);
         for s in 0..3 {
             totals[s].add(&per[s]);
@@ -342,6 +403,8 @@ pub fn build(config: RunConfig, workers: &[WorkerResult], extra: Extra) -> Repor
         stalled,
         teams: team_reports,
         server: extra.server,
+        watched: extra.watched,
+        machine: extra.machine,
         generator: GeneratorReport {
             workers: workers_n,
             cpu_pct,
@@ -483,15 +546,46 @@ pub fn render(r: &Report) -> String {
         );
     }
     if let Some(s) = &r.server {
+        let pids = if s.processes.is_empty() {
+            format!("pid {}", s.pid)
+        } else {
+            format!("{} processes", s.processes.len())
+        };
         let _ = writeln!(
             o,
-            "server       pid {}: cpu {:.1} %, rss {:.1} MiB before → {:.1} → {:.1} MiB ({:.1} KiB per connection)",
-            s.pid,
+            "server       {pids}: cpu {:.1} %, rss {:.1} MiB before → {:.1} → {:.1} MiB ({:.1} KiB per connection)",
             s.cpu_pct,
             s.rss_kib_before as f64 / 1024.0,
             s.rss_kib_start as f64 / 1024.0,
             s.rss_kib_end as f64 / 1024.0,
             s.rss_per_conn_kib
+        );
+        for p in &s.processes {
+            let _ = writeln!(
+                o,
+                "  pid {}: cpu {:.1} %, rss {:.1} MiB",
+                p.pid,
+                p.cpu_pct,
+                p.rss_kib_end as f64 / 1024.0
+            );
+        }
+    }
+    for (name, p) in &r.watched {
+        let _ = writeln!(
+            o,
+            "{name:<12} pid {}: cpu {:.1} %, rss {:.1} MiB",
+            p.pid,
+            p.cpu_pct,
+            p.rss_kib_end as f64 / 1024.0
+        );
+    }
+    if let Some(m) = &r.machine {
+        let _ = writeln!(
+            o,
+            "machine      cpu {:.1} % of {} cores' {} %",
+            m.cpu_pct,
+            m.cores,
+            m.cores * 100
         );
     }
     let g = &r.generator;
@@ -600,14 +694,7 @@ mod tests {
         let mut h = Hist::default();
         h.record(1500);
         w1.lag[0] = h.data();
-        let r = build(
-            config(),
-            &[w1, w2],
-            Extra {
-                server: None,
-                publisher: None,
-            },
-        );
+        let r = build(config(), &[w1, w2], Extra::default());
         assert_eq!(r.connect.connected, 4);
         assert_eq!(r.teams[0].metrics.expected, 4);
         assert_eq!(r.teams[0].metrics.nominal, Some(4));
@@ -618,5 +705,50 @@ mod tests {
         assert!((r.healthy.lag_ms.all.p50 - 1.5).abs() < 0.01);
         assert!(r.teams[1].alerts.is_none());
         assert!(render(&r).contains("lost 2"));
+    }
+
+    #[test]
+    fn metrics_expected_per_source() {
+        // Team a read from two server processes whose seqs differ: one
+        // subscriber on each, 3 frames each, one of them skipped.
+        let mut w = WorkerResult {
+            attempted: 3,
+            connected: 3,
+            teams: vec![TeamAcc::default(); 2],
+            ..Default::default()
+        };
+        let t = &mut w.teams[0];
+        t.healthy = 3;
+        t.streams[0] = StreamAcc {
+            received: 5,
+            seq_min: Some(7),
+            seq_max: Some(42),
+            ..Default::default()
+        };
+        for (prev, cur) in [
+            (None, (40, 1_100, 0)),
+            (Some((40, 1_100, 0)), (41, 2_100, 0)),
+        ] {
+            t.metrics_sources.links.extend(prev.map(|p| (p, cur)));
+            if prev.is_none() {
+                t.metrics_sources.firsts.push((cur, 1));
+            }
+        }
+        t.metrics_sources
+            .links
+            .insert(((41, 2_100, 0), (42, 3_100, 0)));
+        t.metrics_sources.firsts.push(((7, 1_500, 0), 1));
+        t.metrics_sources
+            .links
+            .insert(((7, 1_500, 0), (9, 3_500, 0)));
+        // The third subscriber got nothing in the window: it expected
+        // the widest range (3).
+        let r = build(config(), &[w], Extra::default());
+        let m = &r.teams[0].metrics;
+        assert_eq!((m.expected, m.received, m.missing), (9, 5, 4));
+        assert_eq!(m.sources, Some(2));
+        assert_eq!(r.healthy.metrics.sources, Some(2));
+        // Without sources (no frames): the team's seq range, as before.
+        assert_eq!(r.teams[1].metrics.sources, None);
     }
 }

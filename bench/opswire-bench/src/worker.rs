@@ -8,7 +8,7 @@
 //! for a person goes to stderr.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -111,6 +111,105 @@ fn opt(a: Option<u64>, b: Option<u64>, f: fn(u64, u64) -> u64) -> Option<u64> {
     }
 }
 
+/// A metrics frame of the window: its seq, its ts and a hash of its
+/// text. Two processes' tickers may wake in the same microsecond (the
+/// kernel's timer slack coalesces their wake-ups), so (seq, ts) alone can
+/// be the same for two sources; their frames still differ (each counts
+/// its own connections).
+pub type FrameId = (u64, i64, u64);
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: every worker process hashes alike.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Where a team's metrics frames came from. Each opswire process numbers
+/// its own metrics frames (in cluster mode every node publishes every
+/// team's, with seqs of its own), so a team's seq range is only a count
+/// within one source. Frames one subscriber received one after the other
+/// come from the same source; linking them splits a team's frames into
+/// its sources (one per server process), and each subscriber's first
+/// frame says which source it reads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sources {
+    /// Pairs of frames one subscriber received one after the other.
+    pub links: BTreeSet<(FrameId, FrameId)>,
+    /// Each subscriber's first frame of the window, and how many
+    /// subscribers had it first.
+    pub firsts: Vec<(FrameId, u64)>,
+}
+
+impl Sources {
+    /// A subscriber received `cur` after `prev` (None: its first).
+    fn saw(&mut self, prev: Option<FrameId>, cur: FrameId) {
+        match prev {
+            Some(p) => {
+                self.links.insert((p, cur));
+            }
+            None => match self.firsts.iter_mut().find(|(f, _)| *f == cur) {
+                Some((_, n)) => *n += 1,
+                None => self.firsts.push((cur, 1)),
+            },
+        }
+    }
+
+    pub fn merge(&mut self, o: &Sources) {
+        self.links.extend(o.links.iter().copied());
+        for &(f, n) in &o.firsts {
+            match self.firsts.iter_mut().find(|(g, _)| *g == f) {
+                Some((_, m)) => *m += n,
+                None => self.firsts.push((f, n)),
+            }
+        }
+    }
+
+    /// Each source's (seq range length, subscribers whose first frame was
+    /// of it), in no particular order.
+    pub fn split(&self) -> Vec<(u64, u64)> {
+        let mut ids: BTreeMap<FrameId, usize> = BTreeMap::new();
+        let mut parent: Vec<usize> = Vec::new();
+        let mut id = |f: FrameId, parent: &mut Vec<usize>| {
+            *ids.entry(f).or_insert_with(|| {
+                parent.push(parent.len());
+                parent.len() - 1
+            })
+        };
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        for &(a, b) in &self.links {
+            let (a, b) = (id(a, &mut parent), id(b, &mut parent));
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            parent[ra] = rb;
+        }
+        for &(f, _) in &self.firsts {
+            id(f, &mut parent);
+        }
+        // Per root: min seq, max seq, subscribers.
+        let mut per: BTreeMap<usize, (u64, u64, u64)> = BTreeMap::new();
+        for (&(seq, _, _), &i) in &ids {
+            let r = root(&mut parent, i);
+            let e = per.entry(r).or_insert((seq, seq, 0));
+            e.0 = e.0.min(seq);
+            e.1 = e.1.max(seq);
+        }
+        for &(f, n) in &self.firsts {
+            let r = root(&mut parent, ids[&f]);
+            if let Some(e) = per.get_mut(&r) {
+                e.2 += n;
+            }
+        }
+        per.into_values().map(|(a, b, n)| (b - a + 1, n)).collect()
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TeamAcc {
     /// Subscribers of this team that read (connected).
@@ -119,6 +218,18 @@ pub struct TeamAcc {
     pub stalled: u64,
     /// Healthy subscribers' frames: metrics, logs, alerts.
     pub streams: [StreamAcc; 3],
+    /// Where the metrics frames came from (see [`Sources`]).
+    #[serde(default)]
+    pub metrics_sources: Sources,
+}
+
+/// What one subscriber remembers between frames.
+#[derive(Default)]
+struct SubSeq {
+    /// The highest seq seen per stream (logs and alerts: gaps).
+    last: [u64; 3],
+    /// The last metrics frame of the window it received.
+    metrics: Option<FrameId>,
 }
 
 /// A class of failure and one example message of it.
@@ -236,7 +347,7 @@ impl Ctx {
     }
 
     /// One text frame of a healthy subscriber of `team`.
-    fn on_text(&self, team: usize, text: &str, rx_us: Option<i64>, last: &mut [u64; 3]) {
+    fn on_text(&self, team: usize, text: &str, rx_us: Option<i64>, sub: &mut SubSeq) {
         let now = opswire::time::now_micros();
         let mut st = self.state.borrow_mut();
         let Some(h) = frame::head(text) else {
@@ -262,13 +373,14 @@ impl Ctx {
                 };
                 st.lag[s].record(arrival - ts);
                 st.lag_app[s].record(now - ts);
-                let acc = &mut st.teams[team].streams[s];
+                let t = &mut st.teams[team];
+                let acc = &mut t.streams[s];
                 acc.received += 1;
                 if let Some(seq) = h.seq {
                     acc.saw(seq);
                     // Metrics are latest-value: skipped seqs are no loss.
                     if s != 0 {
-                        let prev = last[s];
+                        let prev = sub.last[s];
                         if prev != 0 {
                             if seq > prev + 1 {
                                 acc.seq_gaps += seq - prev - 1;
@@ -276,7 +388,11 @@ impl Ctx {
                                 acc.out_of_order += 1;
                             }
                         }
-                        last[s] = prev.max(seq);
+                        sub.last[s] = prev.max(seq);
+                    } else {
+                        let id = (seq, ts, text_hash(text));
+                        t.metrics_sources.saw(sub.metrics, id);
+                        sub.metrics = Some(id);
                     }
                 }
                 if s == 0 && h.data_at > 0 {
@@ -469,7 +585,7 @@ async fn subscriber(ctx: Rc<Ctx>, i: u64) {
         std::future::pending::<()>().await;
         return;
     }
-    let mut last = [0u64; 3];
+    let mut last = SubSeq::default();
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -741,6 +857,41 @@ mod tests {
         );
         assert_eq!(socketio_payload("2"), None);
         assert_eq!(socketio_payload(r#"40{"sid":"x"}"#), None);
+    }
+
+    #[test]
+    fn metrics_sources_split_by_what_subscribers_received() {
+        let mut s = Sources::default();
+        // Source A: seqs 10..=12 at ts 1xx; two subscribers, one missed 11.
+        s.saw(None, (10, 100, 0));
+        s.saw(Some((10, 100, 0)), (11, 110, 0));
+        s.saw(Some((11, 110, 0)), (12, 120, 0));
+        s.saw(None, (10, 100, 0));
+        s.saw(Some((10, 100, 0)), (12, 120, 0));
+        // Source B, another process: seqs 3..=5 at other times; its
+        // only subscriber came in at 4.
+        let mut w2 = Sources::default();
+        w2.saw(None, (4, 205, 0));
+        w2.saw(Some((4, 205, 0)), (5, 215, 0));
+        w2.saw(None, (3, 195, 0));
+        w2.saw(Some((3, 195, 0)), (4, 205, 0));
+        s.merge(&w2);
+        let mut split = s.split();
+        split.sort();
+        // A: 3 frames × 2 subscribers; B: 3 frames × 2 subscribers.
+        assert_eq!(split, vec![(3, 2), (3, 2)]);
+        // The same seq from two sources stays apart, and so does the
+        // same (seq, ts) with other text.
+        let mut t = Sources::default();
+        t.saw(None, (7, 1, 0));
+        t.saw(None, (7, 2, 0));
+        t.saw(Some((7, 2, 0)), (8, 3, 0));
+        t.saw(None, (7, 2, 9));
+        t.saw(Some((7, 2, 9)), (8, 3, 9));
+        let mut split = t.split();
+        split.sort();
+        assert_eq!(split, vec![(1, 1), (2, 1), (2, 1)]);
+        assert_ne!(text_hash("a"), text_hash("b"));
     }
 
     #[test]
