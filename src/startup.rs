@@ -129,6 +129,12 @@ impl Application {
             sample: state.config.sampler.enabled,
             tick: Duration::from_millis(state.config.sampler.tick_ms),
             stagger: state.config.sampler.stagger,
+            phase: match self.cluster {
+                Some(_) => {
+                    Duration::from_millis(rand::random::<u64>() % state.config.sampler.tick_ms)
+                }
+                None => Duration::ZERO,
+            },
         })?;
         if let Some(broker) = &self.cluster {
             broker.spawn(state.hub.clone(), state.shutdown.clone());

@@ -51,6 +51,11 @@ pub struct Ticker {
     pub sample: bool,
     pub tick: Duration,
     pub stagger: bool,
+    /// Where in the tick this process's cycle starts. Cluster mode picks
+    /// one at random: processes started together (a deploy, several on
+    /// one port) then do not send every team's frame in the same instant,
+    /// which doubled the p99 lag of the 50k run (docs/benchmarks.md).
+    pub phase: Duration,
 }
 
 /// The ticker thread: at each tick's start, sample this host (blocking
@@ -76,7 +81,7 @@ pub fn spawn(t: Ticker) -> std::io::Result<std::thread::JoinHandle<()>> {
         .spawn(move || {
             // The first sample needs a CPU delta: take it shortly after the
             // sampler's baseline, then keep a fixed cadence.
-            let mut tick_start = Instant::now() + tick.min(Duration::from_millis(250));
+            let mut tick_start = Instant::now() + tick.min(Duration::from_millis(250)) + t.phase;
             let mut slot = 0;
             loop {
                 let due = tick_start + schedule[slot].0;
