@@ -147,11 +147,12 @@ pub struct HostEntry {
 ///   stored; a frame it refused was not stored, and has no seq.
 /// * **Order.** The hub calls `append` for one team with that team's lock
 ///   held and delivers what it returns in that order, so local subscribers
-///   get every frame once, in seq order. A networked broker delivers the
-///   frames appended by other processes in seq order too: a process that
-///   sees a seq jump, or lost its notifications, fills the gap with
-///   [`Broker::since`] before it delivers anything newer, and drops what
-///   it has already delivered.
+///   get every frame once, in seq order. In cluster mode the seq comes from
+///   the [`Sequencer`], and every process (the publisher's too) delivers
+///   the frames read back from the shared stream in seq order, through
+///   [`Broker::insert`]: a frame it already holds is dropped, and one that
+///   skips seqs (they were trimmed before it read them) lags the stream's
+///   subscribers first.
 /// * **History.** [`Broker::since`] returns every frame after a position
 ///   the history still holds, in seq order; `None` when it no longer holds
 ///   them (trimmed, or another epoch). History keeps at least the last
@@ -169,11 +170,9 @@ pub struct HostEntry {
 ///   was acknowledged; subscribers keep their connections.
 /// * **Cheap to call under a lock**: the hub calls it synchronously, from
 ///   async tasks and from the ticker thread, with the team's std mutex
-///   held. The in-memory broker answers from memory. A networked one must
-///   not put its round trip there: its appends become asynchronous (the
-///   publisher awaits the seq outside the lock, and the frame reaches
-///   subscribers through the node's delivery in seq order), with a bound
-///   on the time and the number of appends in flight.
+///   held; it answers from memory (in cluster mode, from this process's
+///   replica). Nothing here waits on the network: the [`Sequencer`]'s
+///   round trips happen outside every lock, bounded in time and in number.
 pub trait Broker: Send + Sync {
     /// The epoch of `team`'s streams.
     fn epoch(&self, team: TeamId) -> Arc<str>;
