@@ -22,6 +22,21 @@ pub async fn resync(
     conn: &mut Conn,
     force: &[TeamId],
 ) -> RedisResult<()> {
+    // What this process holds, taken BEFORE Redis is asked: Redis's seq
+    // only grows, so one read after these can only be at or above them,
+    // unless Redis really went back (the reads would otherwise race the
+    // frames delivered meanwhile).
+    // The epoch first: a reload between the two reads then shows as
+    // another epoch (a harmless reload), never as heads Redis is behind.
+    let held: Vec<(std::sync::Arc<str>, [u64; 2])> = (0..b.keys.len())
+        .map(|t| {
+            let epoch = b.epoch(t);
+            (
+                epoch,
+                [hub.head(t, Stream::Logs), hub.head(t, Stream::Alerts)],
+            )
+        })
+        .collect();
     // One pipeline per team (its keys share a slot), all at once.
     let checks = b.keys.iter().map(|k| {
         let mut c = conn.clone();
@@ -39,18 +54,16 @@ pub async fn resync(
     });
     let states = futures_util::future::try_join_all(checks).await?;
     for (team, (epoch, logs, alerts)) in states.into_iter().enumerate() {
-        let loaded = b.epoch(team);
-        let same = !loaded.is_empty() && epoch.as_deref() == Some(&*loaded);
-        let behind = same
-            && (logs.unwrap_or(0) < hub.head(team, Stream::Logs)
-                || alerts.unwrap_or(0) < hub.head(team, Stream::Alerts));
+        let (loaded, heads) = &held[team];
+        let same = !loaded.is_empty() && epoch.as_deref() == Some(&**loaded);
+        let behind = same && (logs.unwrap_or(0) < heads[0] || alerts.unwrap_or(0) < heads[1]);
         if behind {
             tracing::warn!(
                 team = %hub.team_name(team),
                 epoch = %loaded,
                 "the broker lost frames it had acknowledged (restored from an older state?): the team's streams start over in a new epoch"
             );
-            rotate(b, conn, team, &loaded).await?;
+            rotate(b, conn, team, loaded).await?;
         }
         if !same || behind || force.contains(&team) {
             load(b, hub, conn, team).await?;
@@ -122,10 +135,16 @@ pub async fn load(b: &RedisBroker, hub: &Hub, conn: &mut Conn, team: TeamId) -> 
         .filter_map(reply::text)
         .filter_map(|f| firing_of(&f))
         .collect();
+    let new_epoch = *b.epoch(team) != *epoch;
     hub.reload(team, &epoch, heads, frames, firing);
     b.set_epoch(team, &epoch);
-    for (answered, head) in b.answered[team].iter().zip(heads) {
-        answered.store(head, std::sync::atomic::Ordering::Release);
+    if new_epoch {
+        // Answers of the old epoch say nothing of the new one. (In the
+        // same epoch they stay: an answer still on its way may be older
+        // than this snapshot, and is no sign of a rollback.)
+        for answered in &b.answered[team] {
+            answered.store(0, std::sync::atomic::Ordering::Release);
+        }
     }
     tracing::debug!(team = %hub.team_name(team), %epoch, logs = heads[0], alerts = heads[1], "team loaded from the broker");
     Ok(())

@@ -228,8 +228,9 @@ pub trait Broker: Send + Sync {
     fn insert(&self, team: TeamId, stream: Stream, stored: Stored, level: Level, source: &str);
 
     /// A replica's reload: `team`'s streams are now `epoch`'s, at these
-    /// heads (seq of the newest frame), holding `frames` (oldest first).
-    fn reset(&self, team: TeamId, epoch: &str, heads: [u64; 2], frames: Vec<Reloaded>);
+    /// heads (seq of the newest frame; logs, alerts), holding `frames`
+    /// (oldest first). A stream whose head is `None` is kept as it is.
+    fn reset(&self, team: TeamId, epoch: &str, heads: [Option<u64>; 2], frames: Vec<Reloaded>);
 }
 
 /// A frame of a reloaded history.

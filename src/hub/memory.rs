@@ -213,10 +213,13 @@ impl Broker for MemoryBroker {
         });
     }
 
-    fn reset(&self, team: TeamId, epoch: &str, heads: [u64; 2], frames: Vec<Reloaded>) {
+    fn reset(&self, team: TeamId, epoch: &str, heads: [Option<u64>; 2], frames: Vec<Reloaded>) {
         let mut t = self.team(team);
         t.epoch = epoch.into();
         for (stream, head) in [(Stream::Logs, heads[0]), (Stream::Alerts, heads[1])] {
+            let Some(head) = head else {
+                continue;
+            };
             let h = t.history(stream);
             h.ring.clear();
             h.seq = 0;

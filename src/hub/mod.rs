@@ -562,16 +562,15 @@ impl Hub {
     /// broker, when the broker answers in cluster mode. Publishes that
     /// one caller submits in order are appended in that order.
     pub fn submit_log(&self, team: TeamId, record: &LogRecord, ts: i64) -> Pending {
+        if self.clustered() {
+            return self.submit_logs(&[(team, record)], ts).remove(0);
+        }
         let rec = Record {
             stream: Stream::Logs,
             ts,
             data: record,
             log: Some((record.level, &record.source)),
         };
-        if let Some(cluster) = self.shared.sequencer.get() {
-            let p = self.prepare(cluster, team, rec, None);
-            return self.send(cluster, vec![p]).remove(0);
-        }
         let span = publish_span(&self.shared.topics[team].name, Stream::Logs);
         let _entered = span.enter();
         let mut st = self.lock(team);
@@ -650,21 +649,8 @@ impl Hub {
     /// In cluster mode the broker de-duplicates it, against the state
     /// that every process shares.
     pub fn submit_alert(&self, team: TeamId, record: &AlertRecord, ts: i64) -> Pending {
-        if let Some(cluster) = self.shared.sequencer.get() {
-            let change = AlertChange {
-                fingerprint: record.fingerprint.clone(),
-                firing: (record.status == AlertStatus::Firing)
-                    .then(|| serde_json::to_string(record).unwrap_or_default()),
-                max_firing: self.shared.settings.max_firing_alerts,
-            };
-            let rec = Record {
-                stream: Stream::Alerts,
-                ts,
-                data: record,
-                log: None,
-            };
-            let p = self.prepare(cluster, team, rec, Some(change));
-            return self.send(cluster, vec![p]).remove(0);
+        if self.clustered() {
+            return self.submit_alerts(&[(team, record)], ts).remove(0);
         }
         let mut st = self.lock(team);
         let seq = self.publish_alert_locked(&mut st, team, record, ts);

@@ -293,10 +293,13 @@ impl Hub {
     }
 
     /// Cluster mode: `team`'s streams and firing set as the broker holds
-    /// them, at `epoch` with these heads (logs, alerts). Subscribers of a
-    /// stream whose frames this process cannot hand over in order (a new
-    /// epoch, or a head that moved while it was not reading) are lagged:
-    /// their resume tells them what is recoverable.
+    /// them, at `epoch` with these heads (logs, alerts). The firing set is
+    /// always taken. A stream's history is taken, and its subscribers
+    /// lagged (their resume tells them what is recoverable), when this
+    /// process cannot hand its frames over in order: a new epoch, or a
+    /// head beyond the broker's (the broker went back). In the same epoch,
+    /// a stream held up to the broker's head or short of it stays as it
+    /// is: the reader delivers the rest.
     pub fn reload(
         &self,
         team: TeamId,
@@ -308,12 +311,17 @@ impl Hub {
         let broker = &self.shared.broker;
         let mut st = self.lock(team);
         let same_epoch = *broker.epoch(team) == *epoch;
+        let mut reset = [None; 2];
         for (i, stream) in [Stream::Logs, Stream::Alerts].into_iter().enumerate() {
-            if !same_epoch || broker.head(team, stream) != heads[i] {
+            // In the same epoch, a stream this process holds up to a seq
+            // the broker has (or passed) stays: the reader delivers the
+            // rest, and nobody is lagged for a reload of the firing set.
+            if !same_epoch || broker.head(team, stream) > heads[i] {
                 lag_stream(&mut st, team, stream);
+                reset[i] = Some(heads[i]);
             }
         }
-        broker.reset(team, epoch, heads, frames);
+        broker.reset(team, epoch, reset, frames);
         let max = self.shared.settings.max_firing_alerts;
         let mut alerts = AlertState::default();
         for (record, stored) in firing {
