@@ -60,6 +60,34 @@ fn bad_values_name_the_field() {
         .starts_with("limits.max_connections"));
 }
 
+#[test]
+fn broker_settings_are_checked_without_echoing_a_url() {
+    let check = |tweak: &dyn Fn(&mut Config)| {
+        let mut c = Config::default();
+        tweak(&mut c);
+        c.validate().map_err(|e| e.to_string())
+    };
+    assert!(check(&|c| c.broker.url = Some("redis://:pw@h:6379".into())).is_ok());
+    assert!(check(&|c| c.broker.cluster = vec!["rediss://h:7000".into()]).is_ok());
+    let e = check(&|c| c.broker.url = Some("http://:secret-pw@h".into())).unwrap_err();
+    assert!(
+        e.starts_with("broker.url") && !e.contains("secret-pw"),
+        "{e}"
+    );
+    let e = check(&|c| {
+        c.broker.url = Some("redis://h".into());
+        c.broker.cluster = vec!["redis://h2".into()];
+    })
+    .unwrap_err();
+    assert!(e.starts_with("broker.cluster"), "{e}");
+    let e = check(&|c| c.broker.cluster = vec!["redis://h/?protocol=resp3".into()]).unwrap_err();
+    assert!(e.starts_with("broker.cluster"), "{e}");
+    let e = check(&|c| c.broker.node = Some("two words".into())).unwrap_err();
+    assert!(e.starts_with("broker.node"), "{e}");
+    let e = check(&|c| c.broker.max_in_flight = 0).unwrap_err();
+    assert!(e.starts_with("broker.max_in_flight"), "{e}");
+}
+
 /// Tests that set `OPSWIRE_*` variables hold this lock: `Config::load`
 /// reads the whole process environment.
 static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

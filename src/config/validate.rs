@@ -63,6 +63,11 @@ impl Config {
                 "1-64 of a-z, A-Z, 0-9, '-', '_', '.', ':'",
             ));
         }
+        if let Some(node) = &b.node {
+            if node.is_empty() || node.len() > 128 || node.chars().any(char::is_whitespace) {
+                return Err(invalid("broker.node", "1-128 characters, no spaces"));
+            }
+        }
         if b.timeout_ms < 10 || b.timeout_ms > 60_000 {
             return Err(invalid(
                 "broker.timeout_ms",
