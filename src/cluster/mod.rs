@@ -195,6 +195,15 @@ impl RedisBroker {
         self.link.is_up() && self.loaded.load(Ordering::Acquire)
     }
 
+    /// Counts one round trip to Redis (`op`: publish, read, sync, ping).
+    fn round_trip(&self, op: &str, took: Duration) {
+        self.metrics
+            .broker
+            .round_trip
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+    }
+
     /// `team`'s epoch as last loaded.
     fn epoch(&self, team: TeamId) -> Arc<str> {
         self.epochs[team]
@@ -395,12 +404,7 @@ async fn watch(b: &RedisBroker, shutdown: &CancellationToken) {
             .query_async(&mut conn)
             .await;
         match pong {
-            Ok(_) => b
-                .metrics
-                .broker
-                .round_trip
-                .with_label_values(&["ping"])
-                .observe(started.elapsed().as_secs_f64()),
+            Ok(_) => b.round_trip("ping", started.elapsed()),
             Err(e) => {
                 b.link.set_down(e.to_string());
                 return;

@@ -81,11 +81,7 @@ async fn send(b: &RedisBroker, batch: Vec<Job>) {
     };
     let started = Instant::now();
     send_team(b, conn, batch, true).await;
-    b.metrics
-        .broker
-        .round_trip
-        .with_label_values(&["publish"])
-        .observe(started.elapsed().as_secs_f64());
+    b.round_trip("publish", started.elapsed());
 }
 
 /// One team's publishes in one pipeline; `by_hash`: `EVALSHA`, else the

@@ -102,11 +102,7 @@ pub async fn load(b: &RedisBroker, hub: &Hub, conn: &mut Conn, team: TeamId) -> 
         .arg(b.history[1].max(1))
         .query_async(conn)
         .await?;
-    b.metrics
-        .broker
-        .round_trip
-        .with_label_values(&["read"])
-        .observe(started.elapsed().as_secs_f64());
+    b.round_trip("read", started.elapsed());
     let a = reply::array(&v);
     let epoch = a.first().and_then(reply::text).unwrap_or_default();
     let head = |i: usize| a.get(i).and_then(reply::int).unwrap_or(0) as u64;

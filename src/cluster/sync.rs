@@ -60,12 +60,7 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, shutdown: CancellationToken) {
             result = snapshot::resync(&b, &hub, &mut conn, &stale).await;
         }
         match result {
-            Ok(()) => b
-                .metrics
-                .broker
-                .round_trip
-                .with_label_values(&["sync"])
-                .observe(started.elapsed().as_secs_f64()),
+            Ok(()) => b.round_trip("sync", started.elapsed()),
             Err(e) => {
                 b.link.check(&e);
                 tracing::debug!(error = %e, "broker sync failed");

@@ -101,11 +101,7 @@ pub async fn run(b: Arc<RedisBroker>, hub: Hub, teams: Vec<usize>, shutdown: Can
                 b.metrics.broker.gap_fills.inc();
                 b.metrics.broker.gap_frames.inc_by(n);
             } else if read_for < BLOCK {
-                b.metrics
-                    .broker
-                    .round_trip
-                    .with_label_values(&["read"])
-                    .observe(read_for.as_secs_f64());
+                b.round_trip("read", read_for);
             }
             first = false;
         }

@@ -42,6 +42,17 @@ fn seqs(out: &[Delivery]) -> Vec<u64> {
     out.iter().map(|d| d.seq).collect()
 }
 
+/// A resume of the logs stream from `seq` of `epoch`.
+fn logs_from(epoch: &str, seq: u64) -> BTreeMap<Stream, ResumePoint> {
+    BTreeMap::from([(
+        Stream::Logs,
+        ResumePoint {
+            epoch: epoch.into(),
+            seq,
+        },
+    )])
+}
+
 /// What the session's mailbox holds (its replay, then live frames).
 fn queued(s: &SessionHandle) -> Vec<Delivery> {
     let mut out = Vec::new();
@@ -56,13 +67,7 @@ fn resume_replays_exactly_the_missed_frames() {
         h.log_now(0, &log(&i.to_string()), 1).unwrap();
     }
     let mut s = h.open_session();
-    let resume = BTreeMap::from([(
-        Stream::Logs,
-        ResumePoint {
-            epoch: h.epoch().to_string(),
-            seq: 2,
-        },
-    )]);
+    let resume = logs_from(&h.epoch(), 2);
     let r = s.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
     assert!(r.recovered[&Stream::Logs]);
     assert_eq!(seqs(&queued(&s)), vec![3, 4]);
@@ -75,13 +80,7 @@ fn resume_replays_exactly_the_missed_frames() {
     assert!(!r.recovered[&Stream::Logs]);
     assert!(queued(&s2).is_empty());
     // A stale epoch: not recoverable.
-    let stale = BTreeMap::from([(
-        Stream::Logs,
-        ResumePoint {
-            epoch: "old".into(),
-            seq: 13,
-        },
-    )]);
+    let stale = logs_from("old", 13);
     let mut s3 = h.open_session();
     assert!(
         !s3.subscribe(0, &[Stream::Logs], &stale, None)
@@ -299,13 +298,7 @@ fn a_replay_takes_queue_slots_and_lags_where_it_stops() {
         h.log_now(0, &log(&i.to_string()), 1).unwrap();
     }
     let mut s = h.open_session();
-    let resume = BTreeMap::from([(
-        Stream::Logs,
-        ResumePoint {
-            epoch: h.epoch().to_string(),
-            seq: 0,
-        },
-    )]);
+    let resume = logs_from(&h.epoch(), 0);
     let r = s.subscribe(0, &[Stream::Logs], &resume, None).unwrap();
     assert!(r.recovered[&Stream::Logs]);
     let mut out = Vec::new();
@@ -370,20 +363,14 @@ fn firing_sets_that_do_not_fit_lag_from_zero_never_silently() {
 impl Hub {
     /// A log publish to the in-memory broker, answered at once.
     fn log_now(&self, team: TeamId, r: &LogRecord, ts: i64) -> Result<u64, HubError> {
-        self.alert_or_log(self.submit_log(team, r, ts))
+        self.submit_log(team, r, ts)
+            .now()
             .map(Option::unwrap_or_default)
     }
 
     /// An alert publish to the in-memory broker, answered at once.
     fn alert_now(&self, team: TeamId, r: &AlertRecord, ts: i64) -> Result<Option<u64>, HubError> {
-        self.alert_or_log(self.submit_alert(team, r, ts))
-    }
-
-    fn alert_or_log(&self, p: Pending) -> Result<Option<u64>, HubError> {
-        match p {
-            Pending::Done(r) => r,
-            Pending::Waiting(_) => panic!("the in-memory broker answers at once"),
-        }
+        self.submit_alert(team, r, ts).now()
     }
 }
 
@@ -434,13 +421,7 @@ fn a_replica_delivers_in_seq_order_drops_doubles_and_lags_subscribers_over_a_gap
     assert!(out.is_empty());
     assert_eq!(h.head(0, Stream::Logs), 5);
     let mut again = h.open_session();
-    let from_2 = BTreeMap::from([(
-        Stream::Logs,
-        ResumePoint {
-            epoch: "e1".into(),
-            seq: 2,
-        },
-    )]);
+    let from_2 = logs_from("e1", 2);
     let r = again.subscribe(0, &[Stream::Logs], &from_2, None).unwrap();
     assert!(!r.recovered[&Stream::Logs]);
 }
@@ -491,13 +472,7 @@ fn a_reload_in_a_new_epoch_lags_the_old_subscribers_and_keeps_the_firing_set() {
     assert_eq!(h.firing_alerts(0).len(), 1);
     // A resume in the new epoch finds the reloaded history.
     let mut fresh = h.open_session();
-    let resume = BTreeMap::from([(
-        Stream::Logs,
-        ResumePoint {
-            epoch: "e2".into(),
-            seq: 0,
-        },
-    )]);
+    let resume = logs_from("e2", 0);
     let r = fresh
         .subscribe(0, &[Stream::Logs, Stream::Alerts], &resume, None)
         .unwrap();

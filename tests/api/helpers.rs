@@ -152,7 +152,10 @@ impl TestApp {
             .state
             .hub
             .submit_log(id, &rec, opswire::time::now_micros());
-        done(pending).expect("a log has a seq")
+        pending
+            .now()
+            .expect("the in-memory broker takes every publish")
+            .expect("a log has a seq")
     }
 
     /// Publishes an alert through the hub's programmatic API.
@@ -168,7 +171,9 @@ impl TestApp {
             .state
             .hub
             .submit_alert(id, &rec, opswire::time::now_micros());
-        done(pending)
+        pending
+            .now()
+            .expect("the in-memory broker takes every publish")
     }
 
     /// The text of `/metrics`.
@@ -215,14 +220,6 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// The outcome of a publish to the in-memory broker (known at once).
-fn done(p: opswire::hub::Pending) -> Option<u64> {
-    match p {
-        opswire::hub::Pending::Done(r) => r.expect("the in-memory broker takes every publish"),
-        opswire::hub::Pending::Waiting(_) => panic!("the in-memory broker answers at once"),
     }
 }
 
