@@ -421,6 +421,12 @@ pub struct TelemetryConfig {
     pub export_queue: usize,
     /// Export log records (as well as spans).
     pub export_logs: bool,
+    /// Export every log record and alert change accepted for a team as an
+    /// OpenTelemetry log record (for Loki), when export is on.
+    pub team_logs: bool,
+    /// `service.name` of the team records' resource: apart from opswire's
+    /// own logs, so neither drowns the other in Loki.
+    pub team_logs_service_name: String,
 }
 
 impl Default for TelemetryConfig {
@@ -432,6 +438,8 @@ impl Default for TelemetryConfig {
             sample_ratio: 1.0,
             export_queue: 2048,
             export_logs: true,
+            team_logs: true,
+            team_logs_service_name: "opswire-teams".into(),
         }
     }
 }

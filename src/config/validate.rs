@@ -406,6 +406,12 @@ impl Config {
         if t.service_name.is_empty() {
             return Err(invalid("telemetry.service_name", "must not be empty"));
         }
+        if t.team_logs_service_name.is_empty() {
+            return Err(invalid(
+                "telemetry.team_logs_service_name",
+                "must not be empty",
+            ));
+        }
         Ok(())
     }
 }
