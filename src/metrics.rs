@@ -56,6 +56,9 @@ pub struct Metrics {
     /// (a malformed request head, a body cut short).
     pub http_client_errors: IntCounter,
     pub otlp_export_failures: IntCounterVec,
+    /// Team records (logs and alert changes for Loki) queued for export,
+    /// and dropped because the export queue was full.
+    pub team_log_records: IntCounterVec,
     /// The cluster broker's health (`docs/cluster.md`).
     pub broker: BrokerMetrics,
     host_cpu: GaugeVec,
@@ -254,8 +257,13 @@ impl Metrics {
             },
             otlp_export_failures: counter_vec(
                 "opswire_otlp_export_failures_total",
-                "Failed OTLP export requests, by signal (spans, logs).",
+                "Failed OTLP export requests, by signal (spans, logs, team_logs).",
                 &["signal"],
+            ),
+            team_log_records: counter_vec(
+                "opswire_team_log_records_total",
+                "Team log records and alert changes exported over OTLP (for Loki), by result: queued, or dropped because the export queue was full.",
+                &["result"],
             ),
             host_cpu: host_gauge("opswire_host_cpu_usage_percent", "CPU usage of a host, percent of all cores.", &[]),
             host_load1: host_gauge("opswire_host_load1", "1-minute load average of a host.", &[]),
@@ -494,9 +502,13 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let (spans, logs) = crate::telemetry::export_failures();
-        for (signal, total) in [("spans", spans), ("logs", logs)] {
+        for (signal, total) in crate::telemetry::export_failures() {
             let c = self.otlp_export_failures.with_label_values(&[signal]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+        let (queued, dropped) = crate::telemetry::team_logs::counts();
+        for (result, total) in [("queued", queued), ("dropped", dropped)] {
+            let c = self.team_log_records.with_label_values(&[result]);
             c.inc_by(total.saturating_sub(c.get()));
         }
         let mut buf = Vec::new();

@@ -196,6 +196,10 @@ fn parse(b: &RedisBroker, s: &Submission, v: &Value) -> Result<Appended, BrokerE
 }
 
 pub fn answer(b: &RedisBroker, j: Job, outcome: Result<Appended, BrokerError>) {
+    if let (Ok(Appended::Seq(seq)), Some(record)) = (&outcome, j.sub.export) {
+        // Exported by the process that published it, once.
+        record.emit(*seq, &b.epoch(j.sub.team));
+    }
     b.in_flight.fetch_sub(1, Ordering::AcqRel);
     b.metrics.broker.in_flight.dec();
     let result = match &outcome {

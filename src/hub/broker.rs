@@ -74,6 +74,9 @@ pub struct Submission {
     pub tail: String,
     /// What de-duplicates an alert transition.
     pub alert: Option<AlertChange>,
+    /// The team record to export once the frame has its seq (`None`:
+    /// team records are not exported).
+    pub export: Option<crate::telemetry::team_logs::TeamRecord>,
 }
 
 /// An alert transition, as the sequencer de-duplicates it.

@@ -60,6 +60,7 @@ use crate::protocol::{
     to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, HostSnapshot, Level,
     LogRecord, MetricsData, Stream,
 };
+use crate::telemetry::team_logs::ToTeamRecord;
 
 /// Index of a team in the hub (config order).
 pub type TeamId = usize;
@@ -497,7 +498,7 @@ impl Hub {
     /// (serialized once, with the publish span's trace id), then queues it
     /// for the stream's subscribers; with the team's lock held, so frames
     /// reach every subscriber in seq order.
-    fn append<T: serde::Serialize>(
+    fn append<T: serde::Serialize + ToTeamRecord>(
         &self,
         st: &mut TeamState,
         team: TeamId,
@@ -536,6 +537,9 @@ impl Hub {
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
         span.record("opswire.serialize_us", serialize_us);
         span.record("opswire.seq", stored.seq);
+        if let Some(r) = record.data.team_record(name, record.ts) {
+            r.traced(span).emit(stored.seq, &epoch);
+        }
         let published = Published {
             team,
             stream: record.stream,

@@ -14,6 +14,7 @@ use super::broker::{Answer, Appended, BrokerError, Reloaded, Stored, Submission}
 use super::fanout::{fan_out_event, lag_stream, Published};
 use super::{publish_span, AlertChange, Cluster, Hub, HubError, Record, TeamId};
 use crate::protocol::{to_frame, AlertRecord, AlertStatus, DataFrame, Level, Stream};
+use crate::telemetry::team_logs::ToTeamRecord;
 
 /// A publish on its way: answered at once (the in-memory broker, or a
 /// refusal), or when the broker answers.
@@ -137,7 +138,7 @@ pub fn alert_of(frame: &str) -> Result<AlertRecord, serde_json::Error> {
 impl Hub {
     /// Serializes `record` around its seq (with the publish span's trace
     /// id), ready for the sequencer.
-    pub(super) fn prepare<T: serde::Serialize>(
+    pub(super) fn prepare<T: serde::Serialize + ToTeamRecord>(
         &self,
         cluster: &Cluster,
         team: TeamId,
@@ -170,6 +171,10 @@ impl Hub {
                 head,
                 tail,
                 alert,
+                export: record
+                    .data
+                    .team_record(name, record.ts)
+                    .map(|r| r.traced(&span)),
             },
             span,
             call,

@@ -21,6 +21,7 @@ mod slow_consumer;
 mod sources;
 mod sse;
 mod streaming;
+mod team_logs;
 mod telemetry;
 
 pub mod otlp_receiver;

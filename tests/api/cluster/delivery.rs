@@ -271,11 +271,12 @@ async fn a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
         ("OTEL_SERVICE_NAME", "opswire-cluster-test"),
     ];
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::start_with(dir.path(), "a", &redis, "", &otel).await;
-    let b = Node::start_with(dir.path(), "b", &redis, "", &otel).await;
+    let mut a = Node::start_with(dir.path(), "a", &redis, "", &otel).await;
+    let mut b = Node::start_with(dir.path(), "b", &redis, "", &otel).await;
     let mut reader = a.subscriber("alpha", &["logs"]).await;
     let mut agent = b.bin.ws(&token_with(&["alpha"], "ingest", 60), &[]).await;
     agent
@@ -317,6 +318,28 @@ async fn a_frame_delivered_by_one_node_carries_the_trace_of_the_publish_made_on_
     assert_eq!(
         call.attr("server.port"),
         Some(redis.port.to_string().as_str())
+    );
+
+    // Its team record (for Loki) is exported once, by the node that
+    // published it, with the frame's position and trace. Shutdown flushes
+    // both nodes' queues: nothing is still on its way after it.
+    assert!(a.bin.terminate().success());
+    assert!(b.bin.terminate().success());
+    let records: Vec<_> = rx
+        .logs()
+        .into_iter()
+        .filter(|l| l.scope == "opswire.teams")
+        .collect();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(r.body, "traced");
+    assert_eq!(r.trace_id, TRACE);
+    assert_eq!(r.attr("opswire.team"), Some("alpha"));
+    assert_eq!(r.attr("opswire.seq"), Some(log["seq"].to_string().as_str()));
+    assert_eq!(r.attr("opswire.epoch"), log["epoch"].as_str());
+    assert_eq!(
+        r.resource.get("service.name").map(String::as_str),
+        Some("opswire-teams")
     );
 }
 

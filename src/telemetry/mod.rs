@@ -18,6 +18,11 @@
 //! channel runs on a small runtime of its own, so a slow or dead collector
 //! costs clients nothing. Failures are counted and logged at most once a
 //! minute. [`Telemetry::shutdown`] flushes what is queued.
+//!
+//! With export on, [`team_logs`] also exports every log record and alert
+//! change accepted for a team (for Loki), from a provider of its own.
+
+pub mod team_logs;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,16 +59,15 @@ pub enum TelemetryError {
     Runtime(#[from] std::io::Error),
 }
 
-/// Export failures per signal (`[spans, logs]`), for `/metrics`.
-static EXPORT_FAILURES: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Export failures per signal (`[spans, logs, team_logs]`), for `/metrics`.
+static EXPORT_FAILURES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+const SIGNALS: [&str; 3] = ["spans", "logs", "team_logs"];
 static LAST_WARNING_S: AtomicU64 = AtomicU64::new(0);
 
-/// OTLP export failures so far: (spans, logs).
-pub fn export_failures() -> (u64, u64) {
-    (
-        EXPORT_FAILURES[0].load(Ordering::Relaxed),
-        EXPORT_FAILURES[1].load(Ordering::Relaxed),
-    )
+/// OTLP export failures so far, by signal: `spans`, `logs` (opswire's
+/// own) and `team_logs` (the teams' records).
+pub fn export_failures() -> [(&'static str, u64); 3] {
+    std::array::from_fn(|i| (SIGNALS[i], EXPORT_FAILURES[i].load(Ordering::Relaxed)))
 }
 
 fn report_failure(signal: usize, error: &dyn std::fmt::Display) {
@@ -77,7 +81,7 @@ fn report_failure(signal: usize, error: &dyn std::fmt::Display) {
     {
         tracing::warn!(
             target: "opswire::telemetry",
-            signal = if signal == 0 { "spans" } else { "logs" },
+            signal = SIGNALS[signal],
             failures,
             error = %error,
             "OTLP export failing; telemetry is dropped, clients are unaffected (next warning in 60 s at the earliest)"
@@ -88,6 +92,10 @@ fn report_failure(signal: usize, error: &dyn std::fmt::Display) {
 /// Wraps an exporter to count and report failures without flooding.
 #[derive(Debug)]
 struct Reporting<E>(E);
+
+/// A log exporter reporting as the team records' signal.
+#[derive(Debug)]
+struct TeamReporting<E>(E);
 
 impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
     for Reporting<E>
@@ -140,11 +148,36 @@ impl<E: opentelemetry_sdk::logs::LogExporter> opentelemetry_sdk::logs::LogExport
     }
 }
 
+impl<E: opentelemetry_sdk::logs::LogExporter> opentelemetry_sdk::logs::LogExporter
+    for TeamReporting<E>
+{
+    fn export(
+        &self,
+        batch: LogBatch<'_>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let fut = self.0.export(batch);
+        async move {
+            let r = fut.await;
+            if let Err(e) = &r {
+                report_failure(2, e);
+            }
+            r
+        }
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource)
+    }
+}
+
 /// The installed providers; call [`Telemetry::shutdown`] before exit.
 #[derive(Default)]
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
     logger: Option<SdkLoggerProvider>,
+    team_logger: Option<SdkLoggerProvider>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -158,7 +191,10 @@ impl Telemetry {
         if let Some(t) = self.tracer.take() {
             let _ = t.shutdown();
         }
-        if let Some(l) = self.logger.take() {
+        for l in [self.logger.take(), self.team_logger.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = l.shutdown();
         }
         if let Some(rt) = self.runtime.take() {
@@ -269,6 +305,16 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
         .with_tracked_inactivity(false)
         .with_filter(exported.clone());
 
+    let team_logger = if cfg.team_logs {
+        Some(team_logs::install(
+            TeamReporting(build_log_exporter(&plan)?),
+            resource.clone(),
+            &cfg.team_logs_service_name,
+            cfg.export_queue,
+        ))
+    } else {
+        None
+    };
     let logger_provider = if cfg.export_logs {
         Some(build_logger_provider(&plan, cfg, resource)?)
     } else {
@@ -289,6 +335,7 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
     Ok(Telemetry {
         tracer: Some(tracer_provider),
         logger: logger_provider,
+        team_logger,
         runtime: Some(runtime),
     })
 }
