@@ -26,6 +26,9 @@
 #                then the same load on one in-memory process
 #   clustercost  one process at 10k: the in-memory hub, then cluster mode
 #                (Redis), CPU per delivered frame side by side
+#   teamlogs     logs at 1,000/s (100/s per team) to N = $NS_TEAMLOGS (100,
+#                1000) subscribers, OTLP export on to a local sink: team
+#                records for Loki on, then off (telemetry.team_logs)
 #
 # Cluster cases start redis-server (Debian's, /usr/bin) on a free port in a
 # temp dir with --save "" --appendonly no, and wait until /readyz answers
@@ -52,6 +55,7 @@ RAMP=${RAMP:-2000}
 NS=${NS:-"1000 2000 5000 10000 19000"}
 NS_CLUSTER=${NS_CLUSTER:-50000}
 NS_CROSSNODE=${NS_CROSSNODE:-"100 1000"}
+NS_TEAMLOGS=${NS_TEAMLOGS:-"100 1000"}
 # cluster: taskset lists for the servers, Redis and the generator.
 CLUSTER_CPUS=${CLUSTER_CPUS:-"0 0 1"}
 PORT=18090
@@ -318,6 +322,21 @@ one_case() {
             # The same load on one in-memory process (publisher and
             # subscribers on it): the fan-out without Redis or a second node.
             start_opswire; run "crossnode-memory-$n-r$rep" "$n" "${TEN[@]}" --logs --log-rate 100; stop_all
+        done ;;
+    teamlogs)
+        # The same export (spans and opswire's own logs to the sink) in
+        # both runs; only the team records differ.
+        for n in $NS_TEAMLOGS; do
+            for on in true false; do
+                taskset -c 1 $BIN/examples/otlp_sink 127.0.0.1:14317 > "$WORK/sink.log" 2>&1 &
+                local_sink=$!
+                start_opswire true OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:14317 \
+                    OPSWIRE_TELEMETRY__TEAM_LOGS=$on
+                local label=teamlogs; [ $on = true ] || label=noteamlogs
+                run "$label-opswire-$n-r$rep" "$n" "${TEN[@]}" --logs --log-rate 100
+                stop_all; kill $local_sink; wait $local_sink 2>/dev/null || true
+                tail -n 1 "$WORK/sink.log" > "$OUT/$label-sink-$n-r$rep.txt"
+            done
         done ;;
     clustercost)
         # Same N, same script run: the in-memory hub, then cluster mode
