@@ -97,7 +97,7 @@ async fn run(o: Opts) {
     let tick_ms = o.tick.as_millis() as u64;
     println!("raw_writer listening on {}", listener.local_addr().unwrap());
     let host = Rc::new(RefCell::new(String::from("null")));
-    let mut sampler = Some(Sampler::new("raw-writer".into()).expect("sampler"));
+    let mut sampler = Some(Sampler::new("raw-writer".into(), None).expect("sampler"));
     for k in 0..o.teams.len() {
         let offset = if o.stagger {
             o.tick.mul_f64(k as f64 / o.teams.len() as f64)

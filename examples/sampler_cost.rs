@@ -21,7 +21,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
     let interval = Duration::from_millis(args.next().and_then(|a| a.parse().ok()).unwrap_or(200));
-    let mut sampler = Sampler::new(Sampler::os_host_name()).expect("sampler");
+    let mut sampler = Sampler::new(Sampler::os_host_name(), None).expect("sampler");
     let mut wall = Vec::with_capacity(n);
     let mut cpu = Vec::with_capacity(n);
     let mut bytes = 0;

@@ -146,6 +146,10 @@ pub struct MemoryStats {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DiskStats {
     pub mount: String,
+    /// The filesystem type (`ext4`, `xfs`, …; `overlay` for a container's
+    /// own root). Empty from an agent older than this field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fs_type: String,
     pub used_bytes: u64,
     pub total_bytes: u64,
     pub usage_pct: f32,

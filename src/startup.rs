@@ -129,6 +129,7 @@ impl Application {
             sample: state.config.sampler.enabled,
             tick: Duration::from_millis(state.config.sampler.tick_ms),
             stagger: state.config.sampler.stagger,
+            host_root: state.config.sampler.host_root.clone(),
             phase: match self.cluster {
                 Some(_) => {
                     Duration::from_millis(rand::random::<u64>() % state.config.sampler.tick_ms)

@@ -62,7 +62,7 @@ pub fn spawn_sampler(host: String, tick: Duration) -> Result<(Snapshots, Worker)
     let handle = std::thread::Builder::new()
         .name("opswire-sampler".into())
         .spawn(move || {
-            let mut sampler = match Sampler::new(host) {
+            let mut sampler = match Sampler::new(host, None) {
                 Ok(s) => {
                     let _ = init_tx.send(Ok(()));
                     s

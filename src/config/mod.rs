@@ -159,6 +159,10 @@ pub struct SamplerConfig {
     /// Threads one team's metrics burst is split over, when it has
     /// thousands of subscribers; 0: one per core this process may use.
     pub fanout_threads: usize,
+    /// Where the host's `/` is mounted when opswire runs in a container
+    /// (e.g. `/host`): disks and processes are the host's, read under it.
+    /// Unset: this process's own view.
+    pub host_root: Option<std::path::PathBuf>,
 }
 
 impl Default for SamplerConfig {
@@ -171,6 +175,7 @@ impl Default for SamplerConfig {
             stale_after_ticks: 5,
             stagger: true,
             fanout_threads: 0,
+            host_root: None,
         }
     }
 }

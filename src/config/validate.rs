@@ -141,6 +141,19 @@ impl Config {
                 return Err(invalid("sampler.host_name", "must be 1-253 characters"));
             }
         }
+        if let (true, Some(root)) = (self.sampler.enabled, &self.sampler.host_root) {
+            // Where the sampler reads the host's mounts (sampler::mounts).
+            let table = root.join("proc/1/mountinfo");
+            if let Err(e) = std::fs::File::open(&table) {
+                return Err(invalid(
+                    "sampler.host_root",
+                    format!(
+                        "cannot read the host's mount table {}: {e} (mount the host's / there read-only, e.g. `-v /:/host:ro,rslave`)",
+                        table.display()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -4,48 +4,50 @@
 //! async runtime: the ticker thread (see `startup`) owns the [`Sampler`].
 //! CPU usage and network rates are deltas, so the first sample after
 //! construction reports the values since `Sampler::new`.
+//!
+//! In a container, CPU, memory, load and uptime are the host's already
+//! (the kernel does not namespace them); disks and the process count are
+//! read from a **host root** when one is given (the host's `/` mounted
+//! read-only, e.g. at `/host`), like node_exporter's `--path.rootfs`: the
+//! host's mount table and usage under it ([`mounts`]), and its processes
+//! from `<root>/proc`. Network interfaces are those of the network
+//! namespace the sampler runs in: the host's only with the host's network
+//! (docs/agent.md, "In a container").
 
+pub mod mounts;
 pub mod ticker;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sysinfo::{
-    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, RefreshKind, System,
-};
+use sysinfo::{CpuRefreshKind, MemoryRefreshKind, Networks, RefreshKind, System};
 
 use crate::protocol::{CpuStats, DiskStats, HostSnapshot, HostSource, MemoryStats, NetworkStats};
 use crate::time::now_micros;
-
-/// Filesystems that are not disks an operator cares about.
-const PSEUDO_FS: &[&str] = &[
-    "tmpfs",
-    "devtmpfs",
-    "overlay",
-    "squashfs",
-    "proc",
-    "sysfs",
-    "cgroup",
-    "cgroup2",
-    "devpts",
-    "mqueue",
-    "nsfs",
-    "autofs",
-    "ramfs",
-    "fuse.lxcfs",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
     #[error("sysinfo: {0}")]
     Sysinfo(String),
+    #[error(
+        "cannot read the mount table {path}: {source} (is the host's / mounted at the host root?)"
+    )]
+    MountTable {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Keeps the state deltas need between samples.
 pub struct Sampler {
     host: String,
+    /// The host's `/` as this process sees it (`None`: this process's own).
+    host_root: Option<PathBuf>,
     system: System,
-    disks: Disks,
+    /// The filesystems to report, re-read from the mount table every 60
+    /// samples.
+    disks: Vec<mounts::Disk>,
     networks: Networks,
     /// Previous cumulative (rx, tx) byte counters per interface.
     net_prev: HashMap<String, (u64, u64)>,
@@ -54,7 +56,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(host: String) -> Result<Sampler, SamplerError> {
+    /// A sampler of this host, or of the host whose `/` is at `host_root`.
+    pub fn new(host: String, host_root: Option<PathBuf>) -> Result<Sampler, SamplerError> {
         let err = |e: sysinfo::Error| SamplerError::Sysinfo(e.to_string());
         let system = System::new_with_specifics(
             RefreshKind::nothing()
@@ -62,9 +65,7 @@ impl Sampler {
                 .with_memory(MemoryRefreshKind::everything()),
         )
         .map_err(err)?;
-        let disks =
-            Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage())
-                .map_err(err)?;
+        let disks = read_disks(host_root.as_deref())?;
         let networks = Networks::new_with_refreshed_list().map_err(err)?;
         let net_prev = networks
             .iter()
@@ -77,6 +78,7 @@ impl Sampler {
             .collect();
         Ok(Sampler {
             host,
+            host_root,
             system,
             disks,
             networks,
@@ -103,8 +105,12 @@ impl Sampler {
         // and only the counters otherwise.
         let relist = self.samples.is_multiple_of(60);
         self.samples += 1;
-        self.disks
-            .refresh_specifics(relist, DiskRefreshKind::nothing().with_storage());
+        if relist && self.samples > 1 {
+            // A table that cannot be read now keeps the last list.
+            if let Ok(d) = read_disks(self.host_root.as_deref()) {
+                self.disks = d;
+            }
+        }
         self.networks.refresh(relist);
 
         let cores_pct: Vec<f32> = self
@@ -119,26 +125,22 @@ impl Sampler {
         let total = self.system.total_memory();
         let used = self.system.used_memory();
 
-        let mut disks: Vec<DiskStats> = self
+        let root = self.host_root.as_deref();
+        let disks: Vec<DiskStats> = self
             .disks
             .iter()
-            .filter(|d| {
-                let fs = d.file_system().to_string_lossy();
-                d.total_space() > 0 && !PSEUDO_FS.contains(&fs.as_ref())
-            })
-            .map(|d| {
-                let total = d.total_space();
-                let used = total.saturating_sub(d.available_space());
-                DiskStats {
-                    mount: d.mount_point().to_string_lossy().into_owned(),
+            .filter_map(|d| {
+                let (total, available) = mounts::usage(&mounts::under_root(root, &d.mount))?;
+                let used = total.saturating_sub(available);
+                (total > 0).then(|| DiskStats {
+                    mount: d.mount.clone(),
+                    fs_type: d.fs_type.clone(),
                     used_bytes: used,
                     total_bytes: total,
                     usage_pct: pct(used, total),
-                }
+                })
             })
             .collect();
-        disks.sort_by(|a, b| a.mount.cmp(&b.mount));
-        disks.dedup_by(|a, b| a.mount == b.mount);
 
         let now = Instant::now();
         let dt = now.duration_since(self.net_at).as_secs_f64().max(1e-3);
@@ -177,7 +179,7 @@ impl Sampler {
             },
             disks,
             network,
-            processes: count_processes(),
+            processes: count_processes(&mounts::under_root(root, "/proc")),
             uptime_s: System::uptime().unwrap_or(0),
         }
     }
@@ -199,12 +201,20 @@ fn round1_f64(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
-/// Counts processes from /proc's numeric entries: far cheaper than a
-/// sysinfo process refresh, which reads several files per process.
-fn count_processes() -> u64 {
+fn read_disks(host_root: Option<&Path>) -> Result<Vec<mounts::Disk>, SamplerError> {
+    mounts::read(host_root).map_err(|source| SamplerError::MountTable {
+        path: mounts::table_path(host_root).display().to_string(),
+        source,
+    })
+}
+
+/// Counts processes from the numeric entries of `proc` (the host's under
+/// a host root): far cheaper than a sysinfo process refresh, which reads
+/// several files per process.
+fn count_processes(proc: &Path) -> u64 {
     #[cfg(target_os = "linux")]
     {
-        std::fs::read_dir("/proc")
+        std::fs::read_dir(proc)
             .map(|rd| {
                 rd.filter_map(Result::ok)
                     .filter(|e| {
@@ -219,6 +229,7 @@ fn count_processes() -> u64 {
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = proc;
         let mut s = System::new();
         s.refresh_processes(sysinfo::ProcessesToUpdate::All, true);
         s.processes().len() as u64
@@ -231,7 +242,7 @@ mod tests {
 
     #[test]
     fn sample_has_the_protocol_fields() {
-        let mut s = Sampler::new("test-host".into()).unwrap();
+        let mut s = Sampler::new("test-host".into(), None).unwrap();
         let snap = s.sample();
         assert_eq!(snap.host, "test-host");
         assert!(snap.memory.total_bytes > 0);

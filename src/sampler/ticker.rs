@@ -51,6 +51,9 @@ pub struct Ticker {
     pub sample: bool,
     pub tick: Duration,
     pub stagger: bool,
+    /// The host's `/` as seen from here, when the sampler runs in a
+    /// container (`sampler.host_root`).
+    pub host_root: Option<std::path::PathBuf>,
     /// Where in the tick this process's cycle starts. Cluster mode picks
     /// one at random: processes started together (a deploy, several on
     /// one port) then do not send every team's frame in the same instant,
@@ -65,7 +68,7 @@ pub struct Ticker {
 pub fn spawn(t: Ticker) -> std::io::Result<std::thread::JoinHandle<()>> {
     let tick = t.tick;
     let mut sampler = if t.sample {
-        match Sampler::new(t.local_host.clone()) {
+        match Sampler::new(t.local_host.clone(), t.host_root.clone()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "sampler unavailable; serving without local metrics");

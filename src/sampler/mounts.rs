@@ -1,0 +1,325 @@
+//! Which filesystems a host has: its mount table (`mountinfo`), read by
+//! opswire itself rather than through sysinfo, so that a sampler in a
+//! container can report the Docker host's disks from a host root
+//! (`/host/proc/1/mountinfo`, usage under `/host/<mount>`), as
+//! node_exporter does with `--path.rootfs`.
+//!
+//! Which entries are disks ([`disks`]):
+//!
+//! * not a pseudo or memory filesystem ([`PSEUDO_FS`]: proc, sysfs,
+//!   tmpfs, overlay, …) — except the root, `/`, which is always reported
+//!   once whatever it is: a container's own root is `overlay`, and the
+//!   frame says so (`fs_type`);
+//! * not a bind mount of part of a filesystem (its `root` field is not
+//!   `/`): Docker bind-mounts single files (`/etc/hosts`,
+//!   `/etc/resolv.conf`, `/etc/hostname`) and directories (volumes) from
+//!   the host's disk, and none of them is a disk an operator means. A
+//!   btrfs subvolume (whose `root` is the subvolume) is a filesystem's
+//!   mount, though, and counts;
+//! * one mount point once (the mount on top, which is the one visible),
+//!   and one filesystem once (`/` first, then in mount order).
+//!
+//! When the table has no `/` (a chroot whose root is not a mount point),
+//! the root is added from `statfs("/")`, so a sampler always reports the
+//! filesystem it runs on.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Filesystem types that are not disks an operator cares about.
+pub const PSEUDO_FS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fuse.gvfsd-fuse",
+    "fuse.lxcfs",
+    "fuse.portal",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+];
+
+/// One line of a `mountinfo` table (`proc(5)`), the fields opswire uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the filesystem.
+    pub device: String,
+    /// The directory of the filesystem that is mounted (`/` for a whole
+    /// filesystem; a path for a bind mount of part of one).
+    pub root: String,
+    pub mount_point: String,
+    pub fs_type: String,
+}
+
+/// A filesystem to report: where it is mounted and its type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    pub mount: String,
+    pub fs_type: String,
+}
+
+/// Parses a `mountinfo` table; lines that do not parse are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut l = left.split(' ');
+            let _id = l.next()?;
+            let _parent = l.next()?;
+            let device = l.next()?;
+            let root = l.next()?;
+            let mount_point = l.next()?;
+            let fs_type = right.split(' ').next()?;
+            Some(MountEntry {
+                device: device.to_owned(),
+                root: unescape(root),
+                mount_point: unescape(mount_point),
+                fs_type: fs_type.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space, `\011`, `\012`,
+/// `\134`).
+fn unescape(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_owned();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystems of a mount table worth reporting as disks (see the
+/// module doc), sorted by mount point.
+pub fn disks(entries: &[MountEntry]) -> Vec<Disk> {
+    // The mount on top of each mount point: the last one in the table.
+    let mut seen_points = HashSet::new();
+    let mut visible: Vec<&MountEntry> = entries
+        .iter()
+        .rev()
+        .filter(|e| seen_points.insert(e.mount_point.as_str()))
+        .collect();
+    visible.reverse();
+    // The root's filesystem first: its other mounts are the same disk.
+    visible.sort_by_key(|e| e.mount_point != "/");
+    let mut seen_devices = HashSet::new();
+    let mut out: Vec<Disk> = visible
+        .into_iter()
+        .filter(|e| {
+            let whole = e.root == "/" || e.fs_type == "btrfs";
+            e.mount_point == "/" || (whole && !PSEUDO_FS.contains(&e.fs_type.as_str()))
+        })
+        .filter(|e| seen_devices.insert(e.device.as_str()) || e.mount_point == "/")
+        .map(|e| Disk {
+            mount: e.mount_point.clone(),
+            fs_type: e.fs_type.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.mount.cmp(&b.mount));
+    out
+}
+
+/// Where the mount table is read: the host's init's under a host root
+/// (its PID 1 sees the host's mounts), else this process's own.
+pub fn table_path(host_root: Option<&Path>) -> PathBuf {
+    match host_root {
+        Some(root) => root.join("proc/1/mountinfo"),
+        None => PathBuf::from("/proc/self/mountinfo"),
+    }
+}
+
+/// The path to query for `mount` (as the host names it) from here.
+pub fn under_root(host_root: Option<&Path>, mount: &str) -> PathBuf {
+    match host_root {
+        Some(root) => root.join(mount.trim_start_matches('/')),
+        None => PathBuf::from(mount),
+    }
+}
+
+/// Reads the disks of this host (or of the host under `host_root`).
+/// `/` is added from `statfs` when the table has none.
+#[cfg(target_os = "linux")]
+pub fn read(host_root: Option<&Path>) -> std::io::Result<Vec<Disk>> {
+    let table = std::fs::read_to_string(table_path(host_root))?;
+    let mut disks = disks(&parse_mountinfo(&table));
+    if !disks.iter().any(|d| d.mount == "/") {
+        disks.insert(
+            0,
+            Disk {
+                mount: "/".into(),
+                fs_type: fs_type_of(&under_root(host_root, "/")).into(),
+            },
+        );
+    }
+    Ok(disks)
+}
+
+/// Total and available bytes of the filesystem at `path`.
+#[cfg(target_os = "linux")]
+pub fn usage(path: &Path) -> Option<(u64, u64)> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some((s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
+}
+
+/// Elsewhere the sampler reports no disks (opswire targets Linux).
+#[cfg(not(target_os = "linux"))]
+pub fn read(_host_root: Option<&Path>) -> std::io::Result<Vec<Disk>> {
+    Ok(Vec::new())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn usage(_path: &Path) -> Option<(u64, u64)> {
+    None
+}
+
+/// The type of the filesystem at `path`, from its `statfs` magic number.
+#[cfg(target_os = "linux")]
+fn fs_type_of(path: &Path) -> &'static str {
+    let Ok(s) = rustix::fs::statfs(path) else {
+        return "unknown";
+    };
+    match s.f_type as u64 {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x794C_7630 => "overlay",
+        0x0102_1994 => "tmpfs",
+        0x2FC1_2FC1 => "zfs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> Vec<Disk> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mountinfo")
+            .join(name);
+        disks(&parse_mountinfo(&std::fs::read_to_string(path).unwrap()))
+    }
+
+    fn mounts(d: &[Disk]) -> Vec<(&str, &str)> {
+        d.iter()
+            .map(|d| (d.mount.as_str(), d.fs_type.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_docker_container_reports_its_overlay_root_once_and_no_bind_mounted_file() {
+        // Recorded in a `docker run debian:12` with a volume and a
+        // bind-mounted config file.
+        let d = table("docker-container");
+        assert_eq!(mounts(&d), [("/", "overlay")]);
+    }
+
+    #[test]
+    fn the_docker_hosts_table_under_a_host_root_reports_its_disks_not_the_containers() {
+        // The host's PID 1's table, as `/host/proc/1/mountinfo` shows it
+        // to an agent with `/:/host:ro,rslave`.
+        let d = table("docker-host");
+        assert_eq!(
+            mounts(&d),
+            [
+                ("/", "ext4"),
+                ("/boot", "ext2"),
+                ("/boot/efi", "vfat"),
+                ("/data", "xfs")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chroot_whose_root_is_not_a_mount_point_has_no_root_entry() {
+        // `read` adds `/` from statfs then (see `read_always_has_the_root`).
+        let d = table("chroot");
+        assert_eq!(mounts(&d), []);
+    }
+
+    #[test]
+    fn a_host_with_several_disks_reports_each_filesystem_once() {
+        // Two mounts of one filesystem (a second mount of the root's, two
+        // btrfs subvolumes) count once; a shadowed mount and pseudo
+        // filesystems not at all; an escaped space is undone; NFS counts.
+        let d = table("several-disks");
+        assert_eq!(
+            mounts(&d),
+            [
+                ("/", "ext4"),
+                ("/home", "btrfs"),
+                ("/mnt/backup disk", "ext4"),
+                ("/mnt/nfs", "nfs4"),
+                ("/srv", "xfs")
+            ]
+        );
+    }
+
+    #[test]
+    fn unescape_undoes_the_kernels_octal_escapes() {
+        assert_eq!(unescape(r"/mnt/a\040b\011c\134d"), "/mnt/a b\tc\\d");
+        assert_eq!(unescape(r"/mnt/trailing\04"), r"/mnt/trailing\04");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn paths_under_a_host_root() {
+        let root = Some(Path::new("/host"));
+        assert_eq!(table_path(root), Path::new("/host/proc/1/mountinfo"));
+        assert_eq!(table_path(None), Path::new("/proc/self/mountinfo"));
+        assert_eq!(under_root(root, "/"), Path::new("/host/"));
+        assert_eq!(under_root(root, "/data"), Path::new("/host/data"));
+        assert_eq!(under_root(None, "/data"), Path::new("/data"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn read_always_has_the_root_and_its_usage() {
+        let d = read(None).unwrap();
+        assert_eq!(d.iter().filter(|d| d.mount == "/").count(), 1, "{d:?}");
+        let (total, avail) = usage(Path::new("/")).unwrap();
+        assert!(total > 0 && avail <= total);
+        // A host root that is this machine's own root reads the same
+        // table as PID 1 sees it.
+        let under = read(Some(Path::new("/")));
+        if let Ok(under) = under {
+            assert!(under.iter().any(|d| d.mount == "/"));
+        }
+    }
+}
