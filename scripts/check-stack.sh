@@ -27,17 +27,35 @@
 #     the opswire receiver -> the load balancer; Prometheus sends to and
 #     scrapes each member by DNS (never a static target); the replicas'
 #     silences go to the pair; no host port published twice
+#   * compose on a real engine: opswire:local built by one service only (no
+#     profile, pull_policy build), run by the others with pull_policy never;
+#     the agents' healthcheck is `agent-entrypoint.sh healthcheck` (tested on
+#     real sockets: a listener alone is unhealthy, a connection healthy, its
+#     end unhealthy again); every Alertmanager's /secrets tmpfs is owned by
+#     nobody (uid/gid 65534); Prometheus retention is in prometheus.yml
+#     (storage.tsdb.retention, checked here, hidden from Debian's promtool
+#     2.42 which predates it), no deprecated --storage.tsdb.retention flag
 #   * the Collector config wires only defined components and binds 0.0.0.0
 #   * dashboards: valid JSON, unique fixed uids, data source uids that are
 #     provisioned, every PromQL expression parses (promtool), every opswire
 #     metric they or the rules use exists in src/metrics.rs, and `$` is
-#     escaped in Grafana provisioning files
+#     escaped in Grafana provisioning files; every Loki query (dashboards,
+#     variables, the LogQL examples of docs/observability.md) parses with
+#     Grafana's LogQL grammar (@grafana/lezer-logql from npm, cached; a
+#     structure check without node), selects only by labels Loki indexes
+#     (deploy/loki.yaml, fed by the Collector's groupbyattrs), filters only
+#     on fields the team records carry, uses only defined variables, a
+#     textbox only as ${name:json}
 #   * opswire's LIVE /metrics (target/debug/opswire with deploy/opswire.toml)
 #     through `promtool check metrics`, after exercising the webhook,
 #     log ingest, SSE and WebSocket paths so lazily created series exist
-#   * a real Alertmanager running alerting/alertmanager.yml delivers an alert
-#     through the opswire receiver (bearer token from credentials_file) to a
-#     subscriber of the alert's team, and not to another team's
+#   * a real Alertmanager started through alerting/alertmanager-entrypoint.sh
+#     with the compose environment (Slack and PagerDuty empty, as in
+#     .env.example) loads every receiver, none with a Slack or PagerDuty
+#     integration, delivers an alert through the opswire receiver (bearer
+#     token from credentials_file) to a subscriber of the alert's team, and
+#     not to another team's, and (after the Slack route's group_wait) never
+#     tried Slack or PagerDuty
 #   * every runbook_url of alerting/rules/ is an anchor of docs/operations.md
 #   * a REAL Prometheus (Debian's 2.42) scrapes that opswire and a real
 #     `opswire agent` of team search every 1 s, evaluates the real rules
@@ -1049,6 +1067,12 @@ for f in sorted(glob.glob(os.path.join(root, "grafana/dashboards/*.json"))):
             if ds.get("type") == "loki" and t.get("expr"):
                 where = f"{name} {p.get('title')!r} [{t.get('refId')}]"
                 queries.append({"where": where, "q": fill(t["expr"], variables, where), "raw": t["expr"]})
+# The LogQL examples of docs/observability.md (```logql blocks) too.
+doc = open(os.path.join(root, "docs/observability.md")).read()
+for block in re.findall(r"^```logql\n(.*?)^```", doc, re.S | re.M):
+    for n, line in enumerate(block.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            queries.append({"where": f"docs/observability.md logql example {line.strip()[:50]!r}", "q": line.strip(), "raw": line})
 json.dump({"queries": queries, "index": sorted(index), "fields": sorted(fields),
            "custom": custom, "moved": sorted(moved)}, open(out, "w"))
 if problems:
@@ -1069,15 +1093,13 @@ for (const { where, q } of queries) {
   tree.iterate({
     enter: (n) => {
       if (n.type.isError) errs.push(n.from);
-      const text = () => q.slice(n.from, n.to);
-      if (n.name === "Matcher") {
-        const id = n.node.getChild("Identifier");
-        const inSelector = n.node.parent && (n.node.parent.name === "Matchers");
-        if (id) (inSelector ? selector : filters).push(q.slice(id.from, id.to));
-      }
-      if (n.name === "Labels" && n.node.parent && n.node.parent.name === "Grouping") {
-        for (const id of n.node.getChildren("Identifier")) grouping.push(q.slice(id.from, id.to));
-      }
+      if (n.name !== "Identifier") return;
+      const name = q.slice(n.from, n.to);
+      const chain = [];
+      for (let p = n.node.parent; p; p = p.parent) chain.push(p.name);
+      if (chain.includes("Grouping")) grouping.push(name);
+      else if (chain[0] === "Matcher" && chain[1] === "Matchers") selector.push(name);
+      else if (chain[0] === "Matcher" && chain[1] === "LabelFilter") filters.push(name);
     },
   });
   if (errs.length) bad++;
