@@ -61,10 +61,19 @@ write() { # write NAME VALUE: the value without a trailing newline
 
 : "${OPSWIRE_WEBHOOK_TOKEN:?OPSWIRE_WEBHOOK_TOKEN is not set (see .env.example)}"
 write opswire_webhook_token "$OPSWIRE_WEBHOOK_TOKEN"
-# Slack and PagerDuty may stay unset in a demo: notifications to them then
-# fail (and are logged by Alertmanager); opswire still gets every alert.
-write slack_webhook_url "${SLACK_WEBHOOK_URL:-}"
-write pagerduty_routing_key "${PAGERDUTY_ROUTING_KEY:-}"
+# Slack and PagerDuty are optional (.env.example leaves them empty): see
+# "Slack or PagerDuty left empty" below. A value that is set must look
+# like one, so that a typo fails here, at start, and not at the first alert.
+slack_url="${SLACK_WEBHOOK_URL:-}"
+pd_key="${PAGERDUTY_ROUTING_KEY:-}"
+if [ -n "$slack_url" ] && ! printf '%s' "$slack_url" | grep -Eq '^https?://[!-~]+$'; then
+  die "SLACK_WEBHOOK_URL is set but is not an http(s) URL of printable characters without spaces (leave it empty to send nothing to Slack)"
+fi
+if [ -n "$pd_key" ] && ! printf '%s' "$pd_key" | grep -Eq '^[!-~]+$'; then
+  die "PAGERDUTY_ROUTING_KEY is set but has spaces or unprintable characters (leave it empty to send nothing to PagerDuty)"
+fi
+write slack_webhook_url "$slack_url"
+write pagerduty_routing_key "$pd_key"
 
 # The opswire receiver's URL.
 default_url=http://opswire:8080/api/v1/alerts/alertmanager
@@ -100,6 +109,55 @@ if [ "$url" != "$default_url" ]; then
   mv "$dir/alertmanager.yml.tmp" "$dir/alertmanager.yml"
   config="$dir/alertmanager.yml"
   echo "alertmanager-entrypoint: opswire receiver -> $url ($config)" >&2
+fi
+
+# Slack or PagerDuty left empty: Alertmanager would still notify them, with
+# an empty webhook URL or routing key (every notification failing, retried,
+# logged as an error). Instead, the receivers keep their names and routes,
+# and lose their slack_configs (SLACK_WEBHOOK_URL empty) or
+# pagerduty_configs (PAGERDUTY_ROUTING_KEY empty): a receiver without
+# integrations is valid and sends nothing. Routing is unchanged (the routing
+# tests pass on the copy), and opswire still gets every alert. The copy
+# goes next to the secrets, as for OPSWIRE_WEBHOOK_URL; nothing else in it
+# differs from alertmanager.yml.
+strip=""
+[ -z "$slack_url" ] && strip="$strip slack_configs"
+[ -z "$pd_key" ] && strip="$strip pagerduty_configs"
+if [ -n "$strip" ]; then
+  # Under the top-level `receivers:` key, drop each `<kind>_configs:` line of
+  # a stripped kind and every following line indented deeper than it (its
+  # list); a line as shallow or shallower ends the block. Each receiver that
+  # lost a block is written to the side file, one per line.
+  rc=0
+  : > "$dir/stripped.tmp"
+  STRIP="$strip" awk -v side="$dir/stripped.tmp" '
+    BEGIN { n = split(ENVIRON["STRIP"], k, " "); for (i = 1; i <= n; i++) drop[k[i]] = 1 }
+    function indent(line) { match(line, /^ */); return RLENGTH }
+    /^[^ 	#]/ { inrecv = ($0 ~ /^receivers:/); skipping = 0 }
+    skipping {
+      if ($0 ~ /^[ 	]*(#.*)?$/ || indent($0) > skipind) next
+      skipping = 0
+    }
+    inrecv && /^  - name: / { name = $0; sub(/^  - name: */, "", name); sub(/[ 	]*(#.*)?$/, "", name) }
+    inrecv && /^ +[a-z_]+_configs:/ {
+      key = $0; sub(/^ +/, "", key); sub(/:.*/, "", key)
+      if (key in drop) { skipping = 1; skipind = indent($0); print name " (" key ")" > side; next }
+    }
+    { print }
+  ' "$config" > "$dir/alertmanager.yml.tmp" || rc=$?
+  [ "$rc" = 0 ] || die "cannot read $config or write $dir/alertmanager.yml"
+  for kind in $strip; do
+    if grep -v '^[[:space:]]*#' "$dir/alertmanager.yml.tmp" | grep -q "^[[:space:]]*$kind:"; then
+      die "$config: a $kind block is not where it is expected (under receivers:, as '<indent>$kind:'): cannot leave it out"
+    fi
+  done
+  mv "$dir/alertmanager.yml.tmp" "$dir/alertmanager.yml"
+  config="$dir/alertmanager.yml"
+  [ -z "$slack_url" ] && echo "alertmanager-entrypoint: SLACK_WEBHOOK_URL is empty: these receivers send nothing to Slack (routes unchanged; opswire still gets every alert):" \
+    "$(grep '(slack_configs)' "$dir/stripped.tmp" | sed 's/ (slack_configs)//' | tr '\n' ' ' | sed 's/ $//')" >&2
+  [ -z "$pd_key" ] && echo "alertmanager-entrypoint: PAGERDUTY_ROUTING_KEY is empty: these receivers send nothing to PagerDuty (routes unchanged; opswire still gets every alert):" \
+    "$(grep '(pagerduty_configs)' "$dir/stripped.tmp" | sed 's/ (pagerduty_configs)//' | tr '\n' ' ' | sed 's/ $//')" >&2
+  rm -f "$dir/stripped.tmp"
 fi
 
 # Clustering.

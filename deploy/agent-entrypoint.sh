@@ -18,7 +18,59 @@
 #   AGENT_DEMO_LOG      if 1, write a demo line every 10 s to
 #                       /tmp/agent-demo.log and follow it, so the team's log
 #                       stream is never empty in a fresh stack
+#
+# `agent-entrypoint.sh healthcheck` is the services' healthcheck (the agent
+# listens on no port, so the image's `curl /healthz` cannot apply): exit 0
+# when the container holds an ESTABLISHED TCP connection to the port of
+# AGENT_HUB (the agent's WebSocket to its hub; the agent is the only
+# process of the container that connects there), read from /proc/net/tcp
+# and /proc/net/tcp6; exit 1 when there is none (hub down, the agent
+# reconnecting or stuck); exit 2 when AGENT_HUB names no port it can read.
 set -eu
+
+if [ "${1:-}" = healthcheck ]; then
+  hub="${AGENT_HUB:-ws://opswire:8080}"
+  hostport="${hub#*://}"
+  hostport="${hostport%%/*}"
+  hostport="${hostport%%\?*}"
+  case "$hostport" in
+    *\]:*) port="${hostport##*]:}" ;;
+    *\]) port="" ;;
+    *:*) port="${hostport##*:}" ;;
+    *) port="" ;;
+  esac
+  if [ -z "$port" ]; then
+    case "$hub" in
+      wss://* | https://*) port=443 ;;
+      *) port=80 ;;
+    esac
+  fi
+  case "$port" in
+    "" | *[!0-9]*)
+      echo "agent healthcheck: AGENT_HUB=$hub: cannot read a port" >&2
+      exit 2
+      ;;
+  esac
+  if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+    echo "agent healthcheck: AGENT_HUB=$hub: port $port out of range" >&2
+    exit 2
+  fi
+  files=""
+  for f in /proc/net/tcp /proc/net/tcp6; do
+    [ -r "$f" ] && files="$files $f"
+  done
+  # Each line after the header: sl local_address rem_address st ...; an
+  # address is HEXIP:HEXPORT, state 01 is ESTABLISHED.
+  # shellcheck disable=SC2086
+  if [ -n "$files" ] && awk -v want=":$(printf '%04X' "$port")" '
+      FNR > 1 && $4 == "01" && substr($3, length($3) - 4) == want { found = 1 }
+      END { exit found ? 0 : 1 }' $files; then
+    echo "agent healthcheck: connected to port $port of $hub"
+    exit 0
+  fi
+  echo "agent healthcheck: no established connection to port $port of $hub" >&2
+  exit 1
+fi
 
 : "${OPSWIRE_JWT_SECRET:?OPSWIRE_JWT_SECRET is not set (see .env.example)}"
 hub="${AGENT_HUB:-ws://opswire:8080}"

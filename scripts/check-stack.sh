@@ -9,9 +9,11 @@
 #   * alerting/tests/routes.sh (amtool config routes test, per route)
 #   * alerting/tests/entrypoint.sh (the Alertmanager entrypoint with a
 #     stand-in binary), then the entrypoint with each Alertmanager service's
-#     compose environment: `alertmanager` gets the arguments it always got;
-#     each member of the pair a copy of alertmanager.yml with the opswire URL
-#     replaced (amtool check-config, routes.sh on it) and its gossip flags
+#     compose environment (Slack and PagerDuty empty, as in .env.example):
+#     each runs on a copy of alertmanager.yml whose receivers send nothing to
+#     Slack or PagerDuty (amtool check-config, routes.sh on it); `alertmanager`
+#     keeps the opswire URL and its other arguments, clustering off; each
+#     member of the pair gets the opswire URL replaced and its gossip flags
 #   * docker-compose config  (compose file parses with .env.example, with and
 #     without --profile cluster; refuses to without the secrets), every file
 #     it mounts exists, every variable it uses is in .env.example
@@ -25,17 +27,35 @@
 #     the opswire receiver -> the load balancer; Prometheus sends to and
 #     scrapes each member by DNS (never a static target); the replicas'
 #     silences go to the pair; no host port published twice
+#   * compose on a real engine: opswire:local built by one service only (no
+#     profile, pull_policy build), run by the others with pull_policy never;
+#     the agents' healthcheck is `agent-entrypoint.sh healthcheck` (tested on
+#     real sockets: a listener alone is unhealthy, a connection healthy, its
+#     end unhealthy again); every Alertmanager's /secrets tmpfs is owned by
+#     nobody (uid/gid 65534); Prometheus retention is in prometheus.yml
+#     (storage.tsdb.retention, checked here, hidden from Debian's promtool
+#     2.42 which predates it), no deprecated --storage.tsdb.retention flag
 #   * the Collector config wires only defined components and binds 0.0.0.0
 #   * dashboards: valid JSON, unique fixed uids, data source uids that are
 #     provisioned, every PromQL expression parses (promtool), every opswire
 #     metric they or the rules use exists in src/metrics.rs, and `$` is
-#     escaped in Grafana provisioning files
+#     escaped in Grafana provisioning files; every Loki query (dashboards,
+#     variables, the LogQL examples of docs/observability.md) parses with
+#     Grafana's LogQL grammar (@grafana/lezer-logql from npm, cached; a
+#     structure check without node), selects only by labels Loki indexes
+#     (deploy/loki.yaml, fed by the Collector's groupbyattrs), filters only
+#     on fields the team records carry, uses only defined variables, a
+#     textbox only as ${name:json}
 #   * opswire's LIVE /metrics (target/debug/opswire with deploy/opswire.toml)
 #     through `promtool check metrics`, after exercising the webhook,
 #     log ingest, SSE and WebSocket paths so lazily created series exist
-#   * a real Alertmanager running alerting/alertmanager.yml delivers an alert
-#     through the opswire receiver (bearer token from credentials_file) to a
-#     subscriber of the alert's team, and not to another team's
+#   * a real Alertmanager started through alerting/alertmanager-entrypoint.sh
+#     with the compose environment (Slack and PagerDuty empty, as in
+#     .env.example) loads every receiver, none with a Slack or PagerDuty
+#     integration, delivers an alert through the opswire receiver (bearer
+#     token from credentials_file) to a subscriber of the alert's team, and
+#     not to another team's, and (after the Slack route's group_wait) never
+#     tried Slack or PagerDuty
 #   * every runbook_url of alerting/rules/ is an anchor of docs/operations.md
 #   * a REAL Prometheus (Debian's 2.42) scrapes that opswire and a real
 #     `opswire agent` of team search every 1 s, evaluates the real rules
@@ -228,6 +248,108 @@ if problems:
 print(f"   {mounts} bind mounts exist; {len(used)} variables all in .env.example; images pinned")
 PY
 ok "compose mounts and variables"
+
+step "compose: a shared image built once, never pulled; agents' healthcheck; Alertmanager's /secrets tmpfs"
+# * Each image some service builds is built by exactly ONE service (two
+#   `build:` with one `image:` are two Bake targets exporting one tag in
+#   parallel: "image ... already exists" on a clean machine), one without a
+#   profile (so it is in every `up`, with the cluster profile or without),
+#   with pull_policy build (compose's default would first try to pull the
+#   local tag from Docker Hub); every other service running that image has
+#   no `build:` and pull_policy never (compose only tolerates a failed pull
+#   of an image another service builds; never: no pull at all).
+# * Services running deploy/agent-entrypoint.sh (no port) do not inherit the
+#   image's `curl /healthz`: their healthcheck is the entrypoint's
+#   `healthcheck` (or disabled).
+# * The Alertmanager services' /secrets tmpfs belongs to the image's user
+#   (nobody, 65534) through uid=/gid= mount options: after a restart a bare
+#   tmpfs comes back root-owned 0755 and the entrypoint cannot write.
+"$py" - "$root" "$tmp/compose.resolved.yml" <<'PY' || die "compose: image builds / healthchecks / tmpfs"
+import os, sys, yaml
+root, resolved = sys.argv[1:3]
+svcs = yaml.safe_load(open(resolved))["services"]
+problems = []
+built = {}
+for n, s in svcs.items():
+    if "build" in s:
+        built.setdefault(s.get("image") or f"<{n}>", []).append(n)
+for image, builders in sorted(built.items()):
+    if len(builders) != 1:
+        problems.append(f"image {image} is built by {builders}: one builder, the others `image:` + pull_policy never")
+        continue
+    b = builders[0]
+    if svcs[b].get("profiles"):
+        problems.append(f"{b} builds {image} but has profiles {svcs[b]['profiles']}: without them the image is never built")
+    if svcs[b].get("pull_policy") != "build":
+        problems.append(f"{b} builds {image} with pull_policy {svcs[b].get('pull_policy')!r}: want build (never pull a local tag)")
+    users = sorted(n for n, s in svcs.items() if s.get("image") == image and n != b)
+    for u in users:
+        if svcs[u].get("pull_policy") != "never":
+            problems.append(f"{u} runs {image} (built by {b}) with pull_policy {svcs[u].get('pull_policy')!r}: want never")
+    print(f"   {image}: built by {b} (pull_policy build, no profile); used by {', '.join(users)} (pull_policy never)")
+agent_entry = os.path.join(root, "deploy/agent-entrypoint.sh")
+for n, s in sorted(svcs.items()):
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in s.get("volumes", []) if isinstance(v, str)}
+    if agent_entry not in mounts:
+        continue
+    hc = s.get("healthcheck")
+    test = (hc or {}).get("test") or []
+    if not hc:
+        problems.append(f"{n}: no healthcheck: it inherits the image's `curl /healthz`, and an agent listens on no port")
+    elif not hc.get("disable") and not (mounts[agent_entry] in test and test[-1] == "healthcheck"):
+        problems.append(f"{n}: healthcheck {test} is not `{mounts[agent_entry]} healthcheck`")
+    else:
+        print(f"   {n}: healthcheck {' '.join(test) if test else 'disabled'}")
+am_entry = os.path.join(root, "alerting/alertmanager-entrypoint.sh")
+for n, s in sorted(svcs.items()):
+    if not any(str(v).split(":")[0] == am_entry for v in s.get("volumes", [])):
+        continue
+    tmpfs = [t for t in (s.get("tmpfs") or []) if str(t).split(":")[0] == "/secrets"]
+    opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in (tmpfs[0].split(":", 1)[1].split(",") if tmpfs and ":" in tmpfs[0] else []))
+    if not tmpfs or opts.get("uid") != "65534" or opts.get("gid") != "65534":
+        problems.append(f"{n}: tmpfs {tmpfs}: want /secrets:uid=65534,gid=65534,... (the image runs as nobody)")
+    else:
+        print(f"   {n}: tmpfs {tmpfs[0]}")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+PY
+ok "one build of each image, no pull of it; agents' healthcheck; /secrets owned by nobody"
+
+step "the agents' healthcheck (deploy/agent-entrypoint.sh healthcheck) on real sockets"
+# Healthy only while a TCP connection to AGENT_HUB's port is ESTABLISHED
+# (/proc/net/tcp, /proc/net/tcp6): a listener alone is not enough, a
+# connection is, and its end is seen at once.
+hc_port="$(free_port)"
+"$py" - "$hc_port" "$tmp/hc.fifo" <<'PY' &
+import os, socket, sys, time
+port, fifo = int(sys.argv[1]), sys.argv[2]
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", port)); l.listen()
+def step(name):
+    open(fifo + "." + name, "w").close()
+    while not os.path.exists(fifo + "." + name + ".done"):
+        time.sleep(0.02)
+step("listening")
+c = socket.create_connection(("127.0.0.1", port)); a, _ = l.accept()
+step("connected")
+c.close(); a.close()
+step("closed")
+PY
+hc_pid=$!
+hc_wait() { for _ in $(seq 1 250); do [[ -e "$tmp/hc.fifo.$1" ]] && return 0; sleep 0.02; done; die "healthcheck test: no '$1' from the socket helper"; }
+hc_run() { env -i PATH="$PATH" AGENT_HUB="ws://127.0.0.1:$hc_port" sh deploy/agent-entrypoint.sh healthcheck >/dev/null 2>&1; }
+hc_wait listening
+hc_run && die "agent healthcheck: healthy with only a listener on the hub's port (no connection)"
+touch "$tmp/hc.fifo.listening.done"; hc_wait connected
+hc_run || die "agent healthcheck: unhealthy while a connection to the hub's port is established"
+touch "$tmp/hc.fifo.connected.done"; hc_wait closed
+hc_run && die "agent healthcheck: still healthy after the connection closed"
+touch "$tmp/hc.fifo.closed.done"
+wait "$hc_pid" 2>/dev/null || true
+env -i PATH="$PATH" AGENT_HUB="ws://opswire:http" sh deploy/agent-entrypoint.sh healthcheck >"$tmp/hc.err" 2>&1 && rc=0 || rc=$?
+[[ "$rc" == 2 ]] && grep -q "cannot read a port" "$tmp/hc.err" || die "agent healthcheck: a bad AGENT_HUB port: exit $rc, $(cat "$tmp/hc.err")"
+ok "unhealthy with a listener only, healthy with a connection, unhealthy once it closed; a bad AGENT_HUB port: exit 2"
 
 step "compose: the cluster profile (Redis, opswire replicas, load balancer) and the default stack without it"
 # Writes $tmp/cluster.sh (the replicas, the broker service, the replicas'
@@ -515,6 +637,46 @@ for v in doc["services"]["prometheus"]["volumes"]:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
 PY
+# Retention lives in the file (storage.tsdb.retention, Prometheus 3), not
+# in the deprecated --storage.tsdb.retention.* flags. Debian's promtool
+# 2.42 refuses that block ("field retention not found"): check its shape
+# here, and give a promtool older than 3 the file without it.
+"$py" - "$tmp/compose.resolved.yml" "$tmp/fs/etc/prometheus/prometheus.yml" "$(promtool --version 2>&1 | head -1)" <<'PY' ||
+import re, sys, yaml
+resolved, path, version = sys.argv[1:4]
+problems = []
+cmd = yaml.safe_load(open(resolved))["services"]["prometheus"].get("command") or []
+cmd = cmd.split() if isinstance(cmd, str) else cmd
+for a in cmd:
+    if str(a).startswith("--storage.tsdb.retention"):
+        problems.append(f"prometheus command has {a}: deprecated in Prometheus 3, use storage.tsdb.retention in prometheus.yml")
+doc = yaml.safe_load(open(path))
+ret = (((doc.get("storage") or {}).get("tsdb") or {}).get("retention")) or {}
+dur = r"(?:\d+y)?(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?(?:\d+ms)?"
+if not ret:
+    problems.append("prometheus.yml: no storage.tsdb.retention block (retention would be the 15d default, unstated)")
+for k in ret:
+    if k not in ("time", "size", "percentage"):
+        problems.append(f"prometheus.yml: storage.tsdb.retention.{k} is not a retention setting (time, size, percentage)")
+if "time" in ret and not (re.fullmatch(dur, str(ret["time"])) and str(ret["time"]) not in ("", "0")):
+    problems.append(f"prometheus.yml: storage.tsdb.retention.time {ret['time']!r} is not a Prometheus duration")
+if "size" in ret and not re.fullmatch(r"\d+(?:B|KB|MB|GB|TB|PB|EB)", str(ret["size"])):
+    problems.append(f"prometheus.yml: storage.tsdb.retention.size {ret['size']!r} is not a size (e.g. 10GB)")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+m = re.search(r"version (\d+)\.", version)
+if m and int(m.group(1)) < 3:
+    del doc["storage"]["tsdb"]["retention"]
+    if not doc["storage"]["tsdb"]:
+        del doc["storage"]["tsdb"]
+    if not doc["storage"]:
+        del doc["storage"]
+    yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
+    print(f"   storage.tsdb.retention {ret} checked here; removed for promtool {m.group(1)}.x, which predates it")
+else:
+    print(f"   storage.tsdb.retention {ret}: left for promtool")
+PY
+  die "prometheus retention: storage.tsdb.retention in prometheus.yml, no deprecated flag"
 promtool check config "$tmp/fs/etc/prometheus/prometheus.yml" >"$tmp/checkconfig.out" 2>&1 ||
   { sed "s#$tmp/fs##g" "$tmp/checkconfig.out"; die "promtool check config prometheus/prometheus.yml"; }
 sed "s#$tmp/fs##g" "$tmp/checkconfig.out"
@@ -570,10 +732,11 @@ bash alerting/tests/entrypoint.sh || die "entrypoint tests (alerting/tests/entry
 
 step "the entrypoint as compose runs each Alertmanager (a stand-in binary prints the arguments)"
 # Every service that runs alerting/alertmanager-entrypoint.sh, with its
-# compose environment: `alertmanager` gets exactly the arguments it always
-# got (the mounted alertmanager.yml, clustering off); each member of the
-# pair a copy whose opswire URL is the load balancer's, which amtool and
-# the routing tests accept, and its gossip flags.
+# compose environment: every one runs on the entrypoint's copy (Slack and
+# PagerDuty are empty in .env.example: no slack_configs/pagerduty_configs
+# left), which amtool and the routing tests accept; `alertmanager` keeps
+# the opswire URL and its other arguments (clustering off); each member of
+# the pair posts to the load balancer and gets its gossip flags.
 printf '#!/bin/sh\nprintf "%%s\\n" "$@"\n' >"$tmp/fake-alertmanager"
 chmod +x "$tmp/fake-alertmanager"
 mkdir -p "$tmp/amsvc"
@@ -595,23 +758,38 @@ print("\n".join(f"{k}={v}" for k, v in sorted(env.items())))' "$tmp/compose.reso
     sh alerting/alertmanager-entrypoint.sh >"$tmp/amsvc/$svc.args" 2>"$tmp/amsvc/$svc.err" ||
     { cat "$tmp/amsvc/$svc.err" >&2; die "$svc: the entrypoint failed with the compose environment"; }
   cfg="$(sed -n 's/^--config.file=//p' "$tmp/amsvc/$svc.args")"
-  if [[ "$svc" == alertmanager ]]; then
-    want="--config.file=$root/alerting/alertmanager.yml
---storage.path=/alertmanager
---web.listen-address=:9093
---web.external-url=http://localhost:9093
---cluster.listen-address="
-    [[ "$(cat "$tmp/amsvc/$svc.args")" == "$want" && ! -e "$tmp/amsvc/$svc/alertmanager.yml" ]] ||
-      die "$svc: arguments $(tr '\n' ' ' <"$tmp/amsvc/$svc.args"), want the default stack's as before: $(tr '\n' ' ' <<<"$want")"
-    ok "$svc: the mounted alertmanager.yml, clustering off, as before: $(tr '\n' ' ' <"$tmp/amsvc/$svc.args")"
-    continue
-  fi
+  # .env.example leaves Slack and PagerDuty empty: every Alertmanager runs
+  # on the entrypoint's copy, whose receivers send nothing to them.
   [[ "$cfg" == "$tmp/amsvc/$svc/alertmanager.yml" ]] || die "$svc: runs on $cfg, not the entrypoint's copy"
+  slack_env="$(grep -c '^SLACK_WEBHOOK_URL=.' <(printf '%s\n' "${aenv[@]}") || true)"
+  pd_env="$(grep -c '^PAGERDUTY_ROUTING_KEY=.' <(printf '%s\n' "${aenv[@]}") || true)"
+  if [[ "$slack_env" == 0 ]] && grep -v '^\s*#' "$cfg" | grep -q 'slack_configs:'; then
+    die "$svc: SLACK_WEBHOOK_URL is empty, but the copy still notifies Slack (with an empty URL)"
+  fi
+  if [[ "$pd_env" == 0 ]] && grep -v '^\s*#' "$cfg" | grep -q 'pagerduty_configs:'; then
+    die "$svc: PAGERDUTY_ROUTING_KEY is empty, but the copy still notifies PagerDuty (with an empty key)"
+  fi
+  grep -q 'is empty: these receivers send nothing' "$tmp/amsvc/$svc.err" ||
+    die "$svc: the entrypoint does not say which receivers send nothing: $(cat "$tmp/amsvc/$svc.err")"
   amtool check-config "$cfg" >"$tmp/amsvc/$svc.check" 2>&1 ||
     { cat "$tmp/amsvc/$svc.check"; die "$svc: amtool check-config on the entrypoint's copy of alertmanager.yml"; }
   ALERTMANAGER_CONFIG="$cfg" bash alerting/tests/routes.sh >"$tmp/amsvc/$svc.routes" 2>&1 ||
     { cat "$tmp/amsvc/$svc.routes"; die "$svc: routing tests on the entrypoint's copy of alertmanager.yml"; }
-  { diff alerting/alertmanager.yml "$cfg" || true; } | grep '^>' | sed "s/^>\s*/   $svc: /"
+  if [[ "$svc" == alertmanager ]]; then
+    # The default stack's: clustering off, the opswire receiver as in the
+    # mounted file (http://opswire:8080), the rest of its arguments as before.
+    want="--config.file=$cfg
+--storage.path=/alertmanager
+--web.listen-address=:9093
+--web.external-url=http://localhost:9093
+--cluster.listen-address="
+    [[ "$(cat "$tmp/amsvc/$svc.args")" == "$want" ]] ||
+      die "$svc: arguments $(tr '\n' ' ' <"$tmp/amsvc/$svc.args"), want the default stack's: $(tr '\n' ' ' <<<"$want")"
+    grep -qx '      - url: http://opswire:8080/api/v1/alerts/alertmanager' "$cfg" ||
+      die "$svc: the copy's opswire receiver is not http://opswire:8080/api/v1/alerts/alertmanager"
+  fi
+  { diff alerting/alertmanager.yml "$cfg" || true; } | { grep '^>' || true; } | sed "s/^>\s*/   $svc: /"
+  sed -n 's/^alertmanager-entrypoint: \([A-Z_]*\) is empty: .*: /\1 empty -> no notification from: /p' "$tmp/amsvc/$svc.err" | sed "s/^/   $svc: /"
   ok "$svc: the copy passes amtool check-config and $(tail -1 "$tmp/amsvc/$svc.routes" | sed 's/^routing tests: //') routing tests; $(grep -- '^--cluster' "$tmp/amsvc/$svc.args" | tr '\n' ' ')"
 done
 
@@ -728,6 +906,8 @@ for f in sorted(glob.glob(os.path.join(root, "grafana/dashboards/*.json"))):
         dsr = v.get("datasource") or {}
         if dsr.get("uid") and provisioned.get(dsr["uid"]) != dsr.get("type"):
             problems.append(f"{name} variable {v['name']}: data source {dsr} is not provisioned")
+        if dsr.get("type", "prometheus") != "prometheus":
+            continue  # Loki variables: checked with the LogQL below
         q = v.get("query")
         q = q.get("query") if isinstance(q, dict) else q
         m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", q or "")
@@ -765,6 +945,243 @@ if problems:
 PY
 promtool check rules "$tmp/exprs.rules.yml" | sed 's/^/   /' || die "a dashboard PromQL expression does not parse (see above)"
 ok "data source uids provisioned; every dashboard expression parses"
+
+step "grafana: LogQL of every Loki query (labels indexed, fields exported, variables defined, syntax)"
+# No Loki binary here. Every Loki query of the dashboards (panels and
+# variables), its variables filled in as Grafana's Loki data source would
+# (multi-value -> (a|b), All -> allValue, ${var:json} -> a JSON string, with
+# a search text full of quotes, backslashes and regex characters), must:
+#   * parse: Grafana's own LogQL grammar (@grafana/lezer-logql, installed
+#     once into ${XDG_CACHE_HOME:-~/.cache}/opswire-check-stack from the npm
+#     registry when node and npm are here; without them: a bracket, quote
+#     and structure check here, said as such)
+#   * select streams only by index labels: Loki's default OTLP resource
+#     labels or an index_label of deploy/loki.yaml's otlp_config; the team
+#     records' own labels (opswire_team, host_name) must come from
+#     attributes the Collector's logs pipeline moves to the resource
+#     (groupbyattrs keys), since Loki indexes resource attributes only
+#   * filter (`| name op "v"`) and group (`by (...)`) only on fields the
+#     records carry: the team-records contract's attributes and OTLP fields
+#     as Loki stores them (structured metadata), or index labels
+#   * reference only variables the dashboard defines (or Grafana's own), a
+#     textbox only as ${name:json} (the one format that escapes any text
+#     into a valid LogQL string)
+logql_dir="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/opswire-check-stack/logql"
+logql_parser=""
+if command -v node >/dev/null 2>&1; then
+  if [[ ! -f "$logql_dir/node_modules/@grafana/lezer-logql/index.cjs" ]] && command -v npm >/dev/null 2>&1; then
+    mkdir -p "$logql_dir"
+    timeout 180 npm install --prefix "$logql_dir" --no-audit --no-fund --silent --no-save \
+      @grafana/lezer-logql@0.4.2 >"$tmp/npm-logql.out" 2>&1 ||
+      echo "   (npm install @grafana/lezer-logql failed: $(tail -1 "$tmp/npm-logql.out"))"
+  fi
+  [[ -f "$logql_dir/node_modules/@grafana/lezer-logql/index.cjs" ]] && logql_parser="$logql_dir"
+fi
+"$py" - "$root" "$tmp/logql.json" <<'PY' || die "dashboards: LogQL (see above)"
+import glob, json, os, re, sys, tomllib, yaml
+root, out = sys.argv[1:3]
+problems, queries = [], []
+# Loki 3.5's default OTLP resource attributes that become index labels
+# (distributor/otlp defaults), and the ones deploy/loki.yaml adds.
+default_attrs = ["service.name", "service.namespace", "service.instance.id", "deployment.environment",
+                 "deployment.environment.name", "cloud.region", "cloud.availability_zone", "k8s.cluster.name",
+                 "k8s.namespace.name", "k8s.pod.name", "k8s.container.name", "container.name",
+                 "k8s.replicaset.name", "k8s.deployment.name", "k8s.statefulset.name", "k8s.daemonset.name",
+                 "k8s.cronjob.name", "k8s.job.name"]
+lab = lambda a: re.sub(r"[^A-Za-z0-9_]", "_", a)
+loki = yaml.safe_load(open(os.path.join(root, "deploy/loki.yaml")))
+rc = ((loki.get("limits_config") or {}).get("otlp_config") or {}).get("resource_attributes") or {}
+custom = {}
+for c in rc.get("attributes_config") or []:
+    if c.get("action") == "index_label":
+        for a in c.get("attributes") or []:
+            custom[lab(a)] = a
+index = ({} if rc.get("ignore_defaults") else {lab(a): a for a in default_attrs}) | custom
+# The Collector's logs pipeline: which record attributes groupbyattrs moves
+# to the resource.
+col = yaml.safe_load(open(os.path.join(root, "otel-collector/config.yaml")))
+moved = set()
+for proc in col["service"]["pipelines"]["logs"].get("processors", []):
+    if proc.split("/")[0] == "groupbyattrs":
+        moved.update((col["processors"][proc] or {}).get("keys") or [])
+for l, a in sorted(custom.items()):
+    if a not in moved and a not in default_attrs:
+        problems.append(f"deploy/loki.yaml indexes {a} ({l}), which no groupbyattrs of the Collector's logs pipeline moves to the resource")
+# Fields a record carries in Loki (structured metadata): the team-records
+# contract (docs/observability.md, "Team logs in Loki") and OTLP's own.
+fields = {"severity_text", "severity_number", "trace_id", "span_id", "scope_name", "flags", "observed_timestamp",
+          "detected_level", "opswire_source", "opswire_stream", "opswire_seq", "opswire_epoch",
+          "opswire_alert_name", "opswire_alert_status", "opswire_alert_severity"}
+builtin = {"__interval", "__interval_ms", "__auto", "__range", "__range_s", "__range_ms", "__rate_interval",
+           "__from", "__to", "__dashboard", "__org", "__user", "__timeFilter"}
+teams = [t["name"] for t in tomllib.load(open(os.path.join(root, "deploy/opswire.toml"), "rb")).get("teams", [])]
+nasty = 'say "hi" C:\\temp `x` (a|b)* $1 \u00e9'
+def regex_escape(v):
+    return re.sub(r"([\\$^*{}\[\]+?.()|])", r"\\\1", v)
+def fill(q, variables, where):
+    def rep(m):
+        var, fmt = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), None)
+        if var in builtin:
+            return {"__range": "1h"}.get(var, "1m")
+        v = variables.get(var)
+        if v is None:
+            problems.append(f"{where}: ${var} is not a variable of the dashboard")
+            return "x"
+        if v["type"] == "textbox":
+            if fmt != "json":
+                problems.append(f"{where}: textbox ${var} used as {m.group(0)}: write ${{{var}:json}} (any text, escaped)")
+                return "x"
+            return json.dumps(nasty, ensure_ascii=False)
+        if fmt == "json":
+            return json.dumps(v["sample"][0])
+        vals = [regex_escape(x) for x in v["sample"]]
+        return vals[0] if len(vals) == 1 else "(" + "|".join(vals) + ")"
+    return re.sub(r"\$\{(\w+)(?::(\w+))?\}|\$(\w+)", rep, q)
+for f in sorted(glob.glob(os.path.join(root, "grafana/dashboards/*.json"))):
+    name = os.path.relpath(f, root)
+    d = json.load(open(f))
+    variables = {}
+    for v in d.get("templating", {}).get("list", []):
+        sample = {"team": teams or ["search"], "host": ["search-1", "hub-1"]}.get(v["name"]) or \
+            [o["value"] for o in v.get("options", []) if o.get("value") not in (None, "", "$__all")] or ["x"]
+        variables[v["name"]] = {"type": v.get("type"), "sample": sample}
+        if (v.get("datasource") or {}).get("type") == "loki":
+            q = v.get("query")
+            stream = q.get("stream") if isinstance(q, dict) else None
+            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v.get("definition") or "")
+            if not m or (stream is not None and stream != m.group(1)):
+                problems.append(f"{name} variable {v['name']}: definition {v.get('definition')!r} and query stream {stream!r} disagree")
+                continue
+            label = (q or {}).get("label") if isinstance(q, dict) else m.group(2)
+            if label != m.group(2) or label not in index:
+                problems.append(f"{name} variable {v['name']}: label {label!r} is not an index label {sorted(index)}")
+            queries.append({"where": f"{name} variable {v['name']}", "q": fill(m.group(1), variables, f"{name} variable {v['name']}"),
+                            "raw": m.group(1)})
+    def walk(ps):
+        for p in ps:
+            yield p
+            yield from walk(p.get("panels", []))
+    for p in walk(d.get("panels", [])):
+        for t in p.get("targets", []):
+            ds = t.get("datasource") or p.get("datasource") or {}
+            if ds.get("type") == "loki" and t.get("expr"):
+                where = f"{name} {p.get('title')!r} [{t.get('refId')}]"
+                queries.append({"where": where, "q": fill(t["expr"], variables, where), "raw": t["expr"]})
+# The LogQL examples of docs/observability.md (```logql blocks) too.
+doc = open(os.path.join(root, "docs/observability.md")).read()
+for block in re.findall(r"^```logql\n(.*?)^```", doc, re.S | re.M):
+    for n, line in enumerate(block.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            queries.append({"where": f"docs/observability.md logql example {line.strip()[:50]!r}", "q": line.strip(), "raw": line})
+json.dump({"queries": queries, "index": sorted(index), "fields": sorted(fields),
+           "custom": custom, "moved": sorted(moved)}, open(out, "w"))
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+print(f"   {len(queries)} Loki queries; index labels: {', '.join(sorted(custom))} (deploy/loki.yaml) + "
+      f"{len(index) - len(custom)} defaults; the Collector moves {', '.join(sorted(moved))} to the resource")
+PY
+if [[ -n "$logql_parser" ]]; then
+  node - "$logql_parser" "$tmp/logql.json" >"$tmp/logql.parsed" <<'JS' || { cat "$tmp/logql.parsed"; die "a dashboard LogQL query does not parse (@grafana/lezer-logql)"; }
+const fs = require("fs");
+const { parser } = require(process.argv[2] + "/node_modules/@grafana/lezer-logql/index.cjs");
+const { queries } = JSON.parse(fs.readFileSync(process.argv[3], "utf8"));
+let bad = 0;
+const out = [];
+for (const { where, q } of queries) {
+  const tree = parser.parse(q);
+  const errs = [], selector = [], filters = [], grouping = [];
+  tree.iterate({
+    enter: (n) => {
+      if (n.type.isError) errs.push(n.from);
+      if (n.name !== "Identifier") return;
+      const name = q.slice(n.from, n.to);
+      const chain = [];
+      for (let p = n.node.parent; p; p = p.parent) chain.push(p.name);
+      if (chain.includes("Grouping")) grouping.push(name);
+      else if (chain[0] === "Matcher" && chain[1] === "Matchers") selector.push(name);
+      else if (chain[0] === "Matcher" && chain[1] === "LabelFilter") filters.push(name);
+    },
+  });
+  if (errs.length) bad++;
+  out.push({ where, errs: errs.map((i) => q.slice(Math.max(0, i - 15), i + 15)), selector, filters, grouping });
+}
+console.log(JSON.stringify(out));
+process.exit(bad ? 1 : 0);
+JS
+  parsed="$tmp/logql.parsed"
+  echo "   parser: @grafana/lezer-logql 0.4.2 (Grafana's LogQL grammar) in $logql_parser"
+else
+  parsed=""
+  echo "   parser: none (node/npm missing or offline): structure checked here only"
+fi
+"$py" - "$tmp/logql.json" "$parsed" <<'PY' || die "dashboards: LogQL labels / fields (see above)"
+import json, re, sys
+spec = json.load(open(sys.argv[1]))
+index, fields = set(spec["index"]), set(spec["fields"])
+parsed = json.load(open(sys.argv[2])) if sys.argv[2] else None
+problems = []
+STR = r'"(?:[^"\\]|\\.)*"|`[^`]*`'
+def balance(q):
+    stack, i, pairs = [], 0, {")": "(", "]": "[", "}": "{"}
+    while i < len(q):
+        c = q[i]
+        if c == '"':
+            m = re.compile(r'"(?:[^"\\]|\\.)*"').match(q, i)
+            if not m: return "unterminated \" string"
+            i = m.end(); continue
+        if c == "`":
+            j = q.find("`", i + 1)
+            if j < 0: return "unterminated ` string"
+            i = j + 1; continue
+        if c in "([{": stack.append(c)
+        elif c in ")]}":
+            if not stack or stack.pop() != pairs[c]: return f"unbalanced {c!r} at {i}"
+        i += 1
+    return f"unclosed {stack[-1]!r}" if stack else None
+def extract(q):
+    # Outside strings: {matchers} are stream selectors; `| name op "v"` label filters; by (...) groupings.
+    blank = re.sub(STR, lambda m: '"' + "_" * (len(m.group(0)) - 2) + '"', q)
+    sel, flt, grp = [], [], []
+    for m in re.finditer(r"\{([^{}]*)\}", blank):
+        body = q[m.start(1):m.end(1)]
+        for mm in re.finditer(r"\s*([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*(" + STR + r")\s*(?:,|$)", body):
+            sel.append(mm.group(1))
+        if not re.fullmatch(r"\s*(?:[A-Za-z_]\w*\s*(?:=~|!~|!=|=)\s*(?:" + STR + r")\s*,?\s*)+", body):
+            problems.append(f"selector {{{body}}} is not a list of matchers")
+    for m in re.finditer(r"\|\s*([A-Za-z_]\w*)\s*(=~|!~|!=|==|=|>=|<=|>|<)", blank):
+        flt.append(m.group(1))
+    for m in re.finditer(r"\b(?:by|without)\s*\(([^)]*)\)", blank):
+        grp += [x.strip() for x in m.group(1).split(",") if x.strip()]
+    return sel, flt, grp
+for i, item in enumerate(spec["queries"]):
+    where, q = item["where"], item["q"]
+    b = balance(q)
+    if b:
+        problems.append(f"{where}: {b}: {q}")
+        continue
+    sel, flt, grp = extract(q)
+    if parsed is not None:
+        p = parsed[i]
+        if (sorted(p["selector"]), sorted(p["filters"]), sorted(p["grouping"])) != (sorted(sel), sorted(flt), sorted(grp)):
+            problems.append(f"{where}: the parser reads selector {p['selector']} filters {p['filters']} by {p['grouping']}, "
+                            f"this check {sel} {flt} {grp}")
+    if not sel:
+        problems.append(f"{where}: no stream selector")
+    for l in sel:
+        if l not in index:
+            problems.append(f"{where}: stream selector label {l} is not an index label (Loki indexes {sorted(index)})")
+    team = re.search(r'service_name\s*=\s*"opswire-teams"', q)
+    for l in sel:
+        if team and l in spec["custom"] and spec["custom"][l] not in spec["moved"]:
+            problems.append(f"{where}: {l} ({spec['custom'][l]}) is a record attribute of the team records that no groupbyattrs moves to the resource")
+    for l in flt + grp:
+        if l not in fields and l not in index:
+            problems.append(f"{where}: `{l}` is neither an index label nor a field the records carry ({sorted(fields)})")
+    print(f"   ok {where}: selector {sorted(set(sel))}, filters {flt}, by {grp}")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+PY
+ok "every Loki query: parses, selects by index labels, filters on exported fields, variables defined"
 
 # --------------------------------------------------- live /metrics lint
 step "promtool check metrics on opswire's live /metrics"
@@ -871,24 +1288,51 @@ am_bin="$(command -v prometheus-alertmanager || command -v alertmanager || true)
 if [[ -z "$am_bin" ]]; then
   echo "   SKIPPED: no prometheus-alertmanager binary (Debian: prometheus-alertmanager)"
 else
-  # The config as the container sees it, with the secret files in $tmp and
-  # opswire at its local address instead of http://opswire:8080.
-  mkdir -p "$tmp/am/secrets"
-  printf '%s' "$webhook_token" >"$tmp/am/secrets/opswire_webhook_token"
-  printf '' >"$tmp/am/secrets/slack_webhook_url"
-  printf '' >"$tmp/am/secrets/pagerduty_routing_key"
-  sed -e "s#/secrets/#$tmp/am/secrets/#g" -e "s#http://opswire:8080#http://$addr#g" \
-    alerting/alertmanager.yml >"$tmp/am/alertmanager.yml"
+  # Started as the `alertmanager` service starts it: through
+  # alerting/alertmanager-entrypoint.sh with its compose environment (Slack
+  # and PagerDuty empty, as in .env.example), the secret files in $tmp
+  # (alertmanager.yml's /secrets/ paths pointed there) and opswire at its
+  # local address (OPSWIRE_WEBHOOK_URL) instead of http://opswire:8080.
+  mkdir -p "$tmp/am"
+  sed -e "s#/secrets/#$tmp/am/secrets/#g" alerting/alertmanager.yml >"$tmp/am/alertmanager.yml"
   am_port="$(free_port)"
-  "$am_bin" --config.file="$tmp/am/alertmanager.yml" --storage.path="$tmp/am/data" \
-    --web.listen-address="127.0.0.1:$am_port" --cluster.listen-address= >"$tmp/am/log" 2>&1 &
+  mapfile -t amenv < <("$py" -c '
+import sys, yaml
+env = yaml.safe_load(open(sys.argv[1]))["services"]["alertmanager"].get("environment") or {}
+print("\n".join(f"{k}={v}" for k, v in sorted(env.items())))' "$tmp/compose.resolved.yml")
+  env -i PATH="$PATH" HOME="$tmp/am" "${amenv[@]}" OPSWIRE_WEBHOOK_TOKEN="$webhook_token" \
+    OPSWIRE_WEBHOOK_URL="http://$addr/api/v1/alerts/alertmanager" ALERTMANAGER_BIN="$am_bin" \
+    ALERTMANAGER_CONFIG="$tmp/am/alertmanager.yml" ALERTMANAGER_SECRETS_DIR="$tmp/am/secrets" \
+    ALERTMANAGER_STORAGE_PATH="$tmp/am/data" ALERTMANAGER_WEB_LISTEN_ADDRESS="127.0.0.1:$am_port" \
+    sh alerting/alertmanager-entrypoint.sh >"$tmp/am/log" 2>&1 &
   am_pid=$!
   for _ in $(seq 1 100); do
     curl -fsS -o /dev/null "http://127.0.0.1:$am_port/-/ready" 2>/dev/null && break
     kill -0 "$am_pid" 2>/dev/null || { cat "$tmp/am/log" >&2; die "Alertmanager exited at start"; }
     sleep 0.1
   done
-  ok "Alertmanager $("$am_bin" --version 2>&1 | head -1 | awk '{print $3}') ready on 127.0.0.1:$am_port"
+  ok "Alertmanager $("$am_bin" --version 2>&1 | head -1 | awk '{print $3}') ready on 127.0.0.1:$am_port (through the entrypoint)"
+  # Slack and PagerDuty empty: the loaded configuration has the receivers
+  # (routes unchanged) without their integrations, and the log says so.
+  curl -fsS "http://127.0.0.1:$am_port/api/v2/status" >"$tmp/am/status.json" || die "GET /api/v2/status failed"
+  "$py" - "$tmp/am/status.json" <<'PY' || die "Alertmanager loaded Slack/PagerDuty integrations with empty credentials"
+import json, sys, yaml
+cfg = yaml.safe_load(json.load(open(sys.argv[1]))["config"]["original"])
+recv = {r["name"]: r for r in cfg["receivers"]}
+problems = [f"receiver {n} still has {k}" for n, r in recv.items() for k in ("slack_configs", "pagerduty_configs") if r.get(k)]
+for n in ("slack-platform", "slack-search", "slack-ops", "pagerduty"):
+    if n not in recv:
+        problems.append(f"receiver {n} is gone (its routes would not load)")
+if not (recv.get("opswire") or {}).get("webhook_configs"):
+    problems.append("receiver opswire lost its webhook")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+kinds = {n: sorted(k for k in r if k.endswith("_configs")) for n, r in recv.items()}
+print("   loaded receivers: " + ", ".join(f"{n} {'+'.join(k) or '(no integration)'}" for n, k in kinds.items()))
+PY
+  grep -q 'SLACK_WEBHOOK_URL is empty: .*slack-search' "$tmp/am/log" && grep -q 'PAGERDUTY_ROUTING_KEY is empty: .*pagerduty' "$tmp/am/log" ||
+    die "the entrypoint did not log which receivers send nothing: $(head -5 "$tmp/am/log")"
+  ok "Slack and PagerDuty empty: receivers kept without integrations, logged: $(grep -o 'SLACK_WEBHOOK_URL is empty' "$tmp/am/log")"
   search_token="$("$bin" token --team search --ttl 5m --sub check-stack)"
   curl -s -N --max-time 25 -H "Authorization: Bearer $search_token" \
     "http://$addr/sse?team=search&streams=alerts" >"$tmp/am/sse.out" 2>/dev/null &
@@ -901,6 +1345,7 @@ else
     {"labels":{"alertname":"CheckStackPlatform","team":"platform","severity":"warning"},
      "annotations":{"summary":"must not reach team search"},"startsAt":"'"$starts"'"}]' ||
     die "POST /api/v2/alerts to Alertmanager failed"
+  am_posted=$SECONDS
   got=""
   for _ in $(seq 1 200); do
     if grep -q '"alertname":"CheckStackSearch"' "$tmp/am/sse.out"; then got=1; break; fi
@@ -1037,6 +1482,35 @@ wait "${live_pids[2]}" 2>/dev/null || true
 live_pids=()
 [[ "$rc" == 0 ]] || { cat "$live"/ws-*.err >&2; die "a WebSocket subscriber was disconnected during the live checks"; }
 kill -0 "$agent_pid" 2>/dev/null || { cat "$live/agent.err" >&2; die "the opswire agent exited during the live checks"; }
+# Slack and PagerDuty empty: Alertmanager never tried to notify them. The
+# team search warning (CheckStackSearch) matched slack-search, whose group
+# flushes after the root group_wait (30 s): only after that is "no attempt"
+# a result (before the entrypoint's change, an empty webhook URL made it one
+# failed notification, retried).
+waited=$((SECONDS - am_posted))
+gw="$("$py" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["route"].get("group_wait", "30s"))' alerting/alertmanager.yml)"
+gw_s="$("$py" -c 'import re, sys; m = re.fullmatch(r"(\d+)([sm])", sys.argv[1]); print(int(m.group(1)) * (60 if m.group(2) == "m" else 1))' "$gw")"
+if ((waited < gw_s + 3)); then
+  sleep $((gw_s + 3 - waited))
+fi
+curl -fsS "http://127.0.0.1:$am_port/metrics" >"$tmp/am/metrics.txt" || die "GET Alertmanager /metrics failed"
+"$py" - "$tmp/am/metrics.txt" <<'PY' || die "Alertmanager tried to notify Slack or PagerDuty with empty credentials"
+import re, sys
+vals = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'alertmanager_notifications(_failed)?_total\{[^}]*integration="(\w+)"[^}]*\} (\S+)', line)
+    if m:
+        k = (m.group(1) or "", m.group(2))
+        vals[k] = vals.get(k, 0) + float(m.group(3))
+bad = {k: v for k, v in vals.items() if k[1] in ("slack", "pagerduty") and v > 0}
+webhook = vals.get(("", "webhook"), 0)
+print(f"   notifications: webhook {webhook:g}, slack {vals.get(('', 'slack'), 0):g}, pagerduty {vals.get(('', 'pagerduty'), 0):g}; "
+      f"failed: {sum(v for k, v in vals.items() if k[0]):g}")
+if bad or webhook < 1:
+    print(f"   slack/pagerduty attempts {bad}, webhook {webhook}"); sys.exit(1)
+PY
+ok "after the slack route's group_wait ($gw): no Slack or PagerDuty notification attempted; opswire's webhook notified"
+
 stop_pid "$prom_pid"; prom_pid=""
 stop_pid "$agent_pid"; agent_pid=""
 stop_pid "$am_pid"; am_pid=""

@@ -10,8 +10,15 @@
 #     alerting/tests/routes.sh passes on it (when amtool is installed)
 #   * the cluster variables: --cluster.listen-address and one --cluster.peer
 #     per peer (commas or spaces), arguments given to the script last
+#   * SLACK_WEBHOOK_URL / PAGERDUTY_ROUTING_KEY empty (as in .env.example):
+#     a copy whose only difference from alertmanager.yml (compared as YAML,
+#     when python3 has PyYAML) is that every receiver lost its
+#     slack_configs / pagerduty_configs; `amtool check-config` and
+#     routes.sh accept it; stderr names the receivers; with another opswire
+#     URL too, both changes in one copy
 #   * refusals: a URL that is not http(s) or has a space, a config without
-#     the default URL, peers without a listen address, no webhook token
+#     the default URL, peers without a listen address, no webhook token, a
+#     Slack URL that is not a URL, a PagerDuty key with a space
 # Run from anywhere: bash alerting/tests/entrypoint.sh
 set -euo pipefail
 
@@ -31,13 +38,18 @@ fail=0
 ok() { printf '  ok    %s\n' "$*"; pass=$((pass + 1)); }
 bad() { printf '  FAIL  %s\n' "$*"; fail=$((fail + 1)); }
 
+# Slack and PagerDuty set, unless a test empties them (VAR= after these).
+slack_url=https://hooks.slack.example/services/T0/B0/test-only
+pd_key=test-only-routing-key
+
 # run NAME VAR=VALUE...: the entrypoint in a clean environment, secrets in
 # $tmp/NAME; its arguments in $tmp/NAME.args, its stderr in $tmp/NAME.err.
 run() {
   local name="$1"
   shift
   env -i PATH="$PATH" ALERTMANAGER_BIN="$tmp/fake-alertmanager" ALERTMANAGER_CONFIG="$config" \
-    ALERTMANAGER_SECRETS_DIR="$tmp/$name" OPSWIRE_WEBHOOK_TOKEN=token-of-the-tests "$@" \
+    ALERTMANAGER_SECRETS_DIR="$tmp/$name" OPSWIRE_WEBHOOK_TOKEN=token-of-the-tests \
+    SLACK_WEBHOOK_URL="$slack_url" PAGERDUTY_ROUTING_KEY="$pd_key" "$@" \
     sh "$script" >"$tmp/$name.args" 2>"$tmp/$name.err"
 }
 # run_args NAME ARGS... -- VAR=VALUE...: same, with arguments for the script.
@@ -47,7 +59,8 @@ run_args() {
   while [[ "$1" != -- ]]; do args+=("$1"); shift; done
   shift
   env -i PATH="$PATH" ALERTMANAGER_BIN="$tmp/fake-alertmanager" ALERTMANAGER_CONFIG="$config" \
-    ALERTMANAGER_SECRETS_DIR="$tmp/$name" OPSWIRE_WEBHOOK_TOKEN=token-of-the-tests "$@" \
+    ALERTMANAGER_SECRETS_DIR="$tmp/$name" OPSWIRE_WEBHOOK_TOKEN=token-of-the-tests \
+    SLACK_WEBHOOK_URL="$slack_url" PAGERDUTY_ROUTING_KEY="$pd_key" "$@" \
     sh "$script" "${args[@]}" >"$tmp/$name.args" 2>"$tmp/$name.err"
 }
 # refused NAME WHAT VAR=VALUE...: the entrypoint must exit non-zero, say
@@ -84,8 +97,10 @@ fi
   bad "default: wrote a copy of the config"
 [[ "$(cat "$tmp/default/opswire_webhook_token")" == token-of-the-tests ]] &&
   [[ "$(stat -c %a "$tmp/default/opswire_webhook_token")" == 600 ]] &&
-  [[ ! -s "$tmp/default/slack_webhook_url" && -e "$tmp/default/pagerduty_routing_key" ]] &&
-  ok "default: secrets written (0600, no trailing newline; empty when unset)" ||
+  [[ "$(cat "$tmp/default/slack_webhook_url")" == "$slack_url" ]] &&
+  [[ "$(cat "$tmp/default/pagerduty_routing_key")" == "$pd_key" ]] &&
+  [[ "$(stat -c %a "$tmp/default/slack_webhook_url")" == 600 ]] &&
+  ok "default: secrets written (0600, no trailing newline)" ||
   bad "default: secret files"
 run same OPSWIRE_WEBHOOK_URL="$default_url" || bad "same: exit $?"
 cmp -s "$tmp/default.args" <(sed "s#$tmp/same#$tmp/default#" "$tmp/same.args") &&
@@ -138,7 +153,70 @@ grep -qx -- '--cluster.listen-address=0.0.0.0:9094' "$tmp/listen-only.args" &&
   ! grep -q -- '--cluster.peer' "$tmp/listen-only.args" && ok "a listen address without peers: no --cluster.peer" ||
   bad "listen address without peers"
 
-# 4. Refusals.
+# 4. Slack and PagerDuty left empty (.env.example): the receivers stay,
+#    without their slack_configs / pagerduty_configs.
+# same_but_without COPY KIND...: COPY is alertmanager.yml, parsed as YAML,
+# with every receiver's KIND removed, and nothing else changed.
+same_but_without() {
+  local copy="$1"
+  shift
+  python3 - "$config" "$copy" "$@" <<'PY'
+import sys, yaml
+orig, copy = (yaml.safe_load(open(p)) for p in sys.argv[1:3])
+for r in orig["receivers"]:
+    for kind in sys.argv[3:]:
+        r.pop(kind, None)
+sys.exit(0 if orig == copy else 1)
+PY
+}
+have_yaml=""
+python3 -c 'import yaml' 2>/dev/null && have_yaml=1
+check_copy() { # check_copy NAME KIND...: the copy of run NAME, amtool, routes
+  local name="$1" copy="$tmp/$1/alertmanager.yml"
+  shift
+  if ! grep -qx -- "--config.file=$copy" "$tmp/$name.args"; then
+    bad "$name: --config.file is not the copy: $(tr '\n' ' ' <"$tmp/$name.args")"
+    return
+  fi
+  local kind
+  for kind in "$@"; do
+    if grep -v '^\s*#' "$copy" | grep -q "$kind:"; then bad "$name: the copy still has $kind"; else ok "$name: no $kind in the copy"; fi
+  done
+  if [[ -n "$have_yaml" ]]; then
+    same_but_without "$copy" "$@" && ok "$name: as YAML, the copy is alertmanager.yml without $* (nothing else changed)" ||
+      bad "$name: the copy differs from alertmanager.yml by more than $*"
+  else
+    echo "  SKIPPED $name: YAML comparison (python3 without PyYAML)"
+  fi
+  if command -v "$amtool" >/dev/null 2>&1; then
+    "$amtool" check-config "$copy" >"$tmp/$name.check" 2>&1 && ok "$name: amtool check-config on the copy" ||
+      { sed 's/^/        /' "$tmp/$name.check"; bad "$name: amtool check-config on the copy"; }
+    ALERTMANAGER_CONFIG="$copy" AMTOOL="$amtool" bash "$here/routes.sh" >"$tmp/$name.routes" 2>&1 &&
+      ok "$name: routes.sh on the copy: $(tail -1 "$tmp/$name.routes")" ||
+      { sed 's/^/        /' "$tmp/$name.routes"; bad "$name: routes.sh on the copy"; }
+  fi
+}
+run no-slack-pd SLACK_WEBHOOK_URL= PAGERDUTY_ROUTING_KEY= || bad "no-slack-pd: exit $?: $(cat "$tmp/no-slack-pd.err")"
+check_copy no-slack-pd slack_configs pagerduty_configs
+grep -q 'SLACK_WEBHOOK_URL is empty: .*: slack-platform slack-search slack-ops$' "$tmp/no-slack-pd.err" &&
+  grep -q 'PAGERDUTY_ROUTING_KEY is empty: .*: pagerduty$' "$tmp/no-slack-pd.err" &&
+  ok "no-slack-pd: stderr names the receivers that send nothing" ||
+  bad "no-slack-pd: stderr does not name the receivers: $(cat "$tmp/no-slack-pd.err")"
+[[ ! -s "$tmp/no-slack-pd/slack_webhook_url" && -e "$tmp/no-slack-pd/pagerduty_routing_key" ]] &&
+  ok "no-slack-pd: empty secret files still written" || bad "no-slack-pd: secret files"
+run no-slack SLACK_WEBHOOK_URL= || bad "no-slack: exit $?"
+check_copy no-slack slack_configs
+grep -q 'pagerduty_configs:' "$tmp/no-slack/alertmanager.yml" && ! grep -q PAGERDUTY "$tmp/no-slack.err" &&
+  ok "no-slack: PagerDuty (set) keeps its pagerduty_configs" || bad "no-slack: pagerduty_configs lost"
+run no-pd PAGERDUTY_ROUTING_KEY= || bad "no-pd: exit $?"
+check_copy no-pd pagerduty_configs
+run lb-no-slack-pd OPSWIRE_WEBHOOK_URL="$lb_url" SLACK_WEBHOOK_URL= PAGERDUTY_ROUTING_KEY= ||
+  bad "lb-no-slack-pd: exit $?: $(cat "$tmp/lb-no-slack-pd.err")"
+grep -qF "url: $lb_url" "$tmp/lb-no-slack-pd/alertmanager.yml" && ! grep -q 'slack_configs:\|pagerduty_configs:' "$tmp/lb-no-slack-pd/alertmanager.yml" &&
+  ok "OPSWIRE_WEBHOOK_URL and empty Slack/PagerDuty: one copy with both changes" ||
+  bad "OPSWIRE_WEBHOOK_URL and empty Slack/PagerDuty: $(grep -c 'configs:' "$tmp/lb-no-slack-pd/alertmanager.yml") configs blocks"
+
+# 5. Refusals.
 refused not-http 'not an http' OPSWIRE_WEBHOOK_URL=ftp://lb/api
 refused space 'not an http' OPSWIRE_WEBHOOK_URL='http://lb:8080/a b'
 sed "s#$default_url#http://elsewhere:8080/hook#" "$config" >"$tmp/other.yml"
@@ -147,6 +225,8 @@ sed "s#^\(\s*\)- url: $default_url#&\n\1- url: $default_url#" "$config" >"$tmp/t
 refused twice 'not on exactly one line' ALERTMANAGER_CONFIG="$tmp/twice.yml" OPSWIRE_WEBHOOK_URL="$lb_url"
 refused peers-no-listen 'ALERTMANAGER_CLUSTER_LISTEN_ADDRESS is empty' ALERTMANAGER_CLUSTER_PEERS=alertmanager-2:9094
 refused no-token 'OPSWIRE_WEBHOOK_TOKEN' OPSWIRE_WEBHOOK_TOKEN=
+refused slack-not-url 'SLACK_WEBHOOK_URL is set but is not an http' SLACK_WEBHOOK_URL=replace-me
+refused pd-space 'PAGERDUTY_ROUTING_KEY is set but has spaces' PAGERDUTY_ROUTING_KEY='two words'
 
 echo "entrypoint tests: $pass passed, $fail failed"
 [[ "$fail" == 0 ]]
