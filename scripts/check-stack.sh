@@ -1011,7 +1011,8 @@ for l, a in sorted(custom.items()):
 # contract (docs/observability.md, "Team logs in Loki") and OTLP's own.
 fields = {"severity_text", "severity_number", "trace_id", "span_id", "scope_name", "flags", "observed_timestamp",
           "detected_level", "opswire_source", "opswire_stream", "opswire_seq", "opswire_epoch",
-          "opswire_alert_name", "opswire_alert_status", "opswire_alert_severity"}
+          "opswire_alert_name", "opswire_alert_status", "opswire_alert_severity",
+          "opswire_alert_fingerprint", "opswire_record_trace_id"}
 builtin = {"__interval", "__interval_ms", "__auto", "__range", "__range_s", "__range_ms", "__rate_interval",
            "__from", "__to", "__dashboard", "__org", "__user", "__timeFilter"}
 teams = [t["name"] for t in tomllib.load(open(os.path.join(root, "deploy/opswire.toml"), "rb")).get("teams", [])]
