@@ -254,3 +254,21 @@ fn host_globs_pick_the_team() {
     assert_eq!(c.team_for_host("search-2"), "search");
     assert_eq!(c.team_for_host("other"), "payments");
 }
+
+#[test]
+fn a_host_root_without_the_hosts_mount_table_is_refused_at_startup() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Config::default();
+    c.sampler.host_root = Some(root.path().to_owned());
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.starts_with("sampler.host_root:"), "{e}");
+    assert!(e.contains("proc/1/mountinfo"), "{e}");
+    // With the table there, it is accepted; with the sampler off, not read.
+    std::fs::create_dir_all(root.path().join("proc/1")).unwrap();
+    std::fs::write(root.path().join("proc/1/mountinfo"), "").unwrap();
+    c.validate().unwrap();
+    let mut c = Config::default();
+    c.sampler.host_root = Some("/nonexistent".into());
+    c.sampler.enabled = false;
+    c.validate().unwrap();
+}

@@ -308,6 +308,27 @@ mod tests {
         assert_eq!(under_root(None, "/data"), Path::new("/data"));
     }
 
+    /// A host root whose table has no `/` (a chroot's): the root is
+    /// still reported, with its type from statfs and its usage.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_root_that_is_not_a_mount_point_is_reported_from_statfs() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/1")).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mountinfo/chroot");
+        std::fs::copy(fixture, root.path().join("proc/1/mountinfo")).unwrap();
+        let d = read(Some(root.path())).unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].mount, "/");
+        assert_ne!(d[0].fs_type, "", "{d:?}");
+        let (total, _) = usage(&under_root(Some(root.path()), &d[0].mount)).unwrap();
+        assert!(total > 0);
+        // A host root without a mount table is an error that names it.
+        let empty = tempfile::tempdir().unwrap();
+        let e = read(Some(empty.path())).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn read_always_has_the_root_and_its_usage() {
