@@ -216,7 +216,13 @@ for name, svc in doc["services"].items():
             kind = "bind" if src.startswith(("/", ".")) else "volume"
         else:
             kind, src, target = v.get("type"), v.get("source", ""), v.get("target", "")
-        if kind == "bind":
+        if kind == "bind" and (name, src, target) == ("agent", "/", "/host"):
+            # The agent's host root (checked below): the one mount from
+            # outside the repository, and read-only.
+            if not v.get("read_only") or (v.get("bind") or {}).get("propagation") != "rslave":
+                problems.append(f"agent: the host's / must be mounted read_only with propagation rslave: {v}")
+            print(f"   {name:15s} / (the host's, read-only) -> /host")
+        elif kind == "bind":
             mounts += 1
             if not os.path.exists(src):
                 problems.append(f"{name}: mounted {src} -> {target} does not exist")
@@ -234,7 +240,8 @@ for name, svc in doc["services"].items():
         seen_ports[host_port] = name
         # The UI ports, and the cluster profile's: 8081 (the load balancer),
         # 9095 and 9096 (the Alertmanager pair).
-        ui = ("8080", "8081", "3000", "16686", "9090", "9093", "9095", "9096")
+        # 4317: the Collector's OTLP gRPC, for the agent in the host's network.
+        ui = ("8080", "8081", "3000", "16686", "9090", "9093", "9095", "9096", "4317")
         if published and published not in ui and not any(
                 published.endswith(":" + u) or (":" + u + ":") in published for u in ui):
             problems.append(f"{name}: publishes {p}, which is not a UI port")
@@ -248,6 +255,34 @@ if problems:
 print(f"   {mounts} bind mounts exist; {len(used)} variables all in .env.example; images pinned")
 PY
 ok "compose mounts and variables"
+
+step "compose: the agent reports the Docker host (host PID and network namespaces, the host's / at its host root)"
+"$py" - "$tmp/compose.resolved.yml" <<'PY' || die "compose: the agent's host view"
+import sys, yaml
+svc = yaml.safe_load(open(sys.argv[1]))["services"]["agent"]
+env = svc.get("environment") or {}
+if isinstance(env, list):
+    env = dict(e.split("=", 1) for e in env)
+problems = []
+if svc.get("pid") != "host":
+    problems.append(f"pid: {svc.get('pid')!r}, want host (the host's processes)")
+if svc.get("network_mode") != "host":
+    problems.append(f"network_mode: {svc.get('network_mode')!r}, want host (the host's interfaces)")
+if "hostname" in svc:
+    problems.append("hostname: is refused with the host's network")
+root = env.get("OPSWIRE_AGENT_HOST_ROOT")
+mounted = [v for v in svc.get("volumes", []) if isinstance(v, dict) and v.get("source") == "/"]
+if not root or [v.get("target") for v in mounted] != [root]:
+    problems.append(f"OPSWIRE_AGENT_HOST_ROOT={root!r} is not where the host's / is mounted ({mounted})")
+for var in ("AGENT_HUB", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+    host = env.get(var, "").split("://", 1)[-1].split(":")[0]
+    if host not in ("127.0.0.1", "localhost", "0.0.0.0") and not host[:1].isdigit():
+        problems.append(f"{var}={env.get(var)!r}: a service name does not resolve in the host's network")
+if problems:
+    print("\n".join("   " + p for p in problems)); sys.exit(1)
+print(f"   pid: host, network_mode: host, host root {root} (read-only), hub {env['AGENT_HUB']}")
+PY
+ok "the agent samples the Docker host"
 
 step "compose: a shared image built once, never pulled; agents' healthcheck; Alertmanager's /secrets tmpfs"
 # * Each image some service builds is built by exactly ONE service (two
