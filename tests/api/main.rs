@@ -22,5 +22,6 @@ mod sources;
 mod sse;
 mod streaming;
 mod telemetry;
+mod web_assets;
 
 pub mod otlp_receiver;
