@@ -10,6 +10,7 @@
 mod assets;
 mod encoding;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use actix_web::http::header;
@@ -46,9 +47,34 @@ fn index_html() -> &'static str {
     HTML.get_or_init(|| INDEX_HTML.replace(VERSION_MARK, version()))
 }
 
+static INDEX_ENCODED: OnceLock<Encoded> = OnceLock::new();
+
+fn index_encode() -> &'static Encoded {
+    INDEX_ENCODED
+        .get_or_init(|| Encoded::new(Bytes::from_static(index_html().as_bytes()), INDEX_HASH))
+}
+
+/// Whether the compression thread runs: then a body not compressed yet is
+/// sent as it is; without it, each is compressed at its first request.
+static COMPRESSING: AtomicBool = AtomicBool::new(false);
+
 fn index_encoded() -> &'static Encoded {
-    static ENC: OnceLock<Encoded> = OnceLock::new();
-    ENC.get_or_init(|| Encoded::new(Bytes::from_static(index_html().as_bytes()), INDEX_HASH))
+    if !COMPRESSING.load(Ordering::Acquire) {
+        return index_encode();
+    }
+    static PLAIN: OnceLock<Encoded> = OnceLock::new();
+    INDEX_ENCODED.get().unwrap_or_else(|| {
+        PLAIN
+            .get_or_init(|| Encoded::plain(Bytes::from_static(index_html().as_bytes()), INDEX_HASH))
+    })
+}
+
+fn asset_encoded(i: usize) -> &'static Encoded {
+    if COMPRESSING.load(Ordering::Acquire) {
+        assets::encoded_or_plain(i)
+    } else {
+        assets::encode(i)
+    }
 }
 
 /// GET, and HEAD (the same headers, no body: actix-web drops it).
@@ -57,19 +83,20 @@ fn get_or_head() -> actix_web::Route {
 }
 
 /// Compresses every body on a thread of its own as the server starts, so
-/// the first visitor does not wait for brotli's densest setting (a request
-/// that comes sooner waits only for its own body: [`OnceLock`]).
+/// no visitor waits for brotli's densest setting: a request that comes
+/// sooner gets the body as it is (with that coding's `ETag`).
 fn compress_in_background() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let spawned = std::thread::Builder::new()
             .name("web-compress".into())
             .spawn(|| {
-                index_encoded();
+                index_encode();
                 for i in 0..ASSETS.len() {
-                    assets::encoded(i);
+                    assets::encode(i);
                 }
             });
+        COMPRESSING.store(spawned.is_ok(), Ordering::Release);
         if let Err(e) = spawned {
             // Not fatal: each body is then compressed at its first request.
             tracing::warn!(error = %e, "could not start the asset compression thread");
@@ -102,7 +129,7 @@ fn asset(req: &HttpRequest, i: usize) -> HttpResponse {
     } else {
         REVALIDATE
     };
-    assets::respond(req, assets::encoded(i), ASSETS[i].content_type, cache)
+    assets::respond(req, asset_encoded(i), ASSETS[i].content_type, cache)
 }
 
 async fn index(req: HttpRequest) -> HttpResponse {

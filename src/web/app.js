@@ -476,8 +476,8 @@
   const CHARTS = [
     { key: "cpu", label: "CPU", unit: "pct", max: () => 100, series: [{ key: "cpu", label: "CPU", color: "--cpu" }] },
     { key: "load", label: "Load", unit: "load", series: [
-      { key: "load1", label: "1 min", color: "--load1" }, { key: "load5", label: "5 min", color: "--load5" },
-      { key: "load15", label: "15 min", color: "--load15" }] },
+      { key: "load1", label: "1 min", color: "--load1" }, { key: "load5", label: "5 min", color: "--load5", fill: false },
+      { key: "load15", label: "15 min", color: "--load15", fill: false }] },
     { key: "mem", label: "Memory", unit: "bytes", max: (p) => p && p.memTotal, series: [{ key: "memUsed", label: "used", color: "--mem" }] },
     { key: "disk", label: "Disk", unit: "pct", max: () => 100, series: [{ key: "disk", label: "fullest mount", color: "--disk" }] },
     { key: "net", label: "Network ↓↑", unit: "rate", wide: true, series: [

@@ -1,10 +1,12 @@
 //! The dashboard's files, embedded in the binary, and their compressed
 //! copies.
 //!
-//! Each body is compressed once, the first time it is asked for, with gzip
-//! (level 9) and brotli (quality 11): the files never change while the
-//! process runs, so the slowest, densest settings cost one time only. A
-//! coding that would not save bytes is not kept. Every coding has its own
+//! Each body is compressed once per process, with gzip (level 9) and brotli
+//! (quality 11): the files never change while the process runs, so the
+//! slowest, densest settings cost one time only. [`super`] does it on a
+//! thread of its own at startup; until a body is ready it is sent as it is,
+//! so no request waits for brotli. A coding that would not save bytes is not
+//! kept. Every coding has its own
 //! strong `ETag` (`"<hash>"`, `"<hash>-gz"`, `"<hash>-br"`): the bytes
 //! differ, so a cache must not take one for the other (RFC 9110 §8.8.3).
 
@@ -107,6 +109,13 @@ impl Encoded {
         Encoded { variants }
     }
 
+    /// `body` as it is, not compressed (yet).
+    pub fn plain(body: Bytes, hash: u64) -> Encoded {
+        Encoded {
+            variants: vec![(Coding::Identity, body, etag(hash, ""))],
+        }
+    }
+
     fn get(&self, coding: Coding) -> Option<&(Coding, Bytes, HeaderValue)> {
         self.variants.iter().find(|v| v.0 == coding)
     }
@@ -142,12 +151,25 @@ fn compress(coding: Coding, body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The encoded copies of [`ASSETS`], made at first use.
-pub fn encoded(i: usize) -> &'static Encoded {
-    static ENCODED: [OnceLock<Encoded>; ASSETS.len()] = [const { OnceLock::new() }; ASSETS.len()];
+static ENCODED: [OnceLock<Encoded>; ASSETS.len()] = [const { OnceLock::new() }; ASSETS.len()];
+
+/// The compressed copies of `ASSETS[i]`, made now if not yet.
+pub fn encode(i: usize) -> &'static Encoded {
     ENCODED[i].get_or_init(|| {
         let a = &ASSETS[i];
         Encoded::new(Bytes::from_static(a.body), fnv1a(a.body, FNV_OFFSET))
+    })
+}
+
+/// The compressed copies of `ASSETS[i]` if they are made, else the body as
+/// it is.
+pub fn encoded_or_plain(i: usize) -> &'static Encoded {
+    static PLAIN: [OnceLock<Encoded>; ASSETS.len()] = [const { OnceLock::new() }; ASSETS.len()];
+    ENCODED[i].get().unwrap_or_else(|| {
+        PLAIN[i].get_or_init(|| {
+            let a = &ASSETS[i];
+            Encoded::plain(Bytes::from_static(a.body), fnv1a(a.body, FNV_OFFSET))
+        })
     })
 }
 
@@ -200,7 +222,7 @@ mod tests {
     #[test]
     fn every_coding_decodes_to_the_body_and_has_its_own_etag() {
         for (i, a) in ASSETS.iter().enumerate() {
-            let enc = encoded(i);
+            let enc = encode(i);
             let mut tags = std::collections::HashSet::new();
             for (coding, body, tag) in &enc.variants {
                 let mut plain = Vec::new();
@@ -223,7 +245,11 @@ mod tests {
             assert_eq!(tags.len(), enc.variants.len(), "{}: ETags differ", a.path);
         }
         // The big ones compress.
-        assert!(encoded(3).get(Coding::Brotli).is_some());
-        assert!(encoded(0).get(Coding::Gzip).is_some());
+        assert!(encode(3).get(Coding::Brotli).is_some());
+        assert!(encode(0).get(Coding::Gzip).is_some());
+        assert_eq!(
+            Encoded::plain(Bytes::from_static(b"x"), 1).variants.len(),
+            1
+        );
     }
 }

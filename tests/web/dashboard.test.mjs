@@ -269,6 +269,11 @@ describe("dashboard in dev mode (no secret), with a real Alertmanager", () => {
     // Node's fetch decodes what it is sent: Content-Length is the size on
     // the wire, the body the decoded size. Chromium asks for br too.
     const ae = { "accept-encoding": "gzip, deflate, br, zstd" };
+    // The server compresses on a thread at startup (bodies go out as they
+    // are until then); the license is the last it does.
+    await H.waitFor(async () => (await fetch(`${ops.base}/vendor/uPlot.LICENSE`, { headers: ae })).headers.get("content-encoding") === "br", {
+      timeout: 30000, what: "the server to have compressed its assets",
+    });
     const index = await fetch(`${ops.base}/`, { headers: ae });
     const html = await index.text();
     assert.match(index.headers.get("content-type"), /^text\/html; charset=utf-8/);
