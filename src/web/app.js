@@ -512,7 +512,7 @@
   function chartFigure(spec) {
     const value = el("b", { testid: `${spec.key}-value`, text: "–" });
     const plot = el("div", { class: "plot" });
-    const tip = el("div", { class: "readout", testid: "chart-readout", role: "status", hidden: true });
+    const tip = el("div", { class: "readout", testid: "chart-readout", "aria-hidden": "true", hidden: true }); // mouse-only: the caption holds the value
     const fig = el("figure", { class: `chart chart-${spec.key}${spec.wide ? " wide" : ""}`, testid: "chart", "data-chart": spec.key, "data-unit": spec.unit },
       el("figcaption", null, el("span", { text: spec.label }), value), plot, tip);
     const ch = { spec, fig, value, plot, tip, u: null, data: null, visible: !chartVisibility, dirty: false, hover: false, range: [0, 1], ticks: { x: [], y: [] } };
