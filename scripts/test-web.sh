@@ -5,7 +5,8 @@
 # present): Debian's chromium, nodejs (Node.js >= 18: Debian 12's 18.20 will
 # do), npm, prometheus-alertmanager and a font, then the locked npm packages
 # (playwright-core 1.61, the last release that runs on Node.js 18; it downloads
-# no browser). Saves a screenshot to test-artifacts/dashboard.png;
+# no browser; uplot, whose dist files src/web/vendor/ must match byte for byte:
+# tests/web/vendor.test.mjs). Saves a screenshot to test-artifacts/dashboard.png;
 # UPDATE_DOCS_SCREENSHOT=1 also copies it to docs/dashboard.png.
 # Env: OPSWIRE_BIN=path  test this binary (default: target/debug/opswire,
 #                        built by scripts/build-bins.sh)
@@ -35,7 +36,7 @@ if ((node_major < 18)); then
   echo "Node.js >= 18 is required (playwright-core 1.61, node --test); found $(node --version)" >&2
   exit 1
 fi
-# playwright-core, ws and socket.io as locked.
+# playwright-core, ws, socket.io and uplot as locked.
 if ! npm ls --depth=0 >/dev/null 2>&1; then
   log "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
@@ -48,5 +49,5 @@ fi
 
 log "browser tests ($(chromium --version 2>/dev/null | head -n1); node $(node --version), npm $(npm --version), playwright-core $(node -p 'require("playwright-core/package.json").version'))"
 mkdir -p test-artifacts
-node --test --test-reporter=spec tests/web/dashboard.test.mjs
+node --test --test-reporter=spec tests/web/vendor.test.mjs tests/web/dashboard.test.mjs
 echo "screenshot: $(pwd)/test-artifacts/dashboard.png"

@@ -247,6 +247,8 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
         "server": crate::protocol::SERVER_NAME,
         "auth_required": !state.auth.dev_mode(),
         "jaeger_url": state.config.web.jaeger_url,
+        "grafana_url": state.config.web.grafana_url,
+        "grafana_loki_uid": state.config.web.grafana_loki_uid,
         "team_logs_service": state.config.telemetry.team_logs_service_name,
         "heartbeat_s": state.config.websocket.heartbeat_s,
         "tick_ms": state.config.sampler.tick_ms,

@@ -4,17 +4,22 @@
 //! version is a hash of the assets computed at compile time. A request that
 //! carries the current version is cached for a year (`immutable`); the page
 //! itself and unversioned asset URLs are revalidated on every load through
-//! their `ETag`. See `docs/dashboard.md`.
+//! their `ETag`. Every body is sent brotli- or gzip-compressed when the
+//! client accepts it ([`assets`], [`encoding`]). See `docs/dashboard.md`.
 
+mod assets;
+mod encoding;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::web::Bytes;
+use actix_web::{guard, web, HttpRequest, HttpResponse};
+
+use assets::{Encoded, ASSETS, ASSETS_HASH};
 
 const INDEX_HTML: &str = include_str!("web/index.html");
-const APP_JS: &str = include_str!("web/app.js");
-const APP_CSS: &str = include_str!("web/app.css");
-const FAVICON_SVG: &str = include_str!("web/favicon.svg");
 
 /// Placeholder in `index.html` replaced by [`version`].
 const VERSION_MARK: &str = "__V__";
@@ -24,22 +29,12 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'; object-src 'none'";
 
-const fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
-}
+const INDEX_HASH: u64 = assets::fnv1a(INDEX_HTML.as_bytes(), ASSETS_HASH);
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const JS_HASH: u64 = fnv1a(APP_JS.as_bytes(), FNV_OFFSET);
-const CSS_HASH: u64 = fnv1a(APP_CSS.as_bytes(), FNV_OFFSET);
-const FAVICON_HASH: u64 = fnv1a(FAVICON_SVG.as_bytes(), FNV_OFFSET);
-const ASSETS_HASH: u64 = fnv1a(FAVICON_SVG.as_bytes(), fnv1a(APP_CSS.as_bytes(), JS_HASH));
-const INDEX_HASH: u64 = fnv1a(INDEX_HTML.as_bytes(), ASSETS_HASH);
+/// Cache policy of the page and of asset URLs without the current version.
+const REVALIDATE: &str = "no-cache";
+/// Cache policy of an asset URL with the current version.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// The assets' version, as it appears in their URLs.
 fn version() -> &'static str {
@@ -52,46 +47,73 @@ fn index_html() -> &'static str {
     HTML.get_or_init(|| INDEX_HTML.replace(VERSION_MARK, version()))
 }
 
-/// Registers `/` and the dashboard's assets.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/app.js", web::get().to(app_js))
-        .route("/app.css", web::get().to(app_css))
-        .route("/favicon.svg", web::get().to(favicon));
+static INDEX_ENCODED: OnceLock<Encoded> = OnceLock::new();
+
+fn index_encode() -> &'static Encoded {
+    INDEX_ENCODED
+        .get_or_init(|| Encoded::new(Bytes::from_static(index_html().as_bytes()), INDEX_HASH))
 }
 
-/// A static body with its content type, `ETag`, cache policy and
-/// `If-None-Match` handling.
-fn serve(
-    req: &HttpRequest,
-    body: &'static str,
-    content_type: &'static str,
-    etag_hash: u64,
-    immutable: bool,
-) -> HttpResponse {
-    let etag = format!("\"{etag_hash:016x}\"");
-    let cache = if immutable {
-        "public, max-age=31536000, immutable"
-    } else {
-        "no-cache"
-    };
-    let fresh = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut res = if fresh {
-        HttpResponse::NotModified()
-    } else {
-        HttpResponse::Ok()
-    };
-    res.insert_header((header::CACHE_CONTROL, cache))
-        .insert_header((header::ETAG, etag))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
-    if fresh {
-        return res.finish();
+/// Whether the compression thread runs: then a body not compressed yet is
+/// sent as it is; without it, each is compressed at its first request.
+static COMPRESSING: AtomicBool = AtomicBool::new(false);
+
+fn index_encoded() -> &'static Encoded {
+    if !COMPRESSING.load(Ordering::Acquire) {
+        return index_encode();
     }
-    res.content_type(content_type).body(body)
+    static PLAIN: OnceLock<Encoded> = OnceLock::new();
+    INDEX_ENCODED.get().unwrap_or_else(|| {
+        PLAIN
+            .get_or_init(|| Encoded::plain(Bytes::from_static(index_html().as_bytes()), INDEX_HASH))
+    })
+}
+
+fn asset_encoded(i: usize) -> &'static Encoded {
+    if COMPRESSING.load(Ordering::Acquire) {
+        assets::encoded_or_plain(i)
+    } else {
+        assets::encode(i)
+    }
+}
+
+/// GET, and HEAD (the same headers, no body: actix-web drops it).
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+/// Compresses every body on a thread of its own as the server starts, so
+/// no visitor waits for brotli's densest setting: a request that comes
+/// sooner gets the body as it is (with that coding's `ETag`).
+fn compress_in_background() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("web-compress".into())
+            .spawn(|| {
+                index_encode();
+                for i in 0..ASSETS.len() {
+                    assets::encode(i);
+                }
+            });
+        COMPRESSING.store(spawned.is_ok(), Ordering::Release);
+        if let Err(e) = spawned {
+            // Not fatal: each body is then compressed at its first request.
+            tracing::warn!(error = %e, "could not start the asset compression thread");
+        }
+    });
+}
+
+/// Registers `/` and the dashboard's assets.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    compress_in_background();
+    cfg.route("/", get_or_head().to(index));
+    for (i, a) in ASSETS.iter().enumerate() {
+        cfg.route(
+            a.path,
+            get_or_head().to(move |req: HttpRequest| async move { asset(&req, i) }),
+        );
+    }
 }
 
 /// Whether the request names the current asset version (`?v=<version>`).
@@ -101,13 +123,21 @@ fn versioned(req: &HttpRequest) -> bool {
         .any(|kv| kv.strip_prefix("v=") == Some(version()))
 }
 
+fn asset(req: &HttpRequest, i: usize) -> HttpResponse {
+    let cache = if versioned(req) {
+        IMMUTABLE
+    } else {
+        REVALIDATE
+    };
+    assets::respond(req, asset_encoded(i), ASSETS[i].content_type, cache)
+}
+
 async fn index(req: HttpRequest) -> HttpResponse {
-    let mut res = serve(
+    let mut res = assets::respond(
         &req,
-        index_html(),
+        index_encoded(),
         "text/html; charset=utf-8",
-        INDEX_HASH,
-        false,
+        REVALIDATE,
     );
     let headers = res.headers_mut();
     headers.insert(
@@ -125,21 +155,6 @@ async fn index(req: HttpRequest) -> HttpResponse {
     res
 }
 
-async fn app_js(req: HttpRequest) -> HttpResponse {
-    let v = versioned(&req);
-    serve(&req, APP_JS, "text/javascript; charset=utf-8", JS_HASH, v)
-}
-
-async fn app_css(req: HttpRequest) -> HttpResponse {
-    let v = versioned(&req);
-    serve(&req, APP_CSS, "text/css; charset=utf-8", CSS_HASH, v)
-}
-
-async fn favicon(req: HttpRequest) -> HttpResponse {
-    let v = versioned(&req);
-    serve(&req, FAVICON_SVG, "image/svg+xml", FAVICON_HASH, v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +163,13 @@ mod tests {
     fn index_references_versioned_assets_only() {
         let html = index_html();
         assert!(!html.contains(VERSION_MARK));
-        for asset in ["/app.js", "/app.css", "/favicon.svg"] {
+        for asset in [
+            "/app.js",
+            "/app.css",
+            "/favicon.svg",
+            "/vendor/uPlot.iife.min.js",
+            "/vendor/uPlot.min.css",
+        ] {
             assert!(
                 html.contains(&format!("{asset}?v={}", version())),
                 "{asset} is not versioned in index.html"
@@ -158,7 +179,7 @@ mod tests {
 
     #[test]
     fn version_changes_with_content() {
-        assert_ne!(fnv1a(b"a", 1), fnv1a(b"b", 1));
+        assert_ne!(assets::fnv1a(b"a", 1), assets::fnv1a(b"b", 1));
         assert_eq!(version().len(), 16);
     }
 }

@@ -398,12 +398,29 @@ impl Default for IngestConfig {
 }
 
 /// The bundled dashboard.
-#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// Jaeger UI base URL for trace links (e.g. `http://localhost:16686`);
     /// unset: no trace links.
     pub jaeger_url: Option<String>,
+    /// Grafana base URL (e.g. `http://localhost:3000`) for the log panel's
+    /// "older lines in Grafana" link into Explore; unset: no link. The page
+    /// keeps only recent lines, Loki keeps the rest.
+    pub grafana_url: Option<String>,
+    /// uid of Grafana's Loki data source that the link queries (the stack
+    /// provisions it as `loki`).
+    pub grafana_loki_uid: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            jaeger_url: None,
+            grafana_url: None,
+            grafana_loki_uid: "loki".into(),
+        }
+    }
 }
 
 /// OpenTelemetry export. The standard `OTEL_*` environment variables win

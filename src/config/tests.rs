@@ -272,3 +272,42 @@ fn a_host_root_without_the_hosts_mount_table_is_refused_at_startup() {
     c.sampler.enabled = false;
     c.validate().unwrap();
 }
+
+#[test]
+fn web_grafana_settings_are_checked() {
+    let check = |tweak: &dyn Fn(&mut Config)| {
+        let mut c = Config::default();
+        tweak(&mut c);
+        c.validate().map(|()| c.web).map_err(|e| e.to_string())
+    };
+    let w = check(&|_| {}).unwrap();
+    assert_eq!(w.grafana_url, None);
+    assert_eq!(w.grafana_loki_uid, "loki");
+    let w = check(&|c| c.web.grafana_url = Some("https://grafana.example.com/g/".into())).unwrap();
+    assert_eq!(
+        w.grafana_url.as_deref(),
+        Some("https://grafana.example.com/g")
+    );
+    assert!(check(&|c| c.web.grafana_url = Some("http://localhost:3000".into())).is_ok());
+    for bad in [
+        "localhost:3000",
+        "ftp://grafana",
+        "http://",
+        "http://grafana:3000/?orgId=1",
+        "http://grafana:3000/#x",
+        "http://grafana:3000 junk",
+        "http://admin:pw@grafana:3000",
+        "javascript:alert(1)",
+    ] {
+        let e = check(&|c| c.web.grafana_url = Some(bad.into())).unwrap_err();
+        assert!(e.starts_with("web.grafana_url: "), "{bad}: {e}");
+        assert!(!e.contains(":pw@"), "{e}");
+    }
+    for bad in ["", "has space", "a/b", &"x".repeat(41)] {
+        let e = check(&|c| c.web.grafana_loki_uid = bad.into()).unwrap_err();
+        assert!(e.starts_with("web.grafana_loki_uid: "), "{bad}: {e}");
+    }
+    let mut c = load_env("OPSWIRE_WEB__GRAFANA_URL", "http://127.0.0.1:3000/").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.web.grafana_url.as_deref(), Some("http://127.0.0.1:3000"));
+}

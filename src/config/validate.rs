@@ -23,6 +23,7 @@ impl Config {
         self.validate_ingest()?;
         self.validate_telemetry()?;
         self.validate_broker()?;
+        self.validate_web()?;
         Ok(())
     }
 
@@ -427,4 +428,58 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The dashboard's links out: Grafana's base URL is put in front of
+    /// `/explore?…` by the page, so it must be a bare http(s) URL.
+    fn validate_web(&mut self) -> Result<(), ConfigError> {
+        if let Some(raw) = &self.web.grafana_url {
+            let trimmed = raw.trim_end_matches('/');
+            let why = grafana_url_problem(trimmed);
+            if let Some(why) = why {
+                // Never echo a URL that holds a password.
+                let shown = if why.contains("credentials") {
+                    "the URL"
+                } else {
+                    raw
+                };
+                return Err(invalid("web.grafana_url", format!("`{shown}` {why}")));
+            }
+            self.web.grafana_url = Some(trimmed.to_owned());
+        }
+        let uid = &self.web.grafana_loki_uid;
+        let uid_ok = !uid.is_empty()
+            && uid.len() <= 40
+            && uid
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        if !uid_ok {
+            return Err(invalid(
+                "web.grafana_loki_uid",
+                format!("`{uid}` is not a Grafana uid (1-40 of a-z, A-Z, 0-9, '-', '_')"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why `url` (without trailing slashes) is not a usable Grafana base URL.
+fn grafana_url_problem(url: &str) -> Option<&'static str> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("must not contain spaces or control characters");
+    }
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return Some("is not a URL (expected e.g. http://localhost:3000)");
+    };
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
+        return Some("must be an http:// or https:// URL with a host");
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Some(
+            "must not carry credentials: every browser that opens the page would see them",
+        );
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Some("must end at Grafana's base path: no `?query` or `#fragment` (the page appends /explore?…)");
+    }
+    None
 }

@@ -1,5 +1,6 @@
 // opswire dashboard: the reference browser client of protocol v1.
-// Plain JS, no dependencies. See docs/dashboard.md for how it works.
+// Plain JS; its one dependency is uPlot (the global `uPlot`, vendored in
+// src/web/vendor/). See docs/dashboard.md for how it works.
 "use strict";
 (() => {
   const TOKEN_KEY = "opswire.token";
@@ -406,10 +407,14 @@
   function point(t, h) {
     const disks = Array.isArray(h.disks) ? h.disks : [];
     const nets = Array.isArray(h.network) ? h.network : [];
+    const load = h.cpu && Array.isArray(h.cpu.load) ? h.cpu.load : [];
     return {
       t,
       cpu: h.cpu ? h.cpu.usage_pct : 0,
       mem: h.memory ? h.memory.usage_pct : 0,
+      load1: load[0] ?? null, load5: load[1] ?? null, load15: load[2] ?? null,
+      memUsed: h.memory ? h.memory.used_bytes : 0,
+      memTotal: h.memory ? h.memory.total_bytes : 0,
       disk: disks.reduce((m, x) => Math.max(m, x.usage_pct || 0), 0),
       rx: nets.reduce((s, x) => s + (x.rx_bytes_per_s || 0), 0),
       tx: nets.reduce((s, x) => s + (x.tx_bytes_per_s || 0), 0),
@@ -429,7 +434,7 @@
     box.dataset.team = S.team || "";
     const names = d ? [...d.current].sort() : [];
     for (const [name, card] of S.cards) {
-      if (!names.includes(name)) { card.root.remove(); S.cards.delete(name); }
+      if (!names.includes(name)) { dropCard(card); S.cards.delete(name); }
     }
     names.forEach((name, i) => {
       let card = S.cards.get(name);
@@ -442,28 +447,232 @@
     $("hosts-empty").textContent = S.live ? "No hosts reporting for this team." : "Waiting for data…";
   }
 
-  function hostCard(name) {
-    const chart = (key, label) => {
-      const value = el("b", { testid: `${key}-value`, text: "–" });
-      const canvas = el("canvas", { "aria-hidden": "true" });
-      const fig = el("figure", { class: `chart chart-${key}` }, el("figcaption", null, el("span", { text: label }), value), canvas);
-      return { fig, value, canvas };
+  // ---- charts (uPlot) ----------------------------------------------------
+  // Each host card has one uPlot per chart, made once (when it first has a
+  // size) and fed with setData on every metrics frame. A chart off screen,
+  // in a hidden tab or under the mouse is not redrawn: it catches up when it
+  // comes back into view or the mouse leaves, so a read-out holds still.
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+  const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+  const BYTE_INCRS = (() => {
+    const out = [];
+    for (let k = 0; k < BYTE_UNITS.length; k++) for (const m of [1, 2, 5, 10, 20, 50, 100, 200, 500]) out.push(m * 1024 ** k);
+    return out;
+  })();
+  /// Tick labels of a byte scale, all in the unit of the tick step.
+  function byteTicks(splits, incr, suffix) {
+    let k = 0;
+    while (k < BYTE_UNITS.length - 1 && incr >= 1024 ** (k + 1)) k++;
+    return splits.map((v) => `${+(v / 1024 ** k).toFixed(1)} ${BYTE_UNITS[k]}${suffix}`);
+  }
+  const rate = (v) => `${bytes(v)}/s`;
+  const UNITS = {
+    pct: { ticks: (s) => s.map((v) => `${+v.toFixed(1)}%`), value: pct, incrs: [1, 2, 5, 10, 20, 25, 50, 100] },
+    bytes: { ticks: (s, incr) => byteTicks(s, incr, ""), value: bytes, incrs: BYTE_INCRS },
+    rate: { ticks: (s, incr) => byteTicks(s, incr, "/s"), value: rate, incrs: BYTE_INCRS },
+    load: { ticks: (s) => s.map((v) => `${+v.toFixed(2)}`), value: (v) => Number(v).toFixed(2), incrs: [0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500] },
+  };
+  /// What each chart shows: its unit, and its series (key in a point).
+  const CHARTS = [
+    { key: "cpu", label: "CPU", unit: "pct", max: () => 100, series: [{ key: "cpu", label: "CPU", color: "--cpu" }] },
+    { key: "load", label: "Load", unit: "load", series: [
+      { key: "load1", label: "1 min", color: "--load1" }, { key: "load5", label: "5 min", color: "--load5", fill: false },
+      { key: "load15", label: "15 min", color: "--load15", fill: false }] },
+    { key: "mem", label: "Memory", unit: "bytes", max: (p) => p && p.memTotal, series: [{ key: "memUsed", label: "used", color: "--mem" }] },
+    { key: "disk", label: "Disk", unit: "pct", max: () => 100, series: [{ key: "disk", label: "fullest mount", color: "--disk" }] },
+    { key: "net", label: "Network ↓↑", unit: "rate", wide: true, series: [
+      { key: "rx", label: "↓ received", color: "--rx" }, { key: "tx", label: "↑ sent", color: "--tx", fill: false }] },
+  ];
+
+  const colors = {};
+  function color(name) {
+    if (!colors[name]) colors[name] = getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#888";
+    return colors[name];
+  }
+  const hexA = (c, a) => (/^#[0-9a-f]{6}$/i.test(c) ? c + Math.round(a * 255).toString(16).padStart(2, "0") : c);
+  const hms = (s) => { const d = new Date(s * 1000); return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`; };
+  const hm = (s) => { const d = new Date(s * 1000); return `${pad(d.getHours())}:${pad(d.getMinutes())}`; };
+
+  // One observer for every chart: a chart redraws only while on screen.
+  const chartVisibility = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const ch = e.target.__chart;
+      if (!ch) continue;
+      ch.visible = e.isIntersecting;
+      if (ch.visible && ch.dirty) renderChart(ch);
+    }
+  }) : null;
+  const chartSizes = "ResizeObserver" in window ? new ResizeObserver((entries) => {
+    for (const e of entries) {
+      const ch = e.target.__chart;
+      if (ch) sizeChart(ch);
+    }
+  }) : null;
+
+  function chartFigure(spec) {
+    const value = el("b", { testid: `${spec.key}-value`, text: "–" });
+    const plot = el("div", { class: "plot" });
+    const tip = el("div", { class: "readout", testid: "chart-readout", "aria-hidden": "true", hidden: true }); // mouse-only: the caption holds the value
+    const fig = el("figure", { class: `chart chart-${spec.key}${spec.wide ? " wide" : ""}`, testid: "chart", "data-chart": spec.key, "data-unit": spec.unit },
+      el("figcaption", null, el("span", { text: spec.label }), value), plot, tip);
+    const ch = { spec, fig, value, plot, tip, u: null, data: null, visible: !chartVisibility, dirty: false, hover: false, range: [0, 1], ticks: { x: [], y: [] } };
+    fig.__chart = ch;
+    plot.__chart = ch;
+    if (chartVisibility) chartVisibility.observe(fig);
+    if (chartSizes) chartSizes.observe(plot);
+    return ch;
+  }
+
+  function chartSize(ch) {
+    return { width: Math.floor(ch.plot.clientWidth), height: Math.floor(ch.plot.clientHeight) };
+  }
+
+  function sizeChart(ch) {
+    if (!ch.u) { if (ch.data) renderChart(ch); return; }
+    const sz = chartSize(ch);
+    if (sz.width > 0 && sz.height > 0 && (sz.width !== ch.u.width || sz.height !== ch.u.height)) ch.u.setSize(sz);
+  }
+
+  function makeChart(ch) {
+    const sz = chartSize(ch);
+    if (!sz.width || !sz.height) return null;
+    const unit = UNITS[ch.spec.unit];
+    const rootPx = parseFloat(getComputedStyle(document.documentElement).fontSize) || 13;
+    const font = `${Math.round(rootPx * 0.72)}px system-ui, sans-serif`;
+    const axis = { stroke: color("--muted"), font, ticks: { show: false }, grid: { stroke: color("--grid"), width: 1 } };
+    const opts = {
+      ...sz,
+      legend: { show: false },
+      select: { show: false },
+      cursor: { drag: { x: false, y: false }, points: { size: 6 }, y: false },
+      padding: [6, 6, 0, 0],
+      scales: {
+        x: { time: true, range: () => ch.range },
+        y: { range: (u, min, max) => {
+          const fixed = ch.spec.max && ch.spec.max(ch.last);
+          if (fixed) return [0, fixed];
+          return [0, max > 0 ? max * 1.15 : (ch.spec.unit === "load" ? 1 : 1024)];
+        } },
+      },
+      axes: [
+        { ...axis, space: 48, size: Math.round(rootPx * 1.4), incrs: TIME_INCRS,
+          values: (u, splits, ai, space, incr) => (ch.ticks.x = splits.map(incr < 60 ? hms : hm)) },
+        { ...axis, space: 18, gap: 4, size: (u, values) => 8 + Math.max(24, ...(values || []).map((v) => v.length * rootPx * 0.42)),
+          incrs: unit.incrs, values: (u, splits, ai, space, incr) => (ch.ticks.y = unit.ticks(splits, incr)) },
+      ],
+      series: [{}, ...ch.spec.series.map((s) => ({
+        label: s.label, stroke: color(s.color), width: 1.5, points: { show: false },
+        fill: s.fill === false ? undefined : hexA(color(s.color), 0.16),
+      }))],
+      hooks: {
+        setCursor: [(u) => readout(ch, u)],
+        draw: [() => {
+          if (!performance.getEntriesByName("opswire:first-chart").length) performance.mark("opswire:first-chart");
+          ch.fig.dataset.xMin = String(ch.range[0]);
+          ch.fig.dataset.xMax = String(ch.range[1]);
+          ch.fig.dataset.xTicks = ch.ticks.x.join("|");
+          ch.fig.dataset.yTicks = ch.ticks.y.join("|");
+        }],
+      },
     };
+    const u = new uPlot(opts, ch.data, ch.plot);
+    // Hold still under the mouse; catch up when it leaves.
+    u.over.addEventListener("mouseenter", () => { ch.hover = true; });
+    u.over.addEventListener("mouseleave", () => { ch.hover = false; ch.tip.hidden = true; if (ch.dirty) renderChart(ch); });
+    return u;
+  }
+
+  /// The read-out under the mouse: the time, and every series' value.
+  function readout(ch, u) {
+    const i = u.cursor.idx;
+    if (i == null || u.cursor.left < 0) { ch.tip.hidden = true; return; }
+    const unit = UNITS[ch.spec.unit];
+    const t = u.data[0][i];
+    const rows = [el("div", { class: "rt", testid: "readout-time", text: hms(t) })];
+    ch.spec.series.forEach((s, j) => {
+      const v = u.data[j + 1][i];
+      const sw = el("i", { class: "sw" });
+      sw.style.background = color(s.color);
+      rows.push(el("div", { class: "rs", testid: "readout-series", "data-series": s.key },
+        sw, el("span", { text: s.label }), el("b", { testid: "readout-value", text: v == null ? "no data" : unit.value(v) })));
+    });
+    ch.tip.replaceChildren(...rows);
+    ch.tip.hidden = false;
+    // Beside the cursor, flipped to its left in the right half (CSSOM: CSP-safe).
+    const left = u.cursor.left + u.over.offsetLeft;
+    const flip = left > ch.fig.clientWidth / 2;
+    ch.tip.style.transform = `translate(${flip ? `calc(${left - 8}px - 100%)` : `${left + 8}px`}, 0)`;
+  }
+
+  /// Points → uPlot columns; a missing stretch (> 3 ticks) becomes a null,
+  /// which uPlot draws as a gap.
+  function columns(pts, series, gap, tick) {
+    const xs = [];
+    const ys = series.map(() => []);
+    for (let i = 0; i < pts.length; i++) {
+      if (i && pts[i].t - pts[i - 1].t > gap) {
+        xs.push(pts[i - 1].t + tick);
+        for (const y of ys) y.push(null);
+      }
+      xs.push(pts[i].t);
+      series.forEach((s, j) => ys[j].push(pts[i][s.key]));
+    }
+    return [xs, ...ys];
+  }
+
+  function feedChart(ch, pts, range) {
+    const gap = (3 * S.tickMs) / 1000;
+    ch.data = columns(pts, ch.spec.series, gap, S.tickMs / 1000);
+    ch.last = pts[pts.length - 1];
+    ch.nextRange = range;
+    ch.dirty = true;
+    renderChart(ch);
+  }
+
+  function renderChart(ch) {
+    if (!ch.data || !ch.visible || ch.hover || document.hidden) return;
+    ch.range = ch.nextRange;
+    if (!ch.u) {
+      ch.u = makeChart(ch);
+      if (!ch.u) return;
+    } else {
+      ch.u.setData(ch.data);
+    }
+    ch.dirty = false;
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) return;
+    for (const card of S.cards.values()) for (const ch of card.charts) if (ch.dirty) renderChart(ch);
+  });
+
+  function hostCard(name) {
     const fact = (key, label) => {
       const dd = el("dd", { testid: key, text: "–" });
       return { node: el("div", null, el("dt", { text: label }), dd), dd };
     };
+    const charts = CHARTS.map(chartFigure);
     const c = {
-      cpu: chart("cpu", "CPU"), mem: chart("mem", "Memory"), disk: chart("disk", "Disk"), net: chart("net", "Network ↓↑"),
-      load: fact("load", "load"), uptime: fact("uptime", "up"), procs: fact("procs", "procs"),
+      charts,
+      cpu: charts[0], load: fact("load", "load"), mem: charts[2], disk: charts[3], net: charts[4], loadChart: charts[1],
+      uptime: fact("uptime", "up"), procs: fact("procs", "procs"),
       badge: el("span", { class: "badge" }),
       age: el("span", { class: "age", testid: "host-age" }),
     };
     c.root = el("article", { class: "host", testid: "host-card", "data-host": name, "aria-label": `host ${name}` },
       el("header", null, el("h3", { text: name }), c.badge, c.age),
       el("dl", { class: "facts" }, c.load.node, c.uptime.node, c.procs.node),
-      el("div", { class: "charts" }, c.cpu.fig, c.mem.fig, c.disk.fig, c.net.fig));
+      el("div", { class: "charts" }, ...charts.map((ch) => ch.fig)));
     return c;
+  }
+
+  function dropCard(card) {
+    for (const ch of card.charts) {
+      if (chartVisibility) chartVisibility.unobserve(ch.fig);
+      if (chartSizes) chartSizes.unobserve(ch.plot);
+      if (ch.u) ch.u.destroy();
+    }
+    card.root.remove();
   }
 
   function updateCard(c, hs) {
@@ -475,6 +684,9 @@
     const cores = Array.isArray(cpu.cores_pct) ? cpu.cores_pct.length : 0;
     c.cpu.value.textContent = pct(cpu.usage_pct);
     c.cpu.fig.title = `CPU ${pct(cpu.usage_pct)}${cores ? ` over ${cores} cores` : ""}`;
+    const load = Array.isArray(cpu.load) ? cpu.load : [];
+    c.loadChart.value.textContent = load.length ? Number(load[0]).toFixed(2) : "–";
+    c.loadChart.fig.title = `load averages over 1, 5 and 15 minutes${cores ? ` (${cores} cores)` : ""}`;
     const m = h.memory || {};
     c.mem.value.textContent = `${pct(m.usage_pct)} of ${short(m.total_bytes)}`;
     c.mem.fig.title = `memory ${bytes(m.used_bytes)} used of ${bytes(m.total_bytes)}; swap ${bytes(m.swap_used_bytes)} of ${bytes(m.swap_total_bytes)}`;
@@ -485,16 +697,12 @@
     const last = hs.pts[hs.pts.length - 1] || { rx: 0, tx: 0 };
     c.net.value.textContent = `↓${short(last.rx)} ↑${short(last.tx)}`;
     c.net.fig.title = `network: received ${bytes(last.rx)}/s, sent ${bytes(last.tx)}/s (all interfaces)`;
-    c.load.dd.textContent = Array.isArray(cpu.load) ? cpu.load.map((x) => Number(x).toFixed(2)).join(" ") : "–";
+    c.load.dd.textContent = load.length ? load.map((x) => Number(x).toFixed(2)).join(" ") : "–";
     c.uptime.dd.textContent = duration(h.uptime_s || 0);
     c.procs.dd.textContent = String(h.processes ?? "–");
     const end = hs.pts.length ? hs.pts[hs.pts.length - 1].t : 0;
     const tEnd = Math.max(end, teamData(S.team).newestTs / 1e6);
-    const gap = (3 * S.tickMs) / 1000;
-    draw(c.cpu.canvas, [{ key: "cpu", color: "--cpu" }], hs.pts, { max: 100, tEnd, gap });
-    draw(c.mem.canvas, [{ key: "mem", color: "--mem" }], hs.pts, { max: 100, tEnd, gap });
-    draw(c.disk.canvas, [{ key: "disk", color: "--disk" }], hs.pts, { max: 100, tEnd, gap });
-    draw(c.net.canvas, [{ key: "rx", color: "--rx" }, { key: "tx", color: "--tx", fill: false }], hs.pts, { max: 0, tEnd, gap });
+    for (const ch of c.charts) feedChart(ch, hs.pts, [tEnd - WINDOW_S, tEnd]);
     updateAge(c);
   }
 
@@ -503,65 +711,6 @@
     const age = (nowUs() - c.snap.sampled_at) / 1e6;
     c.age.textContent = `sampled ${age < 0.05 ? "0.0" : age.toFixed(1)} s ago`;
     c.age.classList.toggle("stale", age * 1000 > 3 * S.tickMs);
-  }
-
-  const colors = {};
-  function color(name) {
-    if (!colors[name]) colors[name] = getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#888";
-    return colors[name];
-  }
-
-  /// A sparkline of the last WINDOW_S seconds; lines break across gaps.
-  function draw(canvas, series, pts, { max, tEnd, gap }) {
-    const w = canvas.clientWidth, h = canvas.clientHeight;
-    if (!w || !h) return;
-    const dpr = window.devicePixelRatio || 1;
-    const W = Math.round(w * dpr), H = Math.round(h * dpr);
-    if (canvas.width !== W || canvas.height !== H) { canvas.width = W; canvas.height = H; }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, w, h);
-    let top = max;
-    if (!top) {
-      for (const p of pts) for (const s of series) top = Math.max(top, p[s.key]);
-      top = top > 0 ? top * 1.15 : 1;
-    }
-    ctx.strokeStyle = "rgba(255,255,255,0.07)";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    ctx.moveTo(0, Math.round(h / 2) + 0.5);
-    ctx.lineTo(w, Math.round(h / 2) + 0.5);
-    ctx.stroke();
-    const x = (t) => w - ((tEnd - t) / WINDOW_S) * w;
-    const y = (v) => h - 2 - (Math.min(v, top) / top) * (h - 4);
-    for (const s of series) {
-      const c = color(s.color);
-      const runs = [];
-      let run = [];
-      for (let i = 0; i < pts.length; i++) {
-        if (i && pts[i].t - pts[i - 1].t > gap) { runs.push(run); run = []; }
-        run.push(pts[i]);
-      }
-      runs.push(run);
-      for (const r of runs) {
-        if (!r.length) continue;
-        ctx.beginPath();
-        r.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p[s.key])) : ctx.moveTo(x(p.t), y(p[s.key]))));
-        if (r.length === 1) ctx.lineTo(x(r[0].t) + 1.5, y(r[0][s.key]));
-        ctx.strokeStyle = c;
-        ctx.lineWidth = 1.5;
-        ctx.stroke();
-        if (s.fill !== false && r.length > 1) {
-          ctx.lineTo(x(r[r.length - 1].t), h);
-          ctx.lineTo(x(r[0].t), h);
-          ctx.closePath();
-          ctx.globalAlpha = 0.18;
-          ctx.fillStyle = c;
-          ctx.fill();
-          ctx.globalAlpha = 1;
-        }
-      }
-    }
   }
 
   // ---- logs --------------------------------------------------------------
@@ -625,6 +774,42 @@
     return `${base.replace(/\/+$/, "")}/trace/${id}`;
   }
 
+  /// A LogQL string literal (double-quoted, Go escapes).
+  const logqlString = (v) => `"${String(v).replace(/[\\"]/g, "\\$&").replace(/\n/g, "\\n")}"`;
+
+  /// Grafana Explore on the team's lines in Loki, from the earlier of an hour
+  /// ago and 15 minutes before the oldest line on screen, to now. Null
+  /// without `web.grafana_url`.
+  function grafanaUrl() {
+    const base = S.info && S.info.grafana_url;
+    const service = S.info && S.info.team_logs_service;
+    if (!base || !service || !S.team) return null;
+    try {
+      const u = new URL(base);
+      if (u.protocol !== "http:" && u.protocol !== "https:") return null;
+    } catch { return null; }
+    const uid = S.info.grafana_loki_uid || "loki";
+    const rows = $("logs").querySelectorAll('[data-testid="log-line"]');
+    const oldestMs = rows.length ? Number(rows[rows.length - 1].dataset.ts) / 1000 : NaN;
+    const nowMs = nowUs() / 1000;
+    const from = Math.floor(Math.min(nowMs - 3600e3, Number.isFinite(oldestMs) ? oldestMs - 900e3 : Infinity));
+    const expr = `{service_name=${logqlString(service)}, opswire_team=${logqlString(S.team)}}`;
+    const panes = { a: {
+      datasource: uid,
+      queries: [{ refId: "A", datasource: { type: "loki", uid }, expr }],
+      range: { from: String(from), to: "now" },
+    } };
+    return `${base.replace(/\/+$/, "")}/explore?schemaVersion=1&orgId=1&panes=${encodeURIComponent(JSON.stringify(panes))}`;
+  }
+
+  function renderGrafanaLink() {
+    const url = grafanaUrl();
+    $("grafana-older").hidden = !url;
+    const a = $("grafana-link");
+    if (url) a.href = url;
+    else a.removeAttribute("href");
+  }
+
   function logRow(e) {
     if (e.marker) {
       return el("li", { class: "log marker", testid: "log-marker" }, el("time", { text: clock(e.ts / 1000) }), el("span", { class: "msg", text: `⋯ ${e.message}` }));
@@ -632,7 +817,7 @@
     const fields = e.fields && typeof e.fields === "object" ? Object.entries(e.fields) : [];
     const extra = fields.length ? ` ${fields.map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ")}` : "";
     const url = e.trace ? traceUrl(e.trace) : null;
-    return el("li", { class: `log lvl-${e.level}`, testid: "log-line", "data-level": e.level, "data-source": e.source, "data-key": e.key },
+    return el("li", { class: `log lvl-${e.level}`, testid: "log-line", "data-level": e.level, "data-source": e.source, "data-key": e.key, "data-ts": e.ts },
       el("time", { text: clock(e.ts / 1000), title: new Date(e.ts / 1000).toISOString() }),
       el("span", { class: "lvl", text: e.level }),
       el("span", { class: "src", text: e.source, title: e.host ? `${e.source} on ${e.host}` : e.source }),
@@ -653,6 +838,7 @@
     }
     list.replaceChildren(...rows);
     $("logs-empty").hidden = rows.length > 0;
+    renderGrafanaLink();
   }
 
   function renderSources() {
@@ -849,6 +1035,7 @@
 
   /// Clears the per-team views and draws `S.team` from memory.
   function showTeam() {
+    for (const card of S.cards.values()) dropCard(card);
     $("hosts").replaceChildren();
     S.cards.clear();
     $("alerts").replaceChildren();
@@ -930,6 +1117,8 @@
     $("retry-now").addEventListener("click", () => {
       if (S.retryFn) { const fn = S.retryFn; clearTimeout(S.retryTimer); S.retryTimer = 0; fn(); }
     });
+    // The range ends "now": refresh it right before the link is followed.
+    for (const ev of ["focus", "mouseenter", "click", "auxclick"]) $("grafana-link").addEventListener(ev, renderGrafanaLink);
     $("log-controls").addEventListener("submit", (ev) => { ev.preventDefault(); applyFilter(); });
     $("log-level").addEventListener("change", applyFilter);
     $("log-source").addEventListener("change", applyFilter);
@@ -937,11 +1126,6 @@
       S.paused = !S.paused;
       if (!S.paused) { S.unseen = 0; renderLogs(); }
       renderPause();
-    });
-    let resizeTimer = 0;
-    window.addEventListener("resize", () => {
-      clearTimeout(resizeTimer);
-      resizeTimer = setTimeout(() => { for (const [name, c] of S.cards) updateCard(c, teamData(S.team).hosts.get(name)); }, 100);
     });
     setInterval(tick, 250);
     setInterval(() => { if (S.team) renderAlerts(); }, 5000);

@@ -23,5 +23,6 @@ mod sse;
 mod streaming;
 mod team_logs;
 mod telemetry;
+mod web_assets;
 
 pub mod otlp_receiver;

@@ -4,12 +4,13 @@ import assert from "node:assert/strict";
 import { copyFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { gzipSync } from "node:zlib";
 import * as H from "./harness.mjs";
 
 const HOST = "web-test-host";
 const RUN = Date.now().toString(36);
 const T = { timeout: 40000 };
+// Nothing listens there: the page only builds links to it.
+const GRAFANA_URL = "http://127.0.0.1:3000/grafana";
 
 const card = (page, host) => page.locator(`[data-testid="host-card"][data-host="${host}"]`);
 const logLine = (page, message) =>
@@ -95,7 +96,7 @@ describe("dashboard in dev mode (no secret), with a real Alertmanager", () => {
 
   before(async () => {
     const [port, amPort] = [await H.freePort(), await H.freePort()];
-    ops = new H.Opswire({ port, amPort, name: "opswire-dev" });
+    ops = new H.Opswire({ port, amPort, name: "opswire-dev", grafanaUrl: `${GRAFANA_URL}/` });
     am = new H.Alertmanager({ port: amPort, opswireBase: ops.base });
     await Promise.all([ops.start(), am.start()]);
     browser = await H.launchBrowser();
@@ -153,33 +154,156 @@ describe("dashboard in dev mode (no secret), with a real Alertmanager", () => {
     assertNoConsoleErrors(rec);
   });
 
+  it("charts have a time axis, unit scales and a hover read-out of every series", T, async () => {
+    await ensurePage();
+    const errorsFrom = rec.errors.length;
+    const host = `chart-host-${RUN}`; // sorts before web-test-host: the first card
+    const GiB = 2 ** 30;
+    const sample = (v) => ({
+      host, sampled_at: Date.now() * 1000,
+      cpu: { usage_pct: v.cpu, cores_pct: [v.cpu, v.cpu], load: v.load },
+      memory: { used_bytes: v.mem, total_bytes: 8 * GiB, usage_pct: (v.mem / (8 * GiB)) * 100, swap_used_bytes: 0, swap_total_bytes: 0 },
+      disks: [{ mount: "/", used_bytes: 10 * GiB, total_bytes: 40 * GiB, usage_pct: v.disk }],
+      network: [{ iface: "eth0", rx_bytes_per_s: v.rx, tx_bytes_per_s: v.tx }],
+      processes: 12, uptime_s: 3600,
+    });
+    /** Publishes a sample; resolves with the ts (s) of the first frame that carries it. */
+    const publish = async (v) => {
+      const data = sample(v);
+      const reply = await pub.op({ op: "publish", team: "alpha", stream: "metrics", data });
+      assert.equal(reply.type, "published", JSON.stringify(reply));
+      const frame = await H.waitFor(() => rec.received.find((f) => f.type === "metrics" && f.team === "alpha" &&
+        (f.data.hosts || []).some((h) => h.host === host && h.sampled_at === data.sampled_at)), { what: `the frame with ${host}` });
+      return frame.ts / 1e6;
+    };
+    // A, then (a frame later) B: B is the newest point, A a tick or two before it.
+    await publish({ cpu: 10, load: [0.25, 0.5, 1], mem: 1 * GiB, disk: 50, rx: 100, tx: 200 });
+    await metricsFrames(rec, "alpha", 1);
+    const tB = await publish({ cpu: 42.5, load: [1.25, 0.75, 0.5], mem: 2 * GiB, disk: 25, rx: 1536, tx: 700 });
+    const expected = {
+      cpu: { cpu: "42.5%" },
+      load: { load1: "1.25", load5: "0.75", load15: "0.50" },
+      mem: { memUsed: "2.0 GiB" },
+      disk: { disk: "25.0%" },
+      net: { rx: "1.5 KiB/s", tx: "700 B/s" },
+    };
+    const yTick = {
+      cpu: /^\d+(\.\d)?%$/, disk: /^\d+(\.\d)?%$/, load: /^\d+(\.\d+)?$/,
+      mem: /^\d+(\.\d)? (B|KiB|MiB|GiB|TiB)$/, net: /^\d+(\.\d)? (B|KiB|MiB|GiB|TiB)\/s$/,
+    };
+    const c = card(page, host);
+    await c.waitFor({ timeout: 5000 });
+    await c.scrollIntoViewIfNeeded();
+    const time = await page.evaluate((t) => {
+      const d = new Date(t * 1000);
+      const p = (n) => String(n).padStart(2, "0");
+      return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+    }, tB);
+    for (const [key, series] of Object.entries(expected)) {
+      const fig = c.locator(`[data-testid="chart"][data-chart="${key}"]`);
+      // The chart has drawn B and a few seconds after it (room to point
+      // right of B, where B is the nearest point), with both axes.
+      await H.waitFor(async () => Number(await fig.getAttribute("data-x-max")) >= tB + 5, { timeout: 10000, what: `${key} drawn 5 s past B` });
+      assert.equal(await fig.locator(".u-axis").count(), 2, `${key}: a time axis and a value axis`);
+      const xTicks = (await fig.getAttribute("data-x-ticks")).split("|");
+      assert.ok(xTicks.length >= 2 && xTicks.every((t) => /^\d\d:\d\d(:\d\d)?$/.test(t)), `${key} time ticks: ${xTicks}`);
+      const yTicks = (await fig.getAttribute("data-y-ticks")).split("|");
+      assert.ok(yTicks.length >= 2 && yTicks.every((t) => yTick[key].test(t)), `${key} value ticks with the unit: ${yTicks}`);
+      if (key === "cpu" || key === "disk") assert.equal(yTicks.at(-1), "100%", `${key} scale ends at 100%`);
+      // Hover: entering holds the chart still, then point at B.
+      const over = fig.locator(".u-over");
+      const box = await over.boundingBox();
+      await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+      await fig.getByTestId("chart-readout").waitFor({ timeout: 2000 });
+      const [min, max] = [Number(await fig.getAttribute("data-x-min")), Number(await fig.getAttribute("data-x-max"))];
+      // A second right of B (at least a pixel): nothing is nearer than B.
+      const pxPerS = box.width / (max - min);
+      const x = box.x + (tB - min) * pxPerS + Math.max(1, pxPerS);
+      await page.mouse.move(Math.min(x, box.x + box.width - 1), box.y + box.height / 2);
+      const tip = fig.getByTestId("chart-readout");
+      await H.waitFor(async () => (await tip.getByTestId("readout-time").textContent()) === time, {
+        what: `${key} read-out at ${time} (shows ${await tip.getByTestId("readout-time").textContent().catch(() => "?")})`,
+      });
+      const shown = Object.fromEntries(await tip.getByTestId("readout-series").evaluateAll((rows) =>
+        rows.map((r) => [r.dataset.series, r.querySelector('[data-testid="readout-value"]').textContent])));
+      assert.deepEqual(shown, series, `${key} read-out of every series at ${time}`);
+      await page.mouse.move(0, 0);
+      await tip.waitFor({ state: "hidden", timeout: 2000 });
+    }
+    await page.screenshot({ path: path.join(H.artifactsDir(), "charts.png"), clip: await c.boundingBox() });
+    assertNoConsoleErrors(rec, errorsFrom);
+  });
+
+  it("links older lines to Grafana Explore with the team's Loki query", T, async () => {
+    await ensurePage();
+    const errorsFrom = rec.errors.length;
+    const msg = `grafana-link-${RUN}`;
+    await pub.log("alpha", { level: "info", source: "web-a", message: msg });
+    await logLine(page, msg).waitFor({ timeout: 5000 });
+    const link = page.getByTestId("grafana-link");
+    assert.ok(await link.isVisible(), "the link is shown with web.grafana_url");
+    assert.equal(await link.textContent(), "older lines in Grafana");
+    assert.equal(await link.getAttribute("target"), "_blank");
+    assert.match(await link.getAttribute("rel"), /\bnoopener\b/);
+    await link.hover(); // refreshes the range's end
+    const before = Date.now();
+    const href = await link.getAttribute("href");
+    const u = new URL(href);
+    assert.equal(`${u.origin}${u.pathname}`, `${GRAFANA_URL}/explore`);
+    assert.equal(u.searchParams.get("schemaVersion"), "1");
+    assert.equal(u.searchParams.get("orgId"), "1");
+    const panes = JSON.parse(u.searchParams.get("panes"));
+    const pane = Object.values(panes)[0];
+    assert.equal(pane.datasource, "loki");
+    assert.deepEqual(pane.queries, [{ refId: "A", datasource: { type: "loki", uid: "loki" }, expr: '{service_name="opswire-teams", opswire_team="alpha"}' }]);
+    assert.equal(pane.range.to, "now");
+    // From the earlier of an hour ago and 15 minutes before the oldest line shown.
+    const oldest = await page.getByTestId("log-line").last().getAttribute("data-ts");
+    const want = Math.min(before - 3600e3, Number(oldest) / 1000 - 900e3);
+    assert.ok(Math.abs(Number(pane.range.from) - want) < 5000, `range.from ${pane.range.from} ≈ ${want}`);
+    assert.match(pane.range.from, /^\d{13}$/);
+    assertNoConsoleErrors(rec, errorsFrom);
+  });
+
   it("is small, cacheable and loads in well under a second", T, async () => {
-    const index = await fetch(`${ops.base}/`);
+    // Node's fetch decodes what it is sent: Content-Length is the size on
+    // the wire, the body the decoded size. Chromium asks for br too.
+    const ae = { "accept-encoding": "gzip, deflate, br, zstd" };
+    // The server compresses on a thread at startup (bodies go out as they
+    // are until then); the license is the last it does.
+    await H.waitFor(async () => (await fetch(`${ops.base}/vendor/uPlot.LICENSE`, { headers: ae })).headers.get("content-encoding") === "br", {
+      timeout: 30000, what: "the server to have compressed its assets",
+    });
+    const index = await fetch(`${ops.base}/`, { headers: ae });
     const html = await index.text();
     assert.match(index.headers.get("content-type"), /^text\/html; charset=utf-8/);
     assert.equal(index.headers.get("cache-control"), "no-cache");
+    assert.equal(index.headers.get("content-encoding"), "br");
+    assert.equal(index.headers.get("vary"), "Accept-Encoding");
     assert.ok(index.headers.get("content-security-policy"), "CSP header");
     const etag = index.headers.get("etag");
-    assert.equal((await fetch(`${ops.base}/`, { headers: { "if-none-match": etag } })).status, 304);
+    assert.equal((await fetch(`${ops.base}/`, { headers: { ...ae, "if-none-match": etag } })).status, 304);
     const assets = [...html.matchAll(/(?:src|href)="(\/[^"]+)"/g)].map((m) => m[1]);
     const types = { js: /^text\/javascript/, css: /^text\/css/, svg: /^image\/svg\+xml/ };
-    const sizes = { html: Buffer.byteLength(html) };
-    let gz = gzipSync(html).length;
+    const sizes = { "/": Buffer.byteLength(html) };
+    const wire = { "/": Number(index.headers.get("content-length")) };
     for (const a of new Set(assets)) {
-      const r = await fetch(ops.base + a);
+      const r = await fetch(ops.base + a, { headers: ae });
       assert.equal(r.status, 200, a);
       const ext = a.split("?")[0].split(".").pop();
       assert.match(r.headers.get("content-type"), types[ext], a);
       assert.equal(r.headers.get("cache-control"), "public, max-age=31536000, immutable", a);
-      const body = Buffer.from(await r.arrayBuffer());
-      sizes[ext] = body.length;
-      gz += gzipSync(body).length;
+      assert.equal(r.headers.get("content-encoding"), "br", a);
+      const key = a.split("?")[0];
+      sizes[key] = Buffer.from(await r.arrayBuffer()).length;
+      wire[key] = Number(r.headers.get("content-length"));
       const unversioned = await fetch(ops.base + a.split("?")[0]);
       assert.equal(unversioned.headers.get("cache-control"), "no-cache", `${a} without its version`);
     }
-    const total = sizes.html + sizes.js + sizes.css;
-    console.log(`# page size: ${total} bytes of HTML+JS+CSS (html ${sizes.html}, js ${sizes.js}, css ${sizes.css}; ` +
-      `favicon ${sizes.svg}; all ≈ ${gz} bytes if gzipped, served uncompressed)`);
+    const sum = (o) => Object.values(o).reduce((x, y) => x + y, 0);
+    const total = sum(sizes);
+    const onWire = sum(wire);
+    console.log(`# page size: ${total} bytes decoded, ${onWire} bytes of brotli bodies (${Object.entries(wire).map(([k, v]) => `${k} ${v}/${sizes[k]}`).join(", ")})`);
     // Cold load (fresh profile) measured by the first test; now a warm load
     // in a second tab (the first keeps its chart history).
     const second = await H.openPage(browser.context);
@@ -194,7 +318,7 @@ describe("dashboard in dev mode (no secret), with a real Alertmanager", () => {
     const f = (x) => x.toFixed(1);
     console.log(`# load time on localhost: cold DOMContentLoaded ${f(navTiming.dcl)} ms, load ${f(navTiming.load)} ms; ` +
       `warm DOMContentLoaded ${f(warm.dcl)} ms, load ${f(warm.load)} ms`);
-    assert.ok(total < 100 * 1024, `page is ${total} bytes`);
+    assert.ok(onWire < 48 * 1024, `page and assets are ${onWire} bytes compressed`);
     assert.ok(navTiming.load > 0 && navTiming.load < 1000, `cold load took ${navTiming.load} ms`);
     assert.ok(warm.load < 1000, `warm load took ${warm.load} ms`);
     await H.waitFor(async () => (await connState(page)) === "live", { what: "live again" });
@@ -462,6 +586,9 @@ describe("dashboard with authentication (keyed run)", () => {
     assert.ok(!page.url().includes(token), "never in the URL");
     assert.equal(await page.evaluate(() => sessionStorage.getItem("opswire.token")), token);
     assert.match(await page.getByTestId("whoami").textContent(), /web-test-read \(read\)/);
+    // No web.grafana_url here: no link to Grafana.
+    assert.ok(await page.getByTestId("grafana-older").isHidden(), "no Grafana link without web.grafana_url");
+    assert.equal(await page.getByTestId("grafana-link").getAttribute("href"), null);
 
     // A reload signs in again from session storage.
     await page.reload();

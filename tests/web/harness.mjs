@@ -60,7 +60,7 @@ export function cleanEnv(extra = {}) {
 }
 
 /** The TOML configuration of a test server. */
-export function configToml({ port, amPort }) {
+export function configToml({ port, amPort, grafanaUrl = null }) {
   let toml = `bind = "127.0.0.1:${port}"
 shutdown_timeout_s = 2
 
@@ -80,7 +80,7 @@ stale_after_ticks = 60
 
 [web]
 jaeger_url = "${JAEGER_URL}"
-
+${grafanaUrl ? `grafana_url = "${grafanaUrl}"\n` : ""}
 [alertmanager]
 webhook_token = "${WEBHOOK_TOKEN}"
 `;
@@ -90,12 +90,13 @@ webhook_token = "${WEBHOOK_TOKEN}"
 
 /** A real opswire process on a fixed port, restartable on the same port. */
 export class Opswire {
-  constructor({ port, amPort = null, secret = null, name = "opswire" }) {
+  constructor({ port, amPort = null, secret = null, name = "opswire", grafanaUrl = null, bin = BIN }) {
     this.port = port;
+    this.bin = bin;
     this.secret = secret;
     this.dir = mkdtempSync(path.join(tmpdir(), `${name}-`));
     this.config = path.join(this.dir, "opswire.toml");
-    writeFileSync(this.config, configToml({ port, amPort }));
+    writeFileSync(this.config, configToml({ port, amPort, grafanaUrl }));
     this.log = path.join(this.dir, "opswire.log");
     this.child = null;
     this.starts = 0;
@@ -110,7 +111,7 @@ export class Opswire {
   async start() {
     this.starts++;
     const out = createWriteStream(this.log, { flags: "a" });
-    const child = spawn(BIN, ["serve", "--config", this.config], { env: this.env(), stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(this.bin, ["serve", "--config", this.config], { env: this.env(), stdio: ["ignore", "pipe", "pipe"] });
     child.stdout.pipe(out);
     child.stderr.pipe(out);
     this.child = child;
@@ -145,7 +146,7 @@ export class Opswire {
   token(teams, scope = "read", ttl = "1h") {
     const args = ["token", "--ttl", ttl, "--scope", scope, "--sub", `web-test-${scope}`];
     for (const t of teams) args.push("--team", t);
-    return execFileSync(BIN, args, { env: this.env(), encoding: "utf8" }).trim();
+    return execFileSync(this.bin, args, { env: this.env(), encoding: "utf8" }).trim();
   }
 
   async json(p, token) {
@@ -326,6 +327,13 @@ export async function openPage(context) {
     if (m.type() === "error") rec.errors.push(`console: ${m.text()}`);
   });
   page.on("pageerror", (e) => rec.errors.push(`pageerror: ${e.message}`));
+  // A CSP violation (an inline style uPlot might set, say) is an error too,
+  // whether or not Chromium also prints it.
+  await page.exposeFunction("__opswireCspViolation", (v) => rec.errors.push(`csp violation: ${v}`));
+  await page.addInitScript(() => {
+    document.addEventListener("securitypolicyviolation", (e) =>
+      window.__opswireCspViolation(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));
+  });
   page.on("websocket", (ws) => {
     rec.sockets++;
     ws.on("framesent", ({ payload }) => { try { rec.sent.push(JSON.parse(payload)); } catch { /* binary */ } });
