@@ -23,7 +23,36 @@ impl Config {
         self.validate_ingest()?;
         self.validate_telemetry()?;
         self.validate_broker()?;
+        self.validate_tls()?;
         Ok(())
+    }
+
+    /// `[tls]`: both files or neither, and both there. Whether they hold
+    /// a certificate and its key is checked when the server loads them.
+    fn validate_tls(&mut self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        match (&t.cert_file, &t.key_file) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(invalid(
+                "tls.key_file",
+                "must be set with tls.cert_file (the certificate's private key)",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "tls.cert_file",
+                "must be set with tls.key_file (the certificate the key belongs to)",
+            )),
+            (Some(cert), Some(key)) => {
+                for (field, p) in [("tls.cert_file", cert), ("tls.key_file", key)] {
+                    if !p.is_file() {
+                        return Err(invalid(
+                            field,
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The cluster broker's address and bounds.
@@ -351,6 +380,20 @@ impl Config {
         }
         if am.timeout_ms == 0 {
             return Err(invalid("alertmanager.timeout_ms", "must be at least 1"));
+        }
+        if let Some(ca) = &am.ca_file {
+            if !am.url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+                return Err(invalid(
+                    "alertmanager.ca_file",
+                    "is only used with an https:// alertmanager.url",
+                ));
+            }
+            if !ca.is_file() {
+                return Err(invalid(
+                    "alertmanager.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
         }
         Ok(())
     }
