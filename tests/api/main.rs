@@ -22,5 +22,6 @@ mod sources;
 mod sse;
 mod streaming;
 mod telemetry;
+mod tls;
 
 pub mod otlp_receiver;
