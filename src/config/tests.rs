@@ -324,3 +324,18 @@ fn tls_is_set_from_the_file_or_the_environment() {
         Some(Path::new("/ca.pem"))
     );
 }
+
+#[test]
+fn tls_connections_count_three_descriptors_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, "x").unwrap();
+    std::fs::write(&key, "x").unwrap();
+    let mut plain = Config::default();
+    plain.validate().unwrap();
+    let mut tls = Config::default();
+    tls.tls.cert_file = Some(cert);
+    tls.tls.key_file = Some(key);
+    tls.validate().unwrap();
+    assert_eq!(tls.max_connections(), (plain.max_connections() / 3).max(1));
+}

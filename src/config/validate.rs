@@ -272,7 +272,10 @@ impl Config {
             return Err(invalid("limits.max_hosts_per_team", "must be at least 1"));
         }
         let fd_limit = raise_fd_limit();
-        let ceiling = fd_limit.saturating_sub(FD_RESERVE).max(1);
+        // With TLS each connection holds three descriptors: the client's
+        // socket and both ends of its loopback hand-off (`tls::front`).
+        let per_connection = if self.tls.files().is_some() { 3 } else { 1 };
+        let ceiling = (fd_limit.saturating_sub(FD_RESERVE) / per_connection).max(1);
         match l.max_connections {
             None => l.max_connections = Some(ceiling),
             Some(0) => return Err(invalid("limits.max_connections", "must be at least 1")),
@@ -280,7 +283,8 @@ impl Config {
                 return Err(invalid(
                     "limits.max_connections",
                     format!(
-                        "{n} exceeds this process's file descriptor limit ({fd_limit}) minus a reserve of {FD_RESERVE}; at most {ceiling}"
+                        "{n} exceeds this process's file descriptor limit ({fd_limit}) minus a reserve of {FD_RESERVE}{}; at most {ceiling}",
+                        if per_connection > 1 { ", over 3 descriptors per TLS connection" } else { "" }
                     ),
                 ))
             }

@@ -10,8 +10,8 @@
 //! gets a loopback TCP connection to the same server, and this module
 //! copies between the two: HTTPS and `wss://` on one port, everything
 //! behind it unchanged. The price, per TLS connection: a second socket
-//! pair on loopback and a copy of every byte each way (measured in
-//! `docs/security.md`).
+//! pair on loopback and a copy of every byte each way (`docs/security.md`
+//! measures it: about 29 KiB and 2.5× the CPU of a plain fan-out).
 //!
 //! The server still learns the client's address: [`Peers`] maps each
 //! loopback connection's port to the address the TLS connection came

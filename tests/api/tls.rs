@@ -163,6 +163,18 @@ async fn https_and_wss_share_the_tls_port() {
         assert!(Instant::now() < deadline, "handshake failure not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A shutdown reaches a wss:// client through the front: close 1012,
+    // and the server stops (its drain does not wait on the front).
+    drop(https); // its idle keep-alive connections
+    app.shutdown_token().cancel();
+    let (closed, _) = sub.expect_close().await;
+    assert_eq!(closed.code, 1012);
+    let stopped = tokio::task::spawn_blocking(move || app.stop());
+    tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("the server stops")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
