@@ -14,6 +14,7 @@
 //!   scopes, dev mode), [`budget`] (rate budgets per connection and per
 //!   token subject), [`metrics`] (the Prometheus registry), [`telemetry`]
 //!   (tracing and OTLP export), [`faults`] (client faults, counted),
+//!   [`tls`] (certificates, their reload, the TLS front, client roots),
 //!   [`signal`], [`time`].
 //! * [`hub`]: teams' streams over a broker seam ([`hub::broker`]: seq,
 //!   history, hosts; [`hub::memory`] is the embedded one), alert state,
@@ -56,5 +57,6 @@ pub mod signal;
 pub mod startup;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod transport;
 pub mod web;

@@ -73,9 +73,14 @@ struct TokenArgs {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// The hub, e.g. ws://hub.example:8080 (`/ws` is added when no path is given).
+    /// The hub, e.g. wss://hub.example:8443 or ws://hub.example:8080 (`/ws`
+    /// is added when no path is given).
     #[arg(long, env = "OPSWIRE_AGENT_HUB")]
     hub: String,
+    /// For a wss:// hub: trust only the CA certificate(s) in this PEM file
+    /// (a private CA) [default: the system's trusted roots].
+    #[arg(long, env = "OPSWIRE_AGENT_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// An `ingest` token for the team (prefer the environment variable:
     /// arguments are visible in `ps`).
     #[arg(long, env = "OPSWIRE_AGENT_TOKEN", hide_env_values = true)]
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
         Some(Command::Token(args)) => token(args),
         Some(Command::Agent(args)) => opswire::agent::main(opswire::agent::AgentConfig {
             hub: args.hub,
+            ca_file: args.ca_file,
             token: args.token,
             host: args.host,
             team: args.team,
@@ -193,7 +199,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             tracing::warn!("forced exit");
             std::process::exit(1);
         });
-        println!("opswire listening on http://{}", app.addr());
+        println!("opswire listening on {}://{}", app.scheme(), app.addr());
         app.run_until_stopped().await?;
         Ok::<(), opswire::startup::StartError>(())
     });

@@ -59,6 +59,11 @@ pub struct Metrics {
     /// Team records (logs and alert changes for Loki) queued for export,
     /// and dropped because the export queue was full.
     pub team_log_records: IntCounterVec,
+    /// Reloads of the TLS certificate after its files changed, by
+    /// `outcome` (`ok`, `failed`: the previous one is kept).
+    pub tls_reloads: IntCounterVec,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: IntCounter,
     /// The cluster broker's health (`docs/cluster.md`).
     pub broker: BrokerMetrics,
     host_cpu: GaugeVec,
@@ -174,6 +179,19 @@ impl Metrics {
                 IntCounter::new(
                     "opswire_http_client_errors_total",
                     "HTTP connections dropped for the client's fault (malformed request head, body cut short).",
+                )
+                .expect("valid metric"),
+            ),
+            tls_reloads: counter_vec(
+                "opswire_tls_certificate_reloads_total",
+                "Reloads of the TLS certificate after its files changed, by outcome (ok; failed: the files could not be used and the previous certificate is still served).",
+                &["outcome"],
+            ),
+            tls_handshake_failures: reg(
+                &registry,
+                IntCounter::new(
+                    "opswire_tls_handshake_failures_total",
+                    "TLS handshakes on the listening port that failed or timed out (an untrusting client, plain HTTP sent to the TLS port, a scanner).",
                 )
                 .expect("valid metric"),
             ),

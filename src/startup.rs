@@ -2,12 +2,12 @@
 //! (port 0 picks a free one, which the tests use), `run_until_stopped`
 //! serves until the shutdown token is cancelled, then drains.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::HttpService;
-use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::{middleware, web, App};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,9 @@ use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::sampler::Sampler;
+use crate::tls::front::{Front, Peers};
+use crate::tls::reload::ReloadingCert;
+use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,6 +38,10 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Broker(#[from] crate::cluster::LinkError),
+    #[error("TLS (tls.cert_file, tls.key_file): {0}")]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Alertmanager(String),
 }
 
 pub struct Application {
@@ -43,6 +50,8 @@ pub struct Application {
     state: Arc<AppState>,
     /// Cluster mode's broker, started with the server.
     cluster: Option<Arc<RedisBroker>>,
+    /// Whether the port speaks TLS (`[tls]`).
+    tls: bool,
 }
 
 impl Application {
@@ -51,13 +60,27 @@ impl Application {
     pub fn build(mut config: Config) -> Result<Application, StartError> {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
+        crate::alertmanager::AlertmanagerClient::check(&config.alertmanager)
+            .map_err(StartError::Alertmanager)?;
+        let metrics = Arc::new(Metrics::new());
+        // Loaded before binding: a certificate that cannot be used stops
+        // the start, naming the file.
+        let cert = match config.tls.files() {
+            Some((cert, key)) => {
+                let reloads = metrics.tls_reloads.clone();
+                for outcome in ["ok", "failed"] {
+                    reloads.with_label_values(&[outcome]);
+                }
+                Some(Arc::new(ReloadingCert::load(cert, key, reloads)?))
+            }
+            None => None,
+        };
         let listener =
             listen(config.bind, config.reuse_port).map_err(|source| StartError::Bind {
                 addr: config.bind,
                 source,
             })?;
         let addr = listener.local_addr()?;
-        let metrics = Arc::new(Metrics::new());
         let hub = build_hub(&config, metrics.clone());
         let cluster = if config.broker.url.is_some() || !config.broker.cluster.is_empty() {
             let teams: Vec<String> = hub.team_names().map(str::to_owned).collect();
@@ -88,13 +111,24 @@ impl Application {
             local_team,
             local_host,
         ));
-        let server = build_server(&state, listener, addr)?;
+        let tls = cert.is_some();
+        let server = build_server(&state, listener, addr, cert)?;
         Ok(Application {
             addr,
             server,
             state,
             cluster,
+            tls,
         })
+    }
+
+    /// `https` with `[tls]`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -161,7 +195,18 @@ impl Application {
                 .is_ok();
             handle.stop(drained).await;
         });
-        tracing::info!(addr = %self.addr, dev_mode = self.state.auth.dev_mode(), "opswire listening");
+        tracing::info!(
+            addr = %self.addr,
+            scheme = self.scheme(),
+            dev_mode = self.state.auth.dev_mode(),
+            "opswire listening"
+        );
+        if !self.tls && !self.addr.ip().is_loopback() {
+            tracing::warn!(
+                "serving plain HTTP on a network address: tokens and data cross the network in \
+                 clear text; set [tls] (docs/security.md) or put a TLS proxy in front"
+            );
+        }
         let result = self.server.await;
         self.state.shutdown.cancel();
         let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
@@ -216,10 +261,16 @@ fn build_hub(config: &Config, metrics: Arc<Metrics>) -> Hub {
 /// actix-web's `HttpServer`, spelled out, for the one thing it does not
 /// offer: an upgrade service, which takes WebSocket connections out of the
 /// HTTP/1 dispatcher (see `transport::ws::upgrade`).
+///
+/// With `[tls]`, `listener` (the public port) is served by the TLS front
+/// (`tls::front`), which hands each connection's plain bytes to the HTTP
+/// server on a private loopback listener: HTTPS and `wss://` on one port,
+/// the WebSocket transport unchanged.
 fn build_server(
     state: &Arc<AppState>,
     listener: TcpListener,
     addr: SocketAddr,
+    cert: Option<Arc<ReloadingCert>>,
 ) -> std::io::Result<Server> {
     let config = &state.config;
     let data = web::Data::from(state.clone());
@@ -238,30 +289,83 @@ fn build_server(
     // by the kernel after two heartbeats: an SSE client that stops reading
     // holds no slot for longer than a silent WebSocket does.
     let stalled_after = Duration::from_secs(2 * config.websocket.heartbeat_s);
-    Ok(actix_server::Server::build()
+    let peers = Arc::new(Peers::default());
+    let (http_listener, tls_listener, front) = match cert {
+        Some(cert) => {
+            // Loopback only, on a port of its own: what reaches it has
+            // come through the front (or from this machine).
+            let backend = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)?;
+            let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(std::io::Error::other)?
+                .with_no_client_auth()
+                .with_cert_resolver(cert);
+            // The server behind the front speaks HTTP/1.1 only.
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let front = Arc::new(Front {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+                backend: backend.local_addr()?,
+                peers: peers.clone(),
+                handshake_failures: state.metrics.tls_handshake_failures.clone(),
+            });
+            (backend, Some(listener), Some(front))
+        }
+        None => (listener, None, None),
+    };
+    // Each TLS connection is two of actix-server's: the front's and the
+    // loopback one.
+    let per_worker = config.max_connections().max(1024) * if front.is_some() { 2 } else { 1 };
+    let mut server = actix_server::Server::build()
         .workers(workers)
-        .max_concurrent_connections(config.max_connections().max(1024))
+        .max_concurrent_connections(per_worker)
         .backlog(4096)
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout_s)
-        .listen("opswire", listener, move || {
+        .listen("opswire", http_listener, move || {
             let app = make_app.clone();
-            HttpService::build()
-                .on_connect_ext(move |io: &tokio::net::TcpStream, _| {
-                    #[cfg(any(target_os = "linux", target_os = "android"))]
-                    let _ = socket2::SockRef::from(io).set_tcp_user_timeout(Some(stalled_after));
-                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                    let _ = (io, stalled_after);
-                })
-                .client_request_timeout(Duration::from_secs(5))
-                .client_disconnect_timeout(Duration::from_secs(1))
-                .local_addr(addr)
-                .upgrade(crate::transport::ws::upgrade::service(make_app.clone()))
-                .h1(map_config(
-                    app().into_factory().map_err(|e| e.error_response()),
-                    |_| AppConfig::default(),
-                ))
-                .tcp()
-        })?
-        .run())
+            let peers = peers.clone();
+            // The client's address: the TLS front's client, for a
+            // connection that came through it.
+            fn_service(move |io: tokio::net::TcpStream| {
+                let peer = peers.client_of(io.peer_addr().ok());
+                std::future::ready(Ok::<_, actix_http::error::DispatchError>((io, peer)))
+            })
+            .and_then(
+                HttpService::build()
+                    .on_connect_ext(move |io: &tokio::net::TcpStream, _| {
+                        user_timeout(io, stalled_after)
+                    })
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .local_addr(addr)
+                    .upgrade(crate::transport::ws::upgrade::service(make_app.clone()))
+                    .h1(map_config(
+                        app().into_factory().map_err(|e| e.error_response()),
+                        |_| AppConfig::default(),
+                    )),
+            )
+        })?;
+    if let (Some(front), Some(listener)) = (front, tls_listener) {
+        server = server.listen("opswire-tls", listener, move || {
+            let front = front.clone();
+            fn_service(move |io: tokio::net::TcpStream| {
+                let front = front.clone();
+                async move {
+                    user_timeout(&io, stalled_after);
+                    front.serve(io).await;
+                    Ok::<_, ()>(())
+                }
+            })
+        })?;
+    }
+    Ok(server.run())
+}
+
+/// A peer that stops taking data is cut off by the kernel after `after`
+/// (`TCP_USER_TIMEOUT`; Linux only).
+fn user_timeout(io: &tokio::net::TcpStream, after: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(io).set_tcp_user_timeout(Some(after));
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (io, after);
 }

@@ -10,7 +10,7 @@ use tokio::time::{timeout, timeout_at, Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, Response, Uri};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -22,6 +22,14 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ConnectError {
     #[error("cannot reach the hub: {0}")]
     Unreachable(String),
+    /// The TLS handshake failed; `configuration`: the hub's certificate
+    /// does not fit what the agent was told (its name, its CA), rather
+    /// than a state the hub leaves on its own (an expired certificate).
+    #[error("{message}")]
+    Tls {
+        message: String,
+        configuration: bool,
+    },
     #[error("the hub refused the connection (HTTP {status}): {message}")]
     Refused { status: u16, message: String },
     #[error("the hub refused the session ({code}): {message}")]
@@ -37,6 +45,7 @@ impl ConnectError {
     pub fn permanent(&self) -> bool {
         match self {
             ConnectError::Unreachable(_) => false,
+            ConnectError::Tls { configuration, .. } => *configuration,
             ConnectError::Refused { status, .. } => {
                 (400..500).contains(status) && *status != 408 && *status != 429
             }
@@ -79,8 +88,9 @@ fn list(teams: &[String]) -> String {
     }
 }
 
-/// Makes `ws://HOST:PORT` of `--hub`: `http` means `ws`, no path means
-/// `/ws`, no scheme means `ws://`.
+/// Makes `ws://HOST:PORT/ws` or `wss://HOST:PORT/ws` of `--hub`: `http`
+/// means `ws`, `https` means `wss`, no path means `/ws`, no scheme means
+/// `ws://`.
 pub fn hub_url(hub: &str) -> Result<String, String> {
     let bad = |why: &str| format!("--hub `{hub}`: {why}");
     let trimmed = hub.trim();
@@ -91,27 +101,67 @@ pub fn hub_url(hub: &str) -> Result<String, String> {
     };
     let uri: Uri = with_scheme
         .parse()
-        .map_err(|e| bad(&format!("not a URL like ws://hub.example:8080 ({e})")))?;
+        .map_err(|e| bad(&format!("not a URL like wss://hub.example:8443 ({e})")))?;
     let scheme = match uri.scheme_str() {
         Some("ws") | Some("http") => "ws",
-        Some("wss") | Some("https") => {
-            return Err(bad("TLS (wss://) is not supported by this build; \
-                 use ws:// on a trusted network or a TLS-terminating tunnel"))
-        }
+        Some("wss") | Some("https") => "wss",
         other => {
             let other = other.unwrap_or_default();
-            return Err(bad(&format!("unknown scheme `{other}` (use ws://)")));
+            return Err(bad(&format!(
+                "unknown scheme `{other}` (use wss:// or ws://)"
+            )));
         }
     };
     let authority = uri
         .authority()
-        .ok_or_else(|| bad("no host (use ws://HOST:PORT)"))?;
+        .ok_or_else(|| bad("no host (use wss://HOST:PORT)"))?;
     let path = match uri.path() {
         "" | "/" => "/ws",
         p => p,
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     Ok(format!("{scheme}://{authority}{path}{query}"))
+}
+
+/// The TLS side of connecting to a `wss://` hub: the roots it trusts.
+#[derive(Clone)]
+pub struct Trust {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    /// `--ca-file`, for messages.
+    ca_file: Option<std::path::PathBuf>,
+}
+
+impl Trust {
+    /// The system's roots, or only the CA(s) of `ca_file`; none at all
+    /// for a `ws://` hub (`wss` false), which never uses them.
+    pub fn new(ca_file: Option<&std::path::Path>, wss: bool) -> Result<Trust, String> {
+        let config = if wss {
+            crate::tls::client_config(ca_file).map_err(|e| format!("--ca-file {e}"))?
+        } else {
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
+        Ok(Trust {
+            config: std::sync::Arc::new(config),
+            ca_file: ca_file.map(std::path::Path::to_path_buf),
+        })
+    }
+
+    /// What a refused handshake with `host` means.
+    fn refusal(&self, e: &rustls::Error, host: &str) -> ConnectError {
+        let hint = match &self.ca_file {
+            Some(p) => format!("--ca-file (now {}, which did not sign it)", p.display()),
+            None => "--ca-file".to_owned(),
+        };
+        let r = crate::tls::describe(e, "the hub", host, &hint);
+        ConnectError::Tls {
+            message: r.message,
+            configuration: r.configuration,
+        }
+    }
 }
 
 /// The `Authorization` header of the upgrade.
@@ -184,17 +234,25 @@ pub fn choose_team(wanted: Option<&str>, welcome: &Welcome) -> Result<String, Te
 
 /// Opens the WebSocket with the token in the upgrade's `Authorization`
 /// header, and reads the `welcome`.
-pub async fn connect(url: &str, auth: &HeaderValue) -> Result<(Ws, Welcome), ConnectError> {
+pub async fn connect(
+    url: &str,
+    auth: &HeaderValue,
+    trust: &Trust,
+) -> Result<(Ws, Welcome), ConnectError> {
     let mut req = url
         .into_client_request()
         .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let host = req.uri().host().unwrap_or_default().to_owned();
     req.headers_mut()
         .insert(header::AUTHORIZATION, auth.clone());
     req.headers_mut().insert(
         header::USER_AGENT,
         HeaderValue::from_static(concat!("opswire-agent/", env!("CARGO_PKG_VERSION"))),
     );
-    let connecting = tokio_tungstenite::connect_async_with_config(req, None, true);
+    // Used only for a wss:// URL.
+    let connector = Connector::Rustls(trust.config.clone());
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, true, Some(connector));
     let mut ws = match timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
             return Err(ConnectError::Unreachable(format!(
@@ -203,7 +261,12 @@ pub async fn connect(url: &str, auth: &HeaderValue) -> Result<(Ws, Welcome), Con
             )))
         }
         Ok(Err(WsError::Http(resp))) => return Err(http_refusal(&resp)),
-        Ok(Err(e)) => return Err(ConnectError::Unreachable(e.to_string())),
+        Ok(Err(e)) => {
+            return Err(match crate::tls::rustls_error(&e) {
+                Some(tls) => trust.refusal(tls, &host),
+                None => ConnectError::Unreachable(e.to_string()),
+            })
+        }
         Ok(Ok((ws, _))) => ws,
     };
     let deadline = Instant::now() + WELCOME_TIMEOUT;
@@ -277,7 +340,8 @@ mod tests {
             hub_url("ws://hub/opswire/ws?x=1").unwrap(),
             "ws://hub/opswire/ws?x=1"
         );
-        assert!(hub_url("wss://hub").unwrap_err().contains("TLS"));
+        assert_eq!(hub_url("wss://hub").unwrap(), "wss://hub/ws");
+        assert_eq!(hub_url("https://hub:8443/x").unwrap(), "wss://hub:8443/x");
         assert!(hub_url("ftp://hub").unwrap_err().contains("scheme"));
         assert!(hub_url("").is_err());
     }
@@ -331,6 +395,12 @@ mod tests {
         assert!(!refused(429).permanent());
         assert!(!refused(503).permanent());
         assert!(!ConnectError::Unreachable("x".into()).permanent());
+        let tls = |configuration| ConnectError::Tls {
+            message: String::new(),
+            configuration,
+        };
+        assert!(tls(true).permanent());
+        assert!(!tls(false).permanent());
         assert!(ConnectError::from(TeamError::NoTeam).permanent());
     }
 

@@ -53,8 +53,12 @@ const TAIL_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// What `opswire agent` was asked to do (its flags).
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// `--hub`: `ws://HOST:PORT` (see [`handshake::hub_url`]).
+    /// `--hub`: `wss://HOST:PORT` or `ws://HOST:PORT` (see
+    /// [`handshake::hub_url`]).
     pub hub: String,
+    /// `--ca-file`: the only CA(s) a `wss://` hub's certificate may be
+    /// signed by; `None`: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
     /// `--token`: an `ingest` JWT.
     pub token: String,
     /// `--host`: the name this host reports; default: the OS host name.
@@ -177,6 +181,15 @@ pub fn main(config: AgentConfig) -> ExitCode {
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     let url = handshake::hub_url(&config.hub).map_err(AgentError::Config)?;
     let auth = handshake::bearer(&config.token).map_err(AgentError::Config)?;
+    if config.ca_file.is_some() && !url.starts_with("wss://") {
+        return Err(AgentError::Config(format!(
+            "--ca-file is for a wss:// hub, and --hub is {url}"
+        )));
+    }
+    // Read now: a CA file that cannot be used is a mistake to report
+    // before anything starts. (The system's roots are read only for wss://.)
+    let trust = handshake::Trust::new(config.ca_file.as_deref(), url.starts_with("wss://"))
+        .map_err(AgentError::Config)?;
     let tick_ms = config.tick.as_millis();
     if !(50..=60_000).contains(&tick_ms) {
         return Err(AgentError::Config(format!(
@@ -225,6 +238,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         Publisher::new(
             url,
             auth,
+            trust,
             config.team.clone(),
             shared.clone(),
             metrics,
@@ -315,6 +329,7 @@ mod tests {
     fn bad_flags_are_refused_before_anything_starts() {
         let base = AgentConfig {
             hub: "ws://127.0.0.1:1".into(),
+            ca_file: None,
             token: "t".into(),
             host: Some("h".into()),
             team: None,
@@ -324,7 +339,16 @@ mod tests {
         };
         let cases = [
             AgentConfig {
+                hub: "ftp://x".into(),
+                ..base.clone()
+            },
+            AgentConfig {
+                ca_file: Some("/etc/hostname".into()),
+                ..base.clone()
+            },
+            AgentConfig {
                 hub: "wss://x".into(),
+                ca_file: Some("/nonexistent/ca.pem".into()),
                 ..base.clone()
             },
             AgentConfig {

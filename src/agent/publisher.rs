@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::handshake::{choose_team, connect, ConnectError, ServerFrame, Welcome, Ws};
+use super::handshake::{choose_team, connect, ConnectError, ServerFrame, Trust, Welcome, Ws};
 use super::pacer::Pacer;
 use super::{Shared, Throttle};
 
@@ -66,6 +66,8 @@ enum SessionEnd {
 pub struct Publisher {
     url: String,
     auth: HeaderValue,
+    /// The roots a `wss://` hub's certificate is checked against.
+    trust: Trust,
     /// `--team`, or the team chosen at the first welcome.
     team: Option<String>,
     shared: Arc<Shared>,
@@ -90,6 +92,7 @@ impl Publisher {
     pub fn new(
         url: String,
         auth: HeaderValue,
+        trust: Trust,
         team: Option<String>,
         shared: Arc<Shared>,
         metrics: watch::Receiver<Option<Arc<str>>>,
@@ -98,6 +101,7 @@ impl Publisher {
         Publisher {
             url,
             auth,
+            trust,
             team,
             shared,
             metrics,
@@ -132,7 +136,7 @@ impl Publisher {
                 _ = sleep_until(or_far(self.deadline)), if self.deadline.is_some() => {
                     return Ok(());
                 }
-                r = connect(&self.url, &self.auth) => r,
+                r = connect(&self.url, &self.auth, &self.trust) => r,
             };
             let result = match attempt {
                 Ok((mut ws, welcome)) => match choose_team(self.team.as_deref(), &welcome) {

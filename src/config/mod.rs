@@ -73,6 +73,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub web: WebConfig,
     pub broker: BrokerConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -95,7 +96,27 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             web: WebConfig::default(),
             broker: BrokerConfig::default(),
+            tls: TlsConfig::default(),
         }
+    }
+}
+
+/// TLS on the listening port: HTTPS and `wss://` (`docs/security.md`).
+/// Both files or neither; without them opswire speaks plain HTTP.
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first. Read again
+    /// when it changes (a renewal needs no restart).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The pair, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
     }
 }
 
@@ -354,6 +375,9 @@ pub struct AlertmanagerConfig {
     pub default_team: Option<String>,
     /// Timeout of calls to Alertmanager's API, milliseconds.
     pub timeout_ms: u64,
+    /// PEM CA certificate(s) that sign Alertmanager's certificate, for an
+    /// `https://` URL; unset: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for AlertmanagerConfig {
@@ -364,6 +388,7 @@ impl Default for AlertmanagerConfig {
             team_label: "team".into(),
             default_team: None,
             timeout_ms: 5000,
+            ca_file: None,
         }
     }
 }
@@ -493,6 +518,7 @@ pub const SETTINGS: &[&str] = &[
     "web",
     "broker",
     "reuse_port",
+    "tls",
 ];
 
 /// File descriptors kept back from `max_connections` for listeners, log

@@ -311,3 +311,88 @@ fn web_grafana_settings_are_checked() {
     c.validate().unwrap();
     assert_eq!(c.web.grafana_url.as_deref(), Some("http://127.0.0.1:3000"));
 }
+
+#[test]
+fn tls_needs_both_files_and_both_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, "x").unwrap();
+    std::fs::write(&key, "x").unwrap();
+    let with = |cert: Option<&Path>, key: Option<&Path>| {
+        let mut c = Config::default();
+        c.tls.cert_file = cert.map(Path::to_path_buf);
+        c.tls.key_file = key.map(Path::to_path_buf);
+        c.validate().map(|()| c)
+    };
+    let e = with(Some(&cert), None).unwrap_err().to_string();
+    assert!(
+        e.starts_with("tls.key_file: must be set with tls.cert_file"),
+        "{e}"
+    );
+    let e = with(None, Some(&key)).unwrap_err().to_string();
+    assert!(
+        e.starts_with("tls.cert_file: must be set with tls.key_file"),
+        "{e}"
+    );
+    let missing = dir.path().join("missing.pem");
+    let e = with(Some(&missing), Some(&key)).unwrap_err().to_string();
+    assert!(e.starts_with("tls.cert_file:"), "{e}");
+    assert!(e.contains("missing.pem is not a readable file"), "{e}");
+    let c = with(Some(&cert), Some(&key)).unwrap();
+    assert_eq!(c.tls.files(), Some((cert.as_path(), key.as_path())));
+    assert_eq!(with(None, None).unwrap().tls.files(), None);
+}
+
+#[test]
+fn alertmanager_ca_file_needs_an_https_url_and_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let mut c = Config::default();
+    c.alertmanager.url = Some("http://am:9093".into());
+    c.alertmanager.ca_file = Some(ca.clone());
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.starts_with("alertmanager.ca_file: is only used with an https://"),
+        "{e}"
+    );
+    c.alertmanager.url = Some("https://am:9093".into());
+    c.validate().unwrap();
+    c.alertmanager.ca_file = Some(dir.path().join("nope.pem"));
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("nope.pem is not a readable file"), "{e}");
+}
+
+#[test]
+fn tls_is_set_from_the_file_or_the_environment() {
+    let c = load_env("OPSWIRE_TLS__CERT_FILE", "/etc/opswire/cert.pem").unwrap();
+    assert_eq!(
+        c.tls.cert_file.as_deref(),
+        Some(Path::new("/etc/opswire/cert.pem"))
+    );
+    let (_dir, _path, r) = load_toml(
+        "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n[alertmanager]\nca_file = \"/ca.pem\"\n",
+    );
+    let c = r.unwrap();
+    assert_eq!(c.tls.key_file.as_deref(), Some(Path::new("/k.pem")));
+    assert_eq!(
+        c.alertmanager.ca_file.as_deref(),
+        Some(Path::new("/ca.pem"))
+    );
+}
+
+#[test]
+fn tls_connections_count_three_descriptors_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, "x").unwrap();
+    std::fs::write(&key, "x").unwrap();
+    let mut plain = Config::default();
+    plain.validate().unwrap();
+    let mut tls = Config::default();
+    tls.tls.cert_file = Some(cert);
+    tls.tls.key_file = Some(key);
+    tls.validate().unwrap();
+    assert_eq!(tls.max_connections(), (plain.max_connections() / 3).max(1));
+}

@@ -24,7 +24,36 @@ impl Config {
         self.validate_telemetry()?;
         self.validate_broker()?;
         self.validate_web()?;
+        self.validate_tls()?;
         Ok(())
+    }
+
+    /// `[tls]`: both files or neither, and both there. Whether they hold
+    /// a certificate and its key is checked when the server loads them.
+    fn validate_tls(&mut self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        match (&t.cert_file, &t.key_file) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(invalid(
+                "tls.key_file",
+                "must be set with tls.cert_file (the certificate's private key)",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "tls.cert_file",
+                "must be set with tls.key_file (the certificate the key belongs to)",
+            )),
+            (Some(cert), Some(key)) => {
+                for (field, p) in [("tls.cert_file", cert), ("tls.key_file", key)] {
+                    if !p.is_file() {
+                        return Err(invalid(
+                            field,
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The cluster broker's address and bounds.
@@ -257,7 +286,10 @@ impl Config {
             return Err(invalid("limits.max_hosts_per_team", "must be at least 1"));
         }
         let fd_limit = raise_fd_limit();
-        let ceiling = fd_limit.saturating_sub(FD_RESERVE).max(1);
+        // With TLS each connection holds three descriptors: the client's
+        // socket and both ends of its loopback hand-off (`tls::front`).
+        let per_connection = if self.tls.files().is_some() { 3 } else { 1 };
+        let ceiling = (fd_limit.saturating_sub(FD_RESERVE) / per_connection).max(1);
         match l.max_connections {
             None => l.max_connections = Some(ceiling),
             Some(0) => return Err(invalid("limits.max_connections", "must be at least 1")),
@@ -265,7 +297,8 @@ impl Config {
                 return Err(invalid(
                     "limits.max_connections",
                     format!(
-                        "{n} exceeds this process's file descriptor limit ({fd_limit}) minus a reserve of {FD_RESERVE}; at most {ceiling}"
+                        "{n} exceeds this process's file descriptor limit ({fd_limit}) minus a reserve of {FD_RESERVE}{}; at most {ceiling}",
+                        if per_connection > 1 { ", over 3 descriptors per TLS connection" } else { "" }
                     ),
                 ))
             }
@@ -365,6 +398,20 @@ impl Config {
         }
         if am.timeout_ms == 0 {
             return Err(invalid("alertmanager.timeout_ms", "must be at least 1"));
+        }
+        if let Some(ca) = &am.ca_file {
+            if !am.url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+                return Err(invalid(
+                    "alertmanager.ca_file",
+                    "is only used with an https:// alertmanager.url",
+                ));
+            }
+            if !ca.is_file() {
+                return Err(invalid(
+                    "alertmanager.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
         }
         Ok(())
     }

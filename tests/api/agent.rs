@@ -22,8 +22,8 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(15);
 
 /// A running `opswire agent`, killed on drop. Its stderr is collected, and
 /// printed when a test fails.
-struct Agent {
-    child: Child,
+pub(crate) struct Agent {
+    pub(crate) child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
     /// The stderr reader: done once the process has exited and the pipe
     /// is drained.
@@ -32,10 +32,15 @@ struct Agent {
 
 impl Agent {
     fn start(hub: SocketAddr, token: &str, args: &[&str]) -> Agent {
+        Agent::start_url(&format!("ws://{hub}"), token, args)
+    }
+
+    /// The agent with `--hub hub` (a `wss://` URL, say).
+    pub(crate) fn start_url(hub: &str, token: &str, args: &[&str]) -> Agent {
         let mut cmd = opswire_command();
         cmd.arg("agent")
             .arg("--hub")
-            .arg(format!("ws://{hub}"))
+            .arg(hub)
             .args(args)
             .env("OPSWIRE_AGENT_TOKEN", token)
             .env("RUST_LOG", "info,opswire::agent=debug")
@@ -51,7 +56,7 @@ impl Agent {
         }
     }
 
-    fn log(&self) -> Vec<String> {
+    pub(crate) fn log(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
     }
 
@@ -69,7 +74,7 @@ impl Agent {
 
     /// Waits (bounded) for the process to exit, and for its stderr to be
     /// read to the end.
-    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -101,7 +106,7 @@ fn ingest_token() -> String {
     token_with(&["default"], "ingest", 3600)
 }
 
-fn append(path: &Path, text: &str) {
+pub(crate) fn append(path: &Path, text: &str) {
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)

@@ -407,8 +407,9 @@ impl Binary {
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
         let addr = lines.find_map(|l| {
-            l.ok()?
-                .strip_prefix("opswire listening on http://")
+            let l = l.ok()?;
+            l.strip_prefix("opswire listening on http://")
+                .or_else(|| l.strip_prefix("opswire listening on https://"))
                 .map(str::to_owned)
         });
         let Some(addr) = addr else {
@@ -482,4 +483,120 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A certificate authority for tests, made with the `openssl` command
+/// (Debian's): its certificate is `pem()`, and [`TestCa::issue`] signs
+/// server certificates (P-256 keys: quick to make) for the names given.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let ca = TestCa {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        ca.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        ca
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The CA's certificate (PEM): what clients trust.
+    pub fn pem(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate for `names` (`DNS:localhost`, `IP:127.0.0.1`) signed
+    /// by this CA, with common name `cn`, and its key: PEM files written
+    /// to `cert` and `key` (made beside them, then renamed into place, as
+    /// a renewal does).
+    pub fn issue(&self, cn: &str, names: &[&str], cert: &std::path::Path, key: &std::path::Path) {
+        let stem = format!("leaf-{}", rand_suffix());
+        let (k, csr, ext, crt) = (
+            format!("{stem}.key"),
+            format!("{stem}.csr"),
+            format!("{stem}.cnf"),
+            format!("{stem}.pem"),
+        );
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &k,
+            "-out",
+            &csr,
+        ]);
+        std::fs::write(
+            self.dir.path().join(&ext),
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+                names.join(",")
+            ),
+        )
+        .unwrap();
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            &format!("0x{}", rand_suffix()),
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+        // Copied next to the destination, then renamed over it: a reader
+        // never sees half a file.
+        for (from, to) in [(&crt, cert), (&k, key)] {
+            let tmp = to.with_extension("tmp");
+            std::fs::copy(self.dir.path().join(from), &tmp).unwrap();
+            std::fs::rename(&tmp, to).unwrap();
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:015x}", rand::random::<u64>() >> 4)
 }

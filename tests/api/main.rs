@@ -23,6 +23,7 @@ mod sse;
 mod streaming;
 mod team_logs;
 mod telemetry;
+mod tls;
 mod web_assets;
 
 pub mod otlp_receiver;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{token, token_with, Binary, WsClient, WAIT};
+use crate::helpers::{token, token_with, Binary, TestCa, WsClient, WAIT};
 
 /// A real Redis server, killed on drop.
 pub struct Redis {
@@ -97,8 +97,8 @@ impl Redis {
         }
     }
 
-    /// A standalone Redis that speaks only TLS (a self-signed certificate
-    /// for 127.0.0.1, made with `openssl`; its PEM is `cert_file()`) and
+    /// A standalone Redis that speaks only TLS (a certificate for
+    /// 127.0.0.1 signed by a [`TestCa`], whose PEM is `cert_file()`) and
     /// wants `password`.
     pub fn start_tls(password: &str) -> Redis {
         let mut r = Redis {
@@ -110,65 +110,14 @@ impl Redis {
         let d = r.dir.path();
         // A CA (what clients trust, `cert_file()`) and a certificate for
         // 127.0.0.1 that it signed (what the server presents).
-        let openssl = |args: &[&str]| {
-            let ok = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl runs");
-            assert!(ok.success(), "openssl {args:?}");
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=opswire test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(
-            d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "cert.pem",
-        ]);
+        let ca = TestCa::new("opswire test CA");
+        ca.issue(
+            "127.0.0.1",
+            &["IP:127.0.0.1"],
+            &d.join("cert.pem"),
+            &d.join("key.pem"),
+        );
+        std::fs::copy(ca.pem(), d.join("ca.pem")).unwrap();
         let child = Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &r.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", ""])
