@@ -94,6 +94,10 @@ struct AgentArgs {
     /// Follow this file like `tail -F` (repeat for several).
     #[arg(long = "tail", value_name = "FILE")]
     tail: Vec<PathBuf>,
+    /// In a container: where the host's / is mounted (e.g. /host, from
+    /// `-v /:/host:ro,rslave`); disks and processes are then the host's.
+    #[arg(long, env = "OPSWIRE_AGENT_HOST_ROOT", value_name = "DIR")]
+    host_root: Option<PathBuf>,
     /// Milliseconds between samples of this host.
     #[arg(
         long,
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             host: args.host,
             team: args.team,
             tail: args.tail,
+            host_root: args.host_root,
             tick: Duration::from_millis(args.tick_ms),
             buffer_lines: args.buffer_lines,
         }),

@@ -67,6 +67,9 @@ pub struct AgentConfig {
     pub team: Option<String>,
     /// `--tail`: files to follow.
     pub tail: Vec<PathBuf>,
+    /// `--host-root`: the host's `/` as mounted in this container (its
+    /// disks and processes are read under it); `None`: this process's own.
+    pub host_root: Option<PathBuf>,
     /// `--tick-ms`: time between samples.
     pub tick: Duration,
     /// `--buffer-lines`: log lines kept while the hub is unreachable.
@@ -208,6 +211,17 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     if host.is_empty() || host.len() > 253 {
         return Err(AgentError::Config("--host must be 1-253 characters".into()));
     }
+    if let Some(root) = &config.host_root {
+        // Where the sampler reads the host's mounts (sampler::mounts).
+        let table = root.join("proc/1/mountinfo");
+        if let Err(e) = std::fs::File::open(&table) {
+            return Err(AgentError::Config(format!(
+                "--host-root {}: cannot read the host's mount table {}: {e} (mount the host's / there read-only, e.g. `-v /:/host:ro,rslave`)",
+                root.display(),
+                table.display()
+            )));
+        }
+    }
     // Positioned at the end of each file now, before connecting: a line
     // written once the agent is connected is never missed.
     let followers = config
@@ -216,7 +230,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         .map(Follower::new)
         .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared::new(config.buffer_lines));
-    let (metrics, sampler) = spawn_sampler(host.clone(), config.tick)?;
+    let (metrics, sampler) = spawn_sampler(host.clone(), config.host_root.clone(), config.tick)?;
     let (tailer, drained) = spawn_tailer(followers, shared.clone(), host.clone())?;
     tracing::info!(
         hub = %url,
@@ -334,6 +348,7 @@ mod tests {
             host: Some("h".into()),
             team: None,
             tail: vec![],
+            host_root: None,
             tick: Duration::from_millis(1000),
             buffer_lines: 10,
         };
@@ -369,6 +384,10 @@ mod tests {
             },
             AgentConfig {
                 host: Some(String::new()),
+                ..base.clone()
+            },
+            AgentConfig {
+                host_root: Some("/nonexistent-host-root".into()),
                 ..base.clone()
             },
         ];

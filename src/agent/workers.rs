@@ -55,14 +55,18 @@ fn stop_requested(rx: &mpsc::Receiver<()>, wait: Duration) -> bool {
 /// Starts the sampler thread; fails if the sampler cannot be built. Each
 /// snapshot replaces the previous one in the channel: only the newest is
 /// ever sent.
-pub fn spawn_sampler(host: String, tick: Duration) -> Result<(Snapshots, Worker), AgentError> {
+pub fn spawn_sampler(
+    host: String,
+    host_root: Option<std::path::PathBuf>,
+    tick: Duration,
+) -> Result<(Snapshots, Worker), AgentError> {
     let (tx, rx) = watch::channel(None);
     let (stop_tx, stop_rx) = mpsc::channel();
     let (init_tx, init_rx) = mpsc::sync_channel(1);
     let handle = std::thread::Builder::new()
         .name("opswire-sampler".into())
         .spawn(move || {
-            let mut sampler = match Sampler::new(host, None) {
+            let mut sampler = match Sampler::new(host, host_root) {
                 Ok(s) => {
                     let _ = init_tx.send(Ok(()));
                     s

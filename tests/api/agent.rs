@@ -376,3 +376,70 @@ async fn a_token_for_one_team_cannot_publish_to_another() {
         "{log}"
     );
 }
+
+/// `--host-root`: the agent in a container reports the host whose `/` is
+/// mounted there: that host's mount table and disks, and its processes.
+/// Here the "host" is a directory holding a Docker host's recorded mount
+/// table, a `data` directory (its `/data`) and a `proc` with one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_host_root_the_agent_reports_that_hosts_disks_and_processes() {
+    let hub = Binary::start(&[]);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("proc/1")).unwrap();
+    std::fs::create_dir_all(root.path().join("data")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mountinfo/docker-host"),
+        root.path().join("proc/1/mountinfo"),
+    )
+    .unwrap();
+    let mut sub = hub.ws(&token(&["default"]), &[]).await;
+    sub.subscribe("default", &["metrics"]).await;
+    let _agent = Agent::start(
+        hub.addr,
+        &ingest_token(),
+        &[
+            "--host",
+            "docker-host-1",
+            "--host-root",
+            root.path().to_str().unwrap(),
+            "--tick-ms",
+            "200",
+        ],
+    );
+    let (_, snap) = wait_for_host(&mut sub, "docker-host-1").await;
+    // The table's disks that exist under the root (/boot and /boot/efi do
+    // not here), with the table's types; no overlay, no bind mount.
+    let disks: Vec<(String, String)> = snap["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert!(d["total_bytes"].as_u64().unwrap() > 0, "{d}");
+            (
+                d["mount"].as_str().unwrap().to_owned(),
+                d["fs_type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        disks,
+        [("/".into(), "ext4".into()), ("/data".into(), "xfs".into())],
+        "{snap}"
+    );
+    assert_eq!(snap["processes"], 1, "the host root's /proc: {snap}");
+
+    // A host root without a mount table is refused at start (exit 2),
+    // naming what is missing.
+    let empty = tempfile::tempdir().unwrap();
+    let mut bad = Agent::start(
+        hub.addr,
+        &ingest_token(),
+        &["--host-root", empty.path().to_str().unwrap()],
+    );
+    assert_eq!(bad.wait_exit(WAIT).await.code(), Some(2));
+    assert!(
+        bad.log().iter().any(|l| l.contains("proc/1/mountinfo")),
+        "{:?}",
+        bad.log()
+    );
+}
