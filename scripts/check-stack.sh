@@ -1417,11 +1417,12 @@ live="$tmp/live"
 mkdir -p "$live"
 
 # The agent of the second team, as deploy/agent-entrypoint.sh runs it: an
-# ingest token minted from the hub's secret, which the agent itself never sees.
+# ingest token minted from the hub's secret, which the agent itself never sees;
+# with a host root, as the compose agent has (here this machine's own /).
 agent_token="$("$bin" token --team search --scope ingest --ttl 10m --sub agent-search-1)"
 : >"$live/agent-tail.log"
 env -u OPSWIRE_JWT_SECRET OPSWIRE_AGENT_TOKEN="$agent_token" "$bin" agent --hub "ws://$addr" \
-  --host search-1 --team search --tail "$live/agent-tail.log" >"$live/agent.out" 2>"$live/agent.err" &
+  --host search-1 --team search --tail "$live/agent-tail.log" --host-root / >"$live/agent.out" 2>"$live/agent.err" &
 agent_pid=$!
 ok "opswire agent --host search-1 --team search (ingest token minted with opswire token --scope ingest), pid $agent_pid"
 
@@ -1461,6 +1462,16 @@ code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -X POST -H "Authori
 [[ "$code" == 400 ]] || die "POST /api/v1/logs with a bad body answered $code (want 400)"
 printf '%s INFO check-stack: agent tail line %s\n' "$(date -u +%FT%TZ)" 1 2 >>"$live/agent-tail.log"
 ok "SSE stream open; POST /api/v1/logs 200, and 400 for a bad body (opswire_ingest_rejected_total)"
+# The agent's host root: the root filesystem of search-1, read through it.
+for _ in $(seq 1 100); do
+  curl -fsS --max-time 2 "http://$addr/metrics" 2>/dev/null |
+    grep '^opswire_host_disk_total_bytes{' | grep 'host="search-1"' | grep -q 'mount="/"' && break
+  kill -0 "$agent_pid" 2>/dev/null || { cat "$live/agent.err" >&2; die "the agent with --host-root / exited"; }
+  sleep 0.1
+done
+curl -fsS --max-time 2 "http://$addr/metrics" | grep '^opswire_host_disk_total_bytes{' | grep 'host="search-1"' |
+  grep -q 'mount="/"' || die "no root disk of search-1 (agent --host-root /) in opswire's /metrics"
+ok "the agent with --host-root / reports its host's root filesystem"
 
 prom_port="$(free_port)"
 "$py" scripts/stack_live.py prom-config "$root" "$live" --opswire "$addr" --prom "127.0.0.1:$prom_port" \
