@@ -137,9 +137,13 @@ fn compress(coding: Coding, body: &[u8]) -> Vec<u8> {
         }
         Coding::Brotli => {
             let mut out = Vec::with_capacity(body.len() / 3);
+            // A window no larger than the body: the encoder's tables grow
+            // with the window (at 2^22, some 15 MiB that the allocator then
+            // keeps), and a window past the body's end buys nothing.
+            let lgwin = (usize::BITS - body.len().max(1).leading_zeros()).clamp(10, 22) as i32;
             let params = brotli::enc::BrotliEncoderParams {
                 quality: 11,
-                lgwin: 22,
+                lgwin,
                 size_hint: body.len(),
                 ..Default::default()
             };
