@@ -6,13 +6,106 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// A serialized frame, shared by reference count across subscribers.
-pub type Frame = ByteString;
+///
+/// Besides its JSON text it caches the frame as a WebSocket connection
+/// that negotiated permessage-deflate puts it on the wire (compressed
+/// once, by the first such writer; see `transport::ws::deflate`), so
+/// every such subscriber writes the same bytes and no connection keeps a
+/// compressor. The cache stays empty for frames nobody needed compressed.
+#[derive(Clone, Default)]
+pub struct Frame(Arc<FrameInner>);
+
+#[derive(Default)]
+struct FrameInner {
+    text: ByteString,
+    deflated: OnceLock<Bytes>,
+}
+
+impl Frame {
+    /// The frame's JSON text.
+    pub fn text(&self) -> &ByteString {
+        &self.0.text
+    }
+
+    /// The JSON text's bytes (shared, not copied).
+    pub fn into_bytes(self) -> Bytes {
+        self.0.text.as_bytes().clone()
+    }
+
+    /// The frame as deflate-negotiated connections write it, built by
+    /// `build` (from the text) for the first one that asks.
+    pub fn deflated(&self, build: impl FnOnce(&str) -> Bytes) -> &Bytes {
+        self.0.deflated.get_or_init(|| build(&self.0.text))
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0.text
+    }
+}
+
+impl From<ByteString> for Frame {
+    fn from(text: ByteString) -> Frame {
+        Frame(Arc::new(FrameInner {
+            text,
+            deflated: OnceLock::new(),
+        }))
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Frame {
+        Frame::from(ByteString::from(text))
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(text: &str) -> Frame {
+        Frame::from(ByteString::from(text))
+    }
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.0.text == other.0.text
+    }
+}
+
+impl Eq for Frame {}
+
+impl PartialEq<str> for Frame {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0.text == other
+    }
+}
+
+impl PartialEq<&str> for Frame {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0.text == *other
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0.text, f)
+    }
+}
+
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0.text, f)
+    }
+}
 
 /// The server identification sent in `welcome`.
 pub const SERVER_NAME: &str = concat!("opswire/", env!("CARGO_PKG_VERSION"));
@@ -462,7 +555,7 @@ pub enum Reply<'a> {
 pub fn to_frame<T: Serialize>(value: &T) -> Frame {
     // Cannot fail: every type passed here has string map keys and no
     // fallible Serialize impl.
-    ByteString::from(serde_json::to_string(value).expect("frame serializes"))
+    Frame::from(serde_json::to_string(value).expect("frame serializes"))
 }
 
 // ---------------------------------------------------------------------------

@@ -327,6 +327,10 @@ pub struct WebSocketConfig {
     /// Origins allowed to connect (`*` for any). Empty: same-origin
     /// browsers and non-browser clients (no `Origin` header).
     pub allowed_origins: Vec<String>,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer
+    /// it: frames from 512 bytes up go out compressed, each compressed
+    /// once for every subscriber (`docs/protocol.md`).
+    pub permessage_deflate: bool,
 }
 
 impl Default for WebSocketConfig {
@@ -336,6 +340,7 @@ impl Default for WebSocketConfig {
             auth_timeout_s: 5,
             auth_timeout_busy_ms: 1000,
             allowed_origins: Vec::new(),
+            permessage_deflate: true,
         }
     }
 }

@@ -7,6 +7,7 @@ mod agent;
 mod auth;
 mod cli;
 mod cluster;
+mod deflate;
 mod errors;
 mod fanout;
 mod hardening;

@@ -68,17 +68,18 @@ impl Connection {
     }
 
     /// Runs the connection on `io` until it ends; `buffered` is what the
-    /// client sent after its handshake, already read.
-    pub async fn run(mut self, io: TcpStream, buffered: BytesMut, origin_ok: bool) {
+    /// client sent after its handshake, already read; `deflate`: the
+    /// handshake negotiated permessage-deflate.
+    pub async fn run(mut self, io: TcpStream, buffered: BytesMut, origin_ok: bool, deflate: bool) {
         // Frames go out as they are made: no Nagle delay on a burst.
         let _ = io.set_nodelay(true);
-        let wire = Arc::new(WsWire(io));
+        let wire = Arc::new(WsWire::new(io, deflate));
         let mailbox = self.session.mailbox().clone();
         mailbox.attach_wire(wire.clone());
         let io = wire.io();
-        let mut inbound = Inbound::new(&buffered, self.session.frame_limit());
+        let mut inbound = Inbound::new(&buffered, self.session.frame_limit()).with_deflate(deflate);
         drop(buffered);
-        let mut writer = Outbound::new(self.session.state.clone(), mailbox.clone());
+        let mut writer = Outbound::new(self.session.state.clone(), mailbox.clone(), deflate);
         let flow = {
             let session = async {
                 if origin_ok {
@@ -298,21 +299,30 @@ impl Connection {
         };
         tracing::debug!(session = %self.session.name, error = %e, code, "websocket read refused");
         let (error, message) = match &e {
-            ReadError::TooLarge { max } => {
-                let what = if self.session.principal().is_some() {
-                    "limits.max_frame_bytes"
-                } else {
-                    "limits.max_auth_frame_bytes, before auth"
-                };
-                (
-                    ErrorCode::TooLarge,
-                    format!("frame larger than {max} bytes ({what})"),
-                )
-            }
+            ReadError::InflatesTooLarge { max } => (
+                ErrorCode::TooLarge,
+                format!(
+                    "compressed message inflates past {max} bytes ({})",
+                    self.limit_name()
+                ),
+            ),
+            ReadError::TooLarge { max } => (
+                ErrorCode::TooLarge,
+                format!("frame larger than {max} bytes ({})", self.limit_name()),
+            ),
             other => (ErrorCode::BadRequest, other.to_string()),
         };
         let out = self.session.close_with_error(error, &message, code);
         self.apply(out).await
+    }
+
+    /// The setting that limits the client's frames now.
+    fn limit_name(&self) -> &'static str {
+        if self.session.principal().is_some() {
+            "limits.max_frame_bytes"
+        } else {
+            "limits.max_auth_frame_bytes, before auth"
+        }
     }
 
     /// Queues an outcome's replies, then closes if it says so.

@@ -9,6 +9,14 @@
 //! a client declares or streams. actix-http's codec alone would wait for
 //! a frame's whole declared length, buffering it, before checking it.
 //!
+//! With permessage-deflate negotiated, a message's first frame may carry
+//! RSV1 (compressed): its compressed bytes count against the limit as they
+//! arrive, like plain ones, and the whole message is then inflated by an
+//! inflater made for it, which stops as soon as the output passes the
+//! limit (close 1009): a small frame that would inflate to gigabytes
+//! costs at most the limit. Nothing of the inflater outlives the message
+//! (the server answered `client_no_context_takeover`).
+//!
 //! The state lives in [`Inbound`], not in the future of [`Inbound::recv`],
 //! so `recv` can lose a `select!` race without losing bytes. Reads go
 //! through a buffer on the stack; the connection keeps bytes only while a
@@ -22,6 +30,7 @@ use bytestring::ByteString;
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
+use super::deflate::{self, InflateError};
 use crate::protocol::close;
 
 /// One frame from the client, as the session accounts for it: a whole
@@ -45,6 +54,10 @@ pub enum ReadError {
     /// A frame (or the message it continues) over the limit.
     #[error("frame larger than {max} bytes")]
     TooLarge { max: usize },
+    /// A compressed message that inflates past the limit (refused while
+    /// inflating, at the limit).
+    #[error("compressed message inflates past {max} bytes")]
+    InflatesTooLarge { max: usize },
     /// Not RFC 6455: what was wrong, for the close reason.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
@@ -61,7 +74,9 @@ impl ReadError {
     /// peer is gone).
     pub fn close_code(&self) -> Option<u16> {
         match self {
-            ReadError::TooLarge { .. } => Some(close::TOO_LARGE),
+            ReadError::TooLarge { .. } | ReadError::InflatesTooLarge { .. } => {
+                Some(close::TOO_LARGE)
+            }
             ReadError::Protocol(_) => Some(close::PROTOCOL_ERROR),
             ReadError::InvalidUtf8 => Some(close::INVALID_DATA),
             ReadError::Io(_) => None,
@@ -78,9 +93,13 @@ pub struct Inbound {
     /// The largest message (and frame) taken now: smaller before auth.
     max: usize,
     /// A fragmented message being put together: text or binary, its parts.
-    partial: Option<(bool, BytesMut)>,
+    partial: Option<Partial>,
     /// The header at the front of `buf` was checked.
     checked: bool,
+    /// The frame at the front of `buf` had RSV1 (compressed) set.
+    compressed: bool,
+    /// permessage-deflate was negotiated: RSV1 may be set.
+    deflate: bool,
     /// The peer closed its side (or the socket failed): only what is
     /// buffered is left.
     done: bool,
@@ -98,8 +117,16 @@ impl Inbound {
             max,
             partial: None,
             checked: false,
+            compressed: false,
+            deflate: false,
             done: false,
         }
+    }
+
+    /// Takes compressed messages (permessage-deflate was negotiated).
+    pub fn with_deflate(mut self, deflate: bool) -> Inbound {
+        self.deflate = deflate;
+        self
     }
 
     /// Appends bytes as a read from the socket would (for tests and the
@@ -113,7 +140,7 @@ impl Inbound {
     /// Bytes held for frames not yet whole (its allocation, which is what
     /// a client could make the server keep).
     pub fn held_bytes(&self) -> usize {
-        self.buf.capacity() + self.partial.as_ref().map_or(0, |(_, acc)| acc.capacity())
+        self.buf.capacity() + self.partial.as_ref().map_or(0, |p| p.parts.capacity())
     }
 
     /// Changes the limit (it grows once the client has authenticated).
@@ -155,9 +182,14 @@ impl Inbound {
     /// (or an error as soon as a header shows one).
     pub fn decode(&mut self) -> Option<Result<Message, ReadError>> {
         if !self.checked {
-            let held = self.partial.as_ref().map_or(0, |(_, acc)| acc.len());
-            match check_header(&self.buf, held, self.max) {
-                Ok(true) => self.checked = true,
+            let held = self.partial.as_ref().map_or(0, |p| p.parts.len());
+            match check_header(&self.buf, held, self.max, self.deflate) {
+                Ok(true) => {
+                    self.checked = true;
+                    // actix-http's codec refuses RSV1: it is taken here.
+                    self.compressed = self.buf[0] & RSV1 != 0;
+                    self.buf[0] &= !RSV1;
+                }
                 Ok(false) => {
                     self.shrink();
                     return None;
@@ -202,7 +234,9 @@ impl Inbound {
     /// fragmented one is still coming.
     fn assemble(&mut self, frame: Frame) -> Result<Message, ReadError> {
         match frame {
+            Frame::Text(b) if self.compressed => text(self.inflate(&b)?),
             Frame::Text(b) => text(b),
+            // Binary messages are refused unread: not worth inflating.
             Frame::Binary(_) => Ok(Message::Binary),
             Frame::Ping(b) => Ok(Message::Ping(b)),
             Frame::Pong(_) => Ok(Message::Pong),
@@ -216,9 +250,13 @@ impl Inbound {
                 };
                 match (first, self.partial.as_mut()) {
                     (Some(is_text), None) => {
-                        self.partial = Some((is_text, BytesMut::from(&part[..])))
+                        self.partial = Some(Partial {
+                            is_text,
+                            compressed: self.compressed,
+                            parts: BytesMut::from(&part[..]),
+                        })
                     }
-                    (None, Some((_, acc))) => acc.extend_from_slice(&part),
+                    (None, Some(p)) => p.parts.extend_from_slice(&part),
                     (Some(_), Some(_)) => {
                         return Err(ReadError::Protocol("a new message inside a fragmented one"))
                     }
@@ -232,28 +270,61 @@ impl Inbound {
                     return Ok(Message::Fragment);
                 }
                 match self.partial.take() {
-                    Some((true, acc)) => text(acc.freeze()),
+                    Some(p) if p.is_text && p.compressed => text(self.inflate(&p.parts)?),
+                    Some(p) if p.is_text => text(p.parts.freeze()),
                     _ => Ok(Message::Binary),
                 }
             }
         }
     }
+
+    /// A compressed message's text, inflated up to the limit.
+    fn inflate(&self, compressed: &[u8]) -> Result<Bytes, ReadError> {
+        deflate::inflate(compressed, self.max)
+            .map(Bytes::from)
+            .map_err(|e| match e {
+                InflateError::TooLarge { max } => ReadError::InflatesTooLarge { max },
+                InflateError::Corrupt => {
+                    ReadError::Protocol("compressed message is not valid DEFLATE data")
+                }
+            })
+    }
 }
+
+/// A fragmented message being put together.
+struct Partial {
+    is_text: bool,
+    /// Its first frame had RSV1: the parts are one compressed message.
+    compressed: bool,
+    parts: BytesMut,
+}
+
+/// RSV1: a compressed message (permessage-deflate, RFC 7692 §6).
+const RSV1: u8 = 0x40;
 
 /// Checks the header at the front of `buf`: Ok(true) when it is whole
 /// and acceptable, Ok(false) when more bytes are needed to tell. `held`
 /// is what the fragmented message in progress already holds.
-fn check_header(buf: &[u8], held: usize, max: usize) -> Result<bool, ReadError> {
+fn check_header(buf: &[u8], held: usize, max: usize, deflate: bool) -> Result<bool, ReadError> {
     let [b0, b1, ..] = *buf else {
         return Ok(false);
     };
-    if b0 & 0x70 != 0 {
-        return Err(ReadError::Protocol(
-            "reserved bits set (no extension was negotiated)",
-        ));
-    }
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0f;
+    if b0 & 0x70 != 0 {
+        let why = if b0 & 0x30 != 0 || !deflate {
+            "reserved bits set (no extension was negotiated)"
+        } else if opcode == 0 {
+            "RSV1 set on a continuation frame (only a message's first frame carries it)"
+        } else if opcode >= 8 {
+            "RSV1 set on a control frame (control frames are never compressed)"
+        } else {
+            ""
+        };
+        if !why.is_empty() {
+            return Err(ReadError::Protocol(why));
+        }
+    }
     let control = match opcode {
         0..=2 => false,
         8..=10 => true,

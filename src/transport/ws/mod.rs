@@ -11,6 +11,7 @@
 //! (`crate::session`).
 
 pub mod connection;
+pub mod deflate;
 pub mod inbound;
 mod outbound;
 pub mod upgrade;
@@ -89,7 +90,8 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let mut response = match upgrade_response(&req) {
+    let deflate_on = state.config.websocket.permessage_deflate;
+    let (mut response, deflate) = match upgrade_response(&req, deflate_on) {
         Ok(r) => r,
         Err((result, message)) => {
             handshake.record("opswire.result", result);
@@ -108,9 +110,11 @@ pub async fn handler(
     let conn = Connection::new(session);
     tracing::debug!(session = %conn.name(), user_agent, "websocket connected");
     let mut response = HttpResponse::from(response.message_body(BoxBody::new(()))?);
-    response
-        .extensions_mut()
-        .insert(Accepted { conn, origin_ok });
+    response.extensions_mut().insert(Accepted {
+        conn,
+        origin_ok,
+        deflate,
+    });
     Ok(response)
 }
 
@@ -119,13 +123,17 @@ pub async fn handler(
 pub struct Accepted {
     conn: Connection,
     origin_ok: bool,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
 }
 
 impl Accepted {
     /// Runs the connection on `io` until it ends; `buffered` is what the
     /// client sent after its handshake, already read.
     pub async fn run(self, io: TcpStream, buffered: BytesMut) {
-        self.conn.run(io, buffered, self.origin_ok).await
+        self.conn
+            .run(io, buffered, self.origin_ok, self.deflate)
+            .await
     }
 }
 
@@ -155,10 +163,13 @@ fn record_principal(
 }
 
 /// The `101` for a proper WebSocket upgrade (with opswire's subprotocol
-/// when offered), or what was wrong: the span's result and the message.
+/// when offered, and permessage-deflate when offered and `deflate_on`)
+/// and whether deflate was negotiated, or what was wrong: the span's
+/// result and the message.
 fn upgrade_response(
     req: &HttpRequest,
-) -> Result<actix_http::ResponseBuilder, (&'static str, String)> {
+    deflate_on: bool,
+) -> Result<(actix_http::ResponseBuilder, bool), (&'static str, String)> {
     let mut response = actix_http::ws::handshake(req.head())
         .map_err(|e| ("rejected_handshake", format!("websocket handshake: {e}")))?;
     if req.extensions().get::<upgrade::UpgradePath>().is_none() {
@@ -172,7 +183,15 @@ fn upgrade_response(
     if offers_subprotocol(req) {
         response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
     }
-    Ok(response)
+    let offers = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .filter_map(|v| v.to_str().ok());
+    let answer = deflate_on.then(|| deflate::negotiate(offers)).flatten();
+    if let Some(answer) = answer {
+        response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, answer));
+    }
+    Ok((response, answer.is_some()))
 }
 
 /// Whether the client offered opswire's subprotocol (then it is echoed).

@@ -20,9 +20,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;
 
+use super::deflate;
 use crate::app::AppState;
 use crate::hub::{Control, Mailbox, Outgoing, Take};
-use crate::protocol::close;
+use crate::protocol::{close, Frame};
 use crate::time::now_micros;
 
 /// Batches one poll of the writer writes at most.
@@ -49,10 +50,13 @@ pub struct Outbound {
     /// The close frame inside `pending`: once it is written, the writer
     /// is done.
     closing: Option<(u16, String)>,
+    /// The connection negotiated permessage-deflate: text frames from
+    /// the size up go out compressed (each frame's shared compressed form).
+    deflate: bool,
 }
 
 impl Outbound {
-    pub fn new(state: Arc<AppState>, mailbox: Arc<Mailbox>) -> Outbound {
+    pub fn new(state: Arc<AppState>, mailbox: Arc<Mailbox>, deflate: bool) -> Outbound {
         Outbound {
             state,
             mailbox,
@@ -60,6 +64,7 @@ impl Outbound {
             batch: Outgoing::default(),
             pending: Bytes::new(),
             closing: None,
+            deflate,
         }
     }
 
@@ -124,6 +129,16 @@ impl Outbound {
         let _ = self.codec.encode(msg, buf);
     }
 
+    /// A text frame, compressed when the connection negotiated deflate
+    /// and the frame is big enough (compressed once per frame, whichever
+    /// connection needs it first).
+    fn text(&mut self, f: Frame, buf: &mut BytesMut) {
+        match self.deflate.then(|| deflate::deflated(&f)).flatten() {
+            Some(bytes) => buf.extend_from_slice(bytes),
+            None => self.encode(Message::Text(f.text().clone()), buf),
+        }
+    }
+
     /// Frames everything taken into one buffer. A close ends the batch:
     /// nothing is written after it.
     fn frame_batch(&mut self) -> Bytes {
@@ -148,7 +163,7 @@ impl Outbound {
         for c in control {
             frames += 1;
             match c {
-                Control::Text(f) => self.encode(Message::Text(f), &mut buf),
+                Control::Text(f) => self.text(f, &mut buf),
                 Control::Ping(b) => self.encode(Message::Ping(b), &mut buf),
                 Control::Pong(b) => self.encode(Message::Pong(b), &mut buf),
                 Control::Close(code, reason) => {
@@ -170,14 +185,14 @@ impl Outbound {
                 crate::session::delivered(&self.state, d, now);
             }
             for d in data {
-                self.encode(Message::Text(d.frame), &mut buf);
+                self.text(d.frame, &mut buf);
             }
             frames += n;
             m.data_frames_out.inc_by(n);
         }
         if let Some(l) = self.batch.lagged.take() {
             let frame = crate::session::lagged_frame(&self.state, &l);
-            self.encode(Message::Text(frame), &mut buf);
+            self.text(frame, &mut buf);
             let reason = format!("slow consumer: {} queue overflowed", l.stream);
             self.write_close(close::SLOW_CONSUMER, reason, &mut buf);
             frames += 2;
