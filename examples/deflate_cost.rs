@@ -116,8 +116,26 @@ fn main() {
             "host":"pay-1","message":""}})
         .to_string();
         let pad = size.saturating_sub(log.len());
-        let words = "upstream timeout after 3000 ms on POST /api/v2/charge retry 2 of 5 ";
-        let message: String = words.chars().cycle().take(pad).collect();
+        // Words and ids that vary, like a real log line's (not one phrase
+        // repeated, which would compress far better than real text).
+        let words = [
+            "upstream",
+            "timeout",
+            "POST",
+            "/api/v2/charge",
+            "retry",
+            "user",
+            "order",
+        ];
+        let mut message = String::new();
+        for i in 0u64.. {
+            if message.len() >= pad {
+                break;
+            }
+            let id = i.wrapping_mul(2_654_435_761) % 1_000_003;
+            message.push_str(&format!("{}={id:x} ", words[i as usize % words.len()]));
+        }
+        message.truncate(pad);
         log = log.replace("\"message\":\"\"", &format!("\"message\":\"{message}\""));
         let z = deflate::compress(log.as_bytes());
         let t = time(iterations, || {

@@ -273,6 +273,13 @@ async fn a_frame_is_compressed_once_and_the_same_bytes_go_to_every_deflate_subsc
     assert_eq!(fa.payload, fb.payload, "byte-identical compressed payloads");
     assert_eq!(fa.text(), fp.text(), "inflates to exactly the plain frame");
     assert!(fa.payload.len() * 4 < fp.payload.len());
+    // A subscriber that comes later gets the latest frame from its own
+    // writer (the subscribe's replay, not the fan-out): compressed too.
+    let mut late = Client::connect(&app, OFFER).await;
+    late.subscribe("alpha").await;
+    let first = late.until_type("metrics").await;
+    assert!(first.rsv1, "the writer's path compresses as well");
+    assert!(first.json()["data"]["hosts"].as_array().unwrap().len() >= 51);
     println!(
         "51-host team frame: {} bytes plain, {} bytes compressed ({:.1}x); \
          at 1 frame/s that is the bytes per subscriber per second",

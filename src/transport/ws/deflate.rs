@@ -28,6 +28,11 @@ pub const EXTENSION: &str = "permessage-deflate";
 pub const ANSWER: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
+/// The answer to an offer that named `server_max_window_bits=15`: the
+/// server accepts that parameter by repeating it (RFC 7692 §7.1.2.1).
+pub const ANSWER_WINDOW_15: &str = "permessage-deflate; server_no_context_takeover; \
+     client_no_context_takeover; server_max_window_bits=15";
+
 /// Text messages from this size (bytes of JSON) up are compressed; smaller
 /// ones go out plain (RSV1 clear, allowed per message by RFC 7692 §6).
 /// Below it the few bytes saved cost a compression per frame and a
@@ -71,19 +76,19 @@ pub fn negotiate<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<&'stat
     offers
         .into_iter()
         .flat_map(|line| split_outside_quotes(line, ','))
-        .find(|offer| accept(offer).is_ok())
-        .map(|_| ANSWER)
+        .find_map(|offer| accept(offer).ok())
 }
 
-/// Whether one offer (`permessage-deflate; param; param=value`) is one
-/// the server can take (RFC 7692 §5, §7.1).
-pub fn accept(offer: &str) -> Result<(), Decline> {
+/// The answer to one offer (`permessage-deflate; param; param=value`), or
+/// why the server cannot take it (RFC 7692 §5, §7.1).
+pub fn accept(offer: &str) -> Result<&'static str, Decline> {
     let mut parts = split_outside_quotes(offer, ';').into_iter();
     let name = parts.next().map(str::trim).unwrap_or_default();
     if !name.eq_ignore_ascii_case(EXTENSION) {
         return Err(Decline::OtherExtension);
     }
     let mut seen: Vec<String> = Vec::new();
+    let mut answer = ANSWER;
     for param in parts {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k.trim(), Some(unquote(v.trim())?)),
@@ -106,7 +111,7 @@ pub fn accept(offer: &str) -> Result<(), Decline> {
             }
             ("server_max_window_bits", Some(v)) => {
                 match window_bits(v).ok_or_else(|| Decline::BadValue(key.clone()))? {
-                    15 => {}
+                    15 => answer = ANSWER_WINDOW_15,
                     _ => return Err(Decline::SmallWindow),
                 }
             }
@@ -120,7 +125,7 @@ pub fn accept(offer: &str) -> Result<(), Decline> {
         }
         seen.push(key);
     }
-    Ok(())
+    Ok(answer)
 }
 
 /// 8..=15, written as RFC 7692 §7.1.2 says: decimal, no leading zero.
@@ -315,7 +320,6 @@ mod tests {
             // Chrome's and Firefox's offer.
             "permessage-deflate; client_max_window_bits=15",
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
-            "permessage-deflate; server_max_window_bits=15",
             "permessage-deflate; client_max_window_bits=\"10\"",
             "PerMessage-Deflate ; Server_No_Context_Takeover",
             // A smaller window first, a fallback after: the fallback.
@@ -325,6 +329,11 @@ mod tests {
         for offer in yes {
             assert_eq!(negotiate([offer]), Some(ANSWER), "{offer}");
         }
+        // Accepted by repeating it.
+        assert_eq!(
+            negotiate(["permessage-deflate; server_max_window_bits=15"]),
+            Some(ANSWER_WINDOW_15)
+        );
         let no = [
             "",
             "x-webkit-deflate-frame",

@@ -458,6 +458,29 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_message_leaves_nothing_behind() {
+        let op = format!("{{\"op\":\"ping\",\"pad\":\"{}\"}}", " ".repeat(3000));
+        let z = deflate::compress(op.as_bytes());
+        // RSV1 is refused unless deflate was negotiated.
+        let mut r = Inbound::new(&frame(0xc1, &z), 4096);
+        assert!(matches!(r.decode(), Some(Err(ReadError::Protocol(_)))));
+        let mut r = Inbound::new(&frame(0xc1, &z), 4096).with_deflate(true);
+        match r.decode() {
+            Some(Ok(Message::Text(t))) => assert_eq!(&*t, op),
+            other => panic!("{other:?}"),
+        }
+        // No buffer, no inflater: an idle connection holds nothing more.
+        assert_eq!(r.held_bytes(), 0);
+        assert!(r.decode().is_none());
+        // Past the limit once inflated: refused with its own error.
+        let mut r = Inbound::new(&frame(0xc1, &z), 1024).with_deflate(true);
+        assert!(matches!(
+            r.decode(),
+            Some(Err(ReadError::InflatesTooLarge { max: 1024 }))
+        ));
+    }
+
+    #[test]
     fn the_limit_can_grow_after_auth() {
         let bytes = frame(0x81, &[b' '; 2000]);
         let mut r = Inbound::new(&bytes, 1024);
