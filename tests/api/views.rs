@@ -439,3 +439,66 @@ async fn sse_takes_views_as_query_parameters() {
         assert!(body.contains(says), "{query}: {body}");
     }
 }
+
+/// Cluster mode: each process builds its views from the hosts its hub
+/// holds, its own and those the other processes shared (whose summary
+/// numbers it takes from the shared snapshot).
+#[tokio::test]
+async fn cluster_nodes_build_views_from_every_nodes_hosts() {
+    use crate::cluster::harness::{Node, Redis};
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), "a", &redis).await;
+    let b = Node::start(dir.path(), "b", &redis).await;
+    let mut summary = a.bin.ws(&token(&["alpha"]), &[]).await;
+    summary
+        .send_json(
+            json!({"op": "subscribe", "team": "alpha", "streams": ["metrics"],
+            "view": "summary"}),
+        )
+        .await;
+    assert_eq!(summary.next_non_metrics().await["type"], "subscribed");
+    let mut named = b.bin.ws(&token(&["alpha"]), &[]).await;
+    named
+        .send_json(
+            json!({"op": "subscribe", "team": "alpha", "streams": ["metrics"],
+            "view": {"hosts": ["host-a"]}}),
+        )
+        .await;
+    assert_eq!(named.next_non_metrics().await["type"], "subscribed");
+
+    // Node a's summary shows b's host with b's numbers.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let remote = loop {
+        let f = summary.next_of_type("metrics").await;
+        assert_eq!(f["data"]["view"], "summary", "{f}");
+        let hosts = f["data"]["hosts"].as_array().unwrap().clone();
+        if let Some(h) = hosts.iter().find(|h| h["host"] == "host-b") {
+            break (h.clone(), f["ts"].as_i64().unwrap());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f}");
+    };
+    let (h, ts) = remote;
+    let sampled_at = h["sampled_at"].as_i64().unwrap();
+    assert!(sampled_at > 0, "b's numbers, not defaults: {h}");
+    assert_eq!(
+        h["age_ms"].as_i64().unwrap(),
+        (ts - sampled_at).div_euclid(1000)
+    );
+    assert!(h["mem"].as_f64().unwrap() > 0.0, "{h}");
+
+    // Node b's named-hosts view holds a's host only.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let f = named.next_of_type("metrics").await;
+        assert_eq!(f["data"]["view"], "hosts", "{f}");
+        let got = names(&f);
+        assert!(got.iter().all(|n| n == "host-a"), "{got:?}");
+        if got == ["host-a"] {
+            assert_eq!(f["data"]["hosts"][0]["host"], "host-a");
+            assert!(f["data"]["hosts"][0]["cpu"]["usage_pct"].is_number());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f}");
+    }
+}
