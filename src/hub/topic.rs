@@ -87,12 +87,15 @@ impl TeamState {
         self.metrics_targets.clone()
     }
 
-    /// Distinct named-hosts views among the subscribers, leaving out
-    /// `session`'s own.
+    /// Distinct named-hosts views among the metrics subscribers, leaving
+    /// out `session`'s own.
     pub fn host_views(&self, session: SessionId) -> Vec<&View> {
         let mut seen: Vec<&View> = Vec::new();
         for s in &self.subscribers {
-            if s.session != session && matches!(s.view, View::Hosts(_)) && !seen.contains(&&s.view)
+            if s.session != session
+                && s.has(Stream::Metrics)
+                && matches!(s.view, View::Hosts(_))
+                && !seen.contains(&&s.view)
             {
                 seen.push(&s.view);
             }
