@@ -266,7 +266,43 @@ pub struct ConnectionCounts {
 /// team frame is assembled without serializing each host again.
 #[derive(Serialize)]
 pub struct MetricsData<'a> {
+    /// Absent in the full view (today's frame, byte for byte); `"hosts"`
+    /// in a named-hosts view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<&'static str>,
     pub hosts: &'a [&'a RawValue],
+    pub connections: ConnectionCounts,
+}
+
+/// One host of a summary view's `data.hosts` (docs/protocol.md, "Views"):
+/// what a fleet tile shows, a few dozen bytes instead of the whole
+/// snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostSummary<'a> {
+    pub host: &'a str,
+    /// CPU usage, % (one decimal).
+    pub cpu: f32,
+    /// Memory usage, % (one decimal).
+    pub mem: f32,
+    /// The fullest disk's usage, % (one decimal); null without disks.
+    pub disk: Option<f32>,
+    /// Bytes/s received, summed over interfaces (whole bytes).
+    pub rx: u64,
+    /// Bytes/s sent, summed over interfaces (whole bytes).
+    pub tx: u64,
+    /// 1-minute load average (two decimals).
+    pub load1: f64,
+    /// Unix µs of the sample.
+    pub sampled_at: i64,
+    /// The frame's `ts` minus `sampled_at`, ms: how old the sample is.
+    pub age_ms: i64,
+}
+
+/// `data` of a summary view's metrics frame.
+#[derive(Serialize)]
+pub struct SummaryData<'a> {
+    pub view: &'static str,
+    pub hosts: &'a [HostSummary<'a>],
     pub connections: ConnectionCounts,
 }
 
@@ -520,6 +556,10 @@ pub enum Reply<'a> {
         streams: Vec<Stream>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         recovered: BTreeMap<Stream, bool>,
+        /// The team's metrics view now, normalized: only when the op
+        /// named one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        view: Option<&'a ViewSpec>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -618,6 +658,87 @@ pub struct SubscribeOp {
     pub resume: BTreeMap<Stream, ResumePoint>,
     #[serde(default)]
     pub filter: SubscribeFilter,
+    /// The team's metrics view; absent: keep the current one (`full` for
+    /// a new subscription).
+    #[serde(default)]
+    pub view: Option<ViewSpec>,
+}
+
+/// What a subscriber asks to see of a team's metrics, as it asked
+/// (`"full"`, `"summary"`, `{"hosts":[...]}`). The hub checks the limits
+/// and compiles the patterns (`hub::view`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum ViewSpec {
+    /// Every host's whole snapshot: the frame clients had before views.
+    #[default]
+    Full,
+    /// A few numbers per host.
+    Summary,
+    /// The whole snapshot of the hosts whose names match (names or globs).
+    Hosts(Vec<String>),
+}
+
+impl ViewSpec {
+    /// Parses a view from its JSON: a string or `{"hosts":[...]}`; a
+    /// refusal says what was expected.
+    pub fn from_json(v: serde_json::Value) -> Result<ViewSpec, String> {
+        const EXPECTED: &str = r#"expected "full", "summary" or {"hosts":["name or glob", ...]}"#;
+        match v {
+            serde_json::Value::String(s) => match s.as_str() {
+                "full" => Ok(ViewSpec::Full),
+                "summary" => Ok(ViewSpec::Summary),
+                other => Err(format!(
+                    "unknown view `{}` ({EXPECTED})",
+                    other.chars().take(64).collect::<String>()
+                )),
+            },
+            serde_json::Value::Object(mut m) => {
+                let hosts = m
+                    .remove("hosts")
+                    .ok_or_else(|| format!("a view object needs `hosts` ({EXPECTED})"))?;
+                if let Some(k) = m.keys().next() {
+                    return Err(format!(
+                        "unknown view field `{}` ({EXPECTED})",
+                        k.chars().take(64).collect::<String>()
+                    ));
+                }
+                let serde_json::Value::Array(items) = hosts else {
+                    return Err("`hosts` must be an array of host names or globs".into());
+                };
+                items
+                    .into_iter()
+                    .map(|i| match i {
+                        serde_json::Value::String(s) => Ok(s),
+                        _ => Err("`hosts` must be an array of host names or globs".to_string()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(ViewSpec::Hosts)
+            }
+            _ => Err(format!("a view must be a string or an object ({EXPECTED})")),
+        }
+    }
+}
+
+impl Serialize for ViewSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            ViewSpec::Full => s.serialize_str("full"),
+            ViewSpec::Summary => s.serialize_str("summary"),
+            ViewSpec::Hosts(patterns) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("hosts", patterns)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ViewSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        ViewSpec::from_json(v).map_err(serde::de::Error::custom)
+    }
 }
 
 fn all_streams() -> Vec<Stream> {
@@ -822,6 +943,7 @@ mod tests {
         assert_eq!(s.team, "payments");
         assert_eq!(s.streams, vec![Stream::Metrics, Stream::Logs]);
         assert_eq!(s.resume[&Stream::Logs].seq, 41);
+        assert_eq!(s.view, None);
         let f = s.filter.logs.unwrap();
         assert!(f.matches(Level::Error, "checkout-api"));
         assert!(!f.matches(Level::Info, "checkout-api"));
@@ -841,6 +963,37 @@ mod tests {
         assert!(matches!(e, Err(OpError::BadRequest(m)) if m.contains("missing field `team`")));
         let (_, e) = parse_op(r#"{"op":"subscribe","team":"a","streams":["bogus"]}"#);
         assert!(matches!(e, Err(OpError::BadRequest(m)) if m.contains("bogus")));
+    }
+
+    #[test]
+    fn parses_views_and_names_a_bad_one() {
+        let view = |v: &str| {
+            let (_, op) = parse_op(&format!(r#"{{"op":"subscribe","team":"a","view":{v}}}"#));
+            op.map(|op| match op {
+                Op::Subscribe(s) => s.view,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(view(r#""summary""#), Ok(Some(ViewSpec::Summary)));
+        assert_eq!(view(r#""full""#), Ok(Some(ViewSpec::Full)));
+        assert_eq!(
+            view(r#"{"hosts":["pay-*","db-1"]}"#),
+            Ok(Some(ViewSpec::Hosts(vec!["pay-*".into(), "db-1".into()])))
+        );
+        for (bad, says) in [
+            (r#""tiny""#, "unknown view `tiny`"),
+            (r#"{"hosts":"db-1"}"#, "array of host names"),
+            (r#"{"hosts":[1]}"#, "array of host names"),
+            (r#"{"host":["a"]}"#, "needs `hosts`"),
+            (r#"{"hosts":["a"],"x":1}"#, "unknown view field `x`"),
+            ("3", "a view must be a string or an object"),
+        ] {
+            let e = view(bad).unwrap_err();
+            assert!(
+                matches!(&e, OpError::BadRequest(m) if m.contains(says) && m.contains("view")),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]

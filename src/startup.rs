@@ -254,6 +254,11 @@ fn build_hub(config: &Config, metrics: Arc<Metrics>) -> Hub {
         // queue holds.
         max_firing_alerts: l.max_firing_alerts.min(l.queue_len),
         max_hosts_per_team: l.max_hosts_per_team,
+        views: crate::hub::view::ViewLimits {
+            max_patterns: l.max_view_patterns,
+            max_pattern_len: l.max_view_pattern_len,
+            max_per_team: l.max_host_views_per_team,
+        },
     };
     Hub::new(&teams, settings, metrics)
 }

@@ -288,6 +288,14 @@ pub struct LimitsConfig {
     /// team and has its own `/metrics` series); a new one beyond it is
     /// refused until one goes stale.
     pub max_hosts_per_team: usize,
+    /// Host names or globs one named-hosts metrics view may list.
+    pub max_view_patterns: usize,
+    /// Characters one host pattern of a view may have.
+    pub max_view_pattern_len: usize,
+    /// Distinct named-hosts views (pattern sets) one team serves at once:
+    /// each is serialized every tick, so they are bounded; a subscribe
+    /// asking for one more is refused.
+    pub max_host_views_per_team: usize,
 }
 
 impl Default for LimitsConfig {
@@ -310,6 +318,9 @@ impl Default for LimitsConfig {
             max_unauthenticated: None,
             max_firing_alerts: 1000,
             max_hosts_per_team: 1000,
+            max_view_patterns: 32,
+            max_view_pattern_len: 128,
+            max_host_views_per_team: 64,
         }
     }
 }

@@ -285,6 +285,18 @@ impl Config {
         if l.max_hosts_per_team == 0 {
             return Err(invalid("limits.max_hosts_per_team", "must be at least 1"));
         }
+        if l.max_view_patterns == 0 {
+            return Err(invalid("limits.max_view_patterns", "must be at least 1"));
+        }
+        if l.max_view_pattern_len == 0 {
+            return Err(invalid("limits.max_view_pattern_len", "must be at least 1"));
+        }
+        if l.max_host_views_per_team == 0 {
+            return Err(invalid(
+                "limits.max_host_views_per_team",
+                "must be at least 1",
+            ));
+        }
         let fd_limit = raise_fd_limit();
         // With TLS each connection holds three descriptors: the client's
         // socket and both ends of its loopback hand-off (`tls::front`).

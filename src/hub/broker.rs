@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
+use super::view::HostStats;
 use super::TeamId;
 use crate::protocol::{Frame, Level, LogFilter, Stream};
 
@@ -134,7 +135,12 @@ pub struct HostEntry {
     pub ifaces: Vec<String>,
     /// Received by another process (cluster mode): no series here.
     pub remote: bool,
+    /// The numbers of its summary view, taken once as it arrives.
+    pub stats: HostStats,
 }
+
+/// A host as [`Broker::with_hosts`] shows it: its name and entry.
+pub type NamedHost<'a> = (&'a str, &'a HostEntry);
 
 /// The store behind every team's streams and hosts.
 ///
@@ -210,12 +216,13 @@ pub trait Broker: Send + Sync {
     ) -> Result<Option<HostEntry>, BrokerError>;
 
     /// Drops hosts not seen within `stale_after` (returned, with their
-    /// names), then shows the rest to `f`, in host-name order.
+    /// names), then shows the rest to `f` (name and entry), in host-name
+    /// order.
     fn with_hosts(
         &self,
         team: TeamId,
         stale_after: Duration,
-        f: &mut dyn FnMut(&[&RawValue]),
+        f: &mut dyn FnMut(&[NamedHost<'_>]),
     ) -> Vec<(String, HostEntry)>;
 
     /// The names of the team's hosts.

@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-
-use super::broker::{Broker, BrokerError, Draft, HostEntry, Reloaded, Stored};
+use super::broker::{Broker, BrokerError, Draft, HostEntry, NamedHost, Reloaded, Stored};
 use super::TeamId;
 use crate::protocol::{Level, LogFilter, Stream};
 
@@ -178,7 +176,7 @@ impl Broker for MemoryBroker {
         &self,
         team: TeamId,
         stale_after: Duration,
-        f: &mut dyn FnMut(&[&RawValue]),
+        f: &mut dyn FnMut(&[NamedHost<'_>]),
     ) -> Vec<(String, HostEntry)> {
         let mut t = self.team(team);
         let now = Instant::now();
@@ -192,7 +190,7 @@ impl Broker for MemoryBroker {
             .into_iter()
             .filter_map(|name| t.hosts.remove(&name).map(|h| (name, h)))
             .collect();
-        let hosts: Vec<&RawValue> = t.hosts.values().map(|h| &*h.raw).collect();
+        let hosts: Vec<NamedHost<'_>> = t.hosts.iter().map(|(n, h)| (n.as_str(), h)).collect();
         f(&hosts);
         gone
     }

@@ -36,6 +36,7 @@ pub mod memory;
 mod replica;
 mod session;
 mod topic;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,12 +54,13 @@ use broker::{Draft, HostEntry};
 use fanout::{fan_out_event, fan_out_metrics, EventFanout, Published};
 use memory::MemoryBroker;
 use serde_json::value::RawValue;
-use topic::TeamState;
+use topic::{Targets, TeamState};
+use view::{HostStats, View, ViewError, ViewLimits};
 
 use crate::metrics::Metrics;
 use crate::protocol::{
-    to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, HostSnapshot, Level,
-    LogRecord, MetricsData, Stream,
+    to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, Frame, HostSnapshot,
+    HostSummary, Level, LogRecord, MetricsData, Stream, SummaryData,
 };
 use crate::telemetry::team_logs::ToTeamRecord;
 
@@ -91,6 +93,9 @@ pub enum HubError {
     /// A batch the broker can never take whole (cluster mode).
     #[error("{0}")]
     TooLarge(String),
+    /// A metrics view refused: a limit, a bad glob.
+    #[error(transparent)]
+    View(#[from] ViewError),
 }
 
 /// Sizes the hub is built with.
@@ -108,6 +113,8 @@ pub struct HubSettings {
     pub max_firing_alerts: usize,
     /// Hosts a team holds at once; a new one beyond it is refused.
     pub max_hosts_per_team: usize,
+    /// Bounds of named-hosts metrics views.
+    pub views: ViewLimits,
 }
 
 #[derive(Clone)]
@@ -307,6 +314,7 @@ impl Hub {
             mounts: snapshot.disks.iter().map(|d| d.mount.clone()).collect(),
             ifaces: snapshot.network.iter().map(|n| n.iface.clone()).collect(),
             remote: false,
+            stats: HostStats::of(snapshot),
         };
         let (mounts, ifaces) = (entry.mounts.clone(), entry.ifaces.clone());
         let max = self.shared.settings.max_hosts_per_team;
@@ -360,12 +368,18 @@ impl Hub {
         if broker.seen(team, host).is_some_and(|s| s >= seen) {
             return;
         }
+        // Its summary's numbers, once per update (another process
+        // serialized it from a `HostSnapshot`).
+        let stats = serde_json::from_str::<HostSnapshot>(raw.get())
+            .map(|s| HostStats::of(&s))
+            .unwrap_or_default();
         let entry = HostEntry {
             raw,
             seen,
             mounts: Vec::new(),
             ifaces: Vec::new(),
             remote: true,
+            stats,
         };
         let max = self.shared.settings.max_hosts_per_team;
         if let Ok(Some(old)) = broker.put_host(team, host, entry, max) {
@@ -385,16 +399,20 @@ impl Hub {
     pub fn publish_metrics(&self, team: TeamId, ts: i64) {
         let span = publish_span(&self.shared.topics[team].name, Stream::Metrics);
         let _entered = span.enter();
-        let (delivery, targets, mut subscribers) = self.metrics_frame(team, ts, &span);
-        // The fan-out, outside the lock: every subscriber shares the frame.
+        let (deliveries, targets, mut subscribers) = self.metrics_frame(team, ts, &span);
+        // The fan-out, outside the lock: every subscriber of a view shares
+        // its frame.
         let m = &self.shared.metrics;
         let fanout_started = Instant::now();
-        let n = fan_out_metrics(
-            &targets,
-            &delivery,
-            &m.delivery_lag[Stream::Metrics as usize],
-            self.shared.settings.fanout_threads,
-        );
+        let mut n = fanout::FanoutCount::default();
+        for (delivery, group) in deliveries.iter().zip(targets.iter()) {
+            n += fan_out_metrics(
+                &group.mailboxes,
+                delivery,
+                &m.delivery_lag[Stream::Metrics as usize],
+                self.shared.settings.fanout_threads,
+            );
+        }
         drop(targets);
         if n.refused > 0 {
             // Lagged on another team's stream, or closing: it gets
@@ -426,46 +444,51 @@ impl Hub {
         }
     }
 
-    /// Under the team's lock: the team's next metrics frame (its fresh
-    /// hosts; stale ones leave, with their series), the fan-out's snapshot
-    /// of its subscribers, and how many there are.
+    /// Under the team's lock: the team's next metrics frames (its fresh
+    /// hosts; stale ones leave, with their series) — the full view's,
+    /// always, and one per other view its subscribers take — the
+    /// fan-out's snapshot of its subscribers grouped by view (one
+    /// delivery per group, in the same order), and how many there are.
     fn metrics_frame(
         &self,
         team: TeamId,
         ts: i64,
         span: &tracing::Span,
-    ) -> (Delivery, Arc<Vec<Arc<Mailbox>>>, usize) {
+    ) -> (Vec<Delivery>, Arc<Vec<Targets>>, usize) {
         let total = self.session_count();
         let name = &self.shared.topics[team].name;
         let trace_id = crate::telemetry::trace_id_of(span);
         let mut st = self.lock(team);
         let seq = st.metrics_seq + 1;
         let serialize = Instant::now();
-        let mut frame = None;
+        let targets = st.metrics_targets();
+        let conn = ConnectionCounts {
+            team: st.subscribers.len(),
+            total,
+        };
+        let mut full = None;
+        let mut views: Vec<(View, Frame)> = Vec::new();
         let stale_after = self.shared.settings.host_stale_after;
         // Before `with_hosts`: the broker's lock is held inside it.
         let epoch = self.epoch_of(team);
+        let head = FrameHead {
+            team: name,
+            epoch: &epoch,
+            seq,
+            ts,
+            trace_id: trace_id.as_deref(),
+            connections: conn,
+        };
         let gone = self
             .shared
             .broker
             .with_hosts(team, stale_after, &mut |hosts| {
-                frame = Some(to_frame(&DataFrame {
-                    kind: Stream::Metrics.frame_type(),
-                    team: name,
-                    epoch: &epoch,
-                    seq,
-                    ts,
-                    trace_id: trace_id.as_deref(),
-                    data: &MetricsData {
-                        hosts,
-                        connections: ConnectionCounts {
-                            team: st.subscribers.len(),
-                            total,
-                        },
-                    },
-                }))
+                full = Some(head.frame(&View::Full, hosts));
+                for g in targets.iter().filter(|g| g.view != View::Full) {
+                    views.push((g.view.clone(), head.frame(&g.view, hosts)));
+                }
             });
-        let frame = frame.unwrap_or_default();
+        let frame = full.unwrap_or_default();
         span.record("opswire.serialize_us", micros_since(serialize));
         span.record("opswire.seq", seq);
         span.record("messaging.message.body.size", frame.len() as u64);
@@ -475,23 +498,94 @@ impl Hub {
             ts,
             frame: frame.clone(),
         });
-        let targets = st.metrics_targets();
+        st.view_frames = views
+            .iter()
+            .map(|(v, f)| {
+                let stored = Stored {
+                    seq,
+                    ts,
+                    frame: f.clone(),
+                };
+                (v.clone(), stored)
+            })
+            .collect();
         let subscribers = st.subscribers.len();
         drop(st);
+        self.forget_gone(team, gone);
+        let delivery = |frame: &Frame| Delivery {
+            team,
+            stream: Stream::Metrics,
+            seq,
+            ts,
+            frame: frame.clone(),
+            replay: false,
+        };
+        let deliveries = targets
+            .iter()
+            .map(|g| match views.iter().find(|(v, _)| *v == g.view) {
+                Some((_, f)) => delivery(f),
+                None => delivery(&frame),
+            })
+            .collect();
+        (deliveries, targets, subscribers)
+    }
+
+    /// Under the team's lock (a subscribe's): the latest metrics frame of
+    /// `view`, for its replay — the one this tick built, or, for a view
+    /// nobody took at the last tick, built now from the team's hosts
+    /// (with the last tick's seq, and kept for the next subscriber of
+    /// it). None before the first tick.
+    fn latest_view_frame(&self, team: TeamId, st: &mut TeamState, view: &View) -> Option<Stored> {
+        if *view == View::Full {
+            return st.latest_metrics.clone();
+        }
+        let seq = st.metrics_seq;
+        if seq == 0 {
+            return None;
+        }
+        if let Some((_, f)) = st.view_frames.iter().find(|(v, _)| v == view) {
+            return Some(f.clone());
+        }
+        let ts = crate::time::now_micros();
+        let epoch = self.epoch_of(team);
+        let head = FrameHead {
+            team: &self.shared.topics[team].name,
+            epoch: &epoch,
+            seq,
+            ts,
+            trace_id: None,
+            connections: ConnectionCounts {
+                team: st.subscribers.len(),
+                total: self.session_count(),
+            },
+        };
+        let mut frame = None;
+        let stale_after = self.shared.settings.host_stale_after;
+        let gone = self
+            .shared
+            .broker
+            .with_hosts(team, stale_after, &mut |hosts| {
+                frame = Some(head.frame(view, hosts))
+            });
+        self.forget_gone(team, gone);
+        let stored = Stored {
+            seq,
+            ts,
+            frame: frame.unwrap_or_default(),
+        };
+        st.view_frames.push((view.clone(), stored.clone()));
+        Some(stored)
+    }
+
+    /// Hosts that went stale take their series with them (those this
+    /// process exports).
+    fn forget_gone(&self, team: TeamId, gone: Vec<(String, HostEntry)>) {
+        let name = &self.shared.topics[team].name;
         for (host, h) in gone.into_iter().filter(|(_, h)| !h.remote) {
             self.shared
                 .metrics
                 .forget_host(name, &host, &h.mounts, &h.ifaces);
         }
-        let delivery = Delivery {
-            team,
-            stream: Stream::Metrics,
-            seq,
-            ts,
-            frame,
-            replay: false,
-        };
-        (delivery, targets, subscribers)
     }
 
     /// Appends the next frame of a log or alert stream to the broker
@@ -824,6 +918,70 @@ fn publish_span(team: &str, stream: Stream) -> tracing::Span {
         "opswire.lagged" = tracing::field::Empty,
         "opswire.written" = tracing::field::Empty,
     )
+}
+
+/// What every view's frame of one metrics tick has in common.
+struct FrameHead<'a> {
+    team: &'a str,
+    epoch: &'a str,
+    seq: u64,
+    ts: i64,
+    trace_id: Option<&'a str>,
+    connections: ConnectionCounts,
+}
+
+impl FrameHead<'_> {
+    /// Serializes `view`'s frame of `hosts` (name-ordered): the one
+    /// serialization every subscriber of the view shares.
+    fn frame(&self, view: &View, hosts: &[broker::NamedHost<'_>]) -> Frame {
+        match view {
+            View::Full => {
+                let raws: Vec<&RawValue> = hosts.iter().map(|(_, h)| &*h.raw).collect();
+                self.data_frame(&MetricsData {
+                    view: None,
+                    hosts: &raws,
+                    connections: self.connections,
+                })
+            }
+            View::Hosts(set) => {
+                let raws: Vec<&RawValue> = hosts
+                    .iter()
+                    .filter(|(name, _)| set.matches(name))
+                    .map(|(_, h)| &*h.raw)
+                    .collect();
+                self.data_frame(&MetricsData {
+                    view: Some("hosts"),
+                    hosts: &raws,
+                    connections: self.connections,
+                })
+            }
+            View::Summary => {
+                let rows: Vec<HostSummary<'_>> = hosts
+                    .iter()
+                    .map(|(name, h)| h.stats.summary(name, self.ts))
+                    .collect();
+                self.data_frame(&SummaryData {
+                    view: "summary",
+                    hosts: &rows,
+                    connections: self.connections,
+                })
+            }
+        }
+    }
+}
+
+impl FrameHead<'_> {
+    fn data_frame<T: serde::Serialize>(&self, data: &T) -> Frame {
+        to_frame(&DataFrame {
+            kind: Stream::Metrics.frame_type(),
+            team: self.team,
+            epoch: self.epoch,
+            seq: self.seq,
+            ts: self.ts,
+            trace_id: self.trace_id,
+            data,
+        })
+    }
 }
 
 /// Whole microseconds since `t`, for span attributes.

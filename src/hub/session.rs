@@ -8,8 +8,9 @@ use std::sync::Arc;
 use super::broker::Stored;
 use super::mailbox::{Delivery, Lagged, Mailbox, Push};
 use super::topic::Subscriber;
+use super::view::{View, ViewError};
 use super::{Hub, HubError, SessionId, TeamId};
-use crate::protocol::{LogFilter, ResumePoint, Stream};
+use crate::protocol::{LogFilter, ResumePoint, Stream, ViewSpec};
 
 /// What a subscribe did: which resumes succeeded, and where each log and
 /// alert stream stood. The replay itself is queued in the mailbox.
@@ -21,6 +22,9 @@ pub struct Subscribed {
     pub positions: BTreeMap<Stream, u64>,
     /// The last replayed frame's seq of each stream that replayed any.
     pub replayed: BTreeMap<Stream, u64>,
+    /// The team's metrics view now (normalized), when the subscribe named
+    /// one.
+    pub view: Option<ViewSpec>,
 }
 
 /// Dropping it unsubscribes the session everywhere.
@@ -61,12 +65,30 @@ impl SessionHandle {
     /// takes queue slots like live frames (see [`Mailbox::push_replay`]).
     /// A WebSocket session [`Mailbox::hold`]s its writer first, so the
     /// replay goes out after its `subscribed` reply.
+    ///
+    /// The team's metrics view stays what it was (`full` for a new
+    /// subscription); see [`SessionHandle::subscribe_view`].
     pub fn subscribe(
         &mut self,
         team: TeamId,
         streams: &[Stream],
         resume: &BTreeMap<Stream, ResumePoint>,
         log_filter: Option<LogFilter>,
+    ) -> Result<Subscribed, HubError> {
+        self.subscribe_view(team, streams, resume, log_filter, None)
+    }
+
+    /// [`SessionHandle::subscribe`], and `view`, when given, replaces the
+    /// team's metrics view (None keeps it: `full` for a new
+    /// subscription). A changed view replays its latest frame, and no
+    /// frame of the old view reaches the subscriber after it.
+    pub fn subscribe_view(
+        &mut self,
+        team: TeamId,
+        streams: &[Stream],
+        resume: &BTreeMap<Stream, ResumePoint>,
+        log_filter: Option<LogFilter>,
+        view: Option<&ViewSpec>,
     ) -> Result<Subscribed, HubError> {
         let current = self.subscriptions.get(&team).copied().unwrap_or(0);
         let wanted = streams.iter().fold(current, |w, s| w | s.bit());
@@ -81,9 +103,43 @@ impl SessionHandle {
                     .into(),
             ));
         }
+        let view_asked = view.is_some();
+        let asked = view
+            .map(|v| View::new(v, &self.hub.shared.settings.views))
+            .transpose()?;
         let mut out = Subscribed::default();
         let mut st = self.hub.lock(team);
         let pos = st.subscribers.iter().position(|s| s.session == self.id);
+        let old_view = pos.map(|p| st.subscribers[p].view.clone());
+        let mut view = asked.unwrap_or_else(|| old_view.clone().unwrap_or_default());
+        if let View::Hosts(_) = view {
+            let served = st.host_views(self.id);
+            match served.iter().find(|v| ***v == view) {
+                // Shared, compiled once: the fan-out groups by it.
+                Some(same) => view = (*same).clone(),
+                None if served.len() >= self.hub.shared.settings.views.max_per_team => {
+                    return Err(ViewError::TooManyViews {
+                        team: self.hub.team_name(team).to_owned(),
+                        max: self.hub.shared.settings.views.max_per_team,
+                    }
+                    .into())
+                }
+                None => {}
+            }
+        }
+        out.view = view_asked.then(|| view.spec());
+        let metrics = Stream::Metrics.bit();
+        let view_changed = old_view.is_some_and(|v| v != view);
+        if wanted & metrics != 0 && (current & metrics == 0 || view_changed) {
+            // The view's latest frame, then live from the frame after it;
+            // a frame of the old view still on its way (an older seq) is
+            // ignored by the mailbox.
+            if let Some(latest) = self.hub.latest_view_frame(team, &mut st, &view) {
+                self.mailbox
+                    .replay_metrics(replayed(team, Stream::Metrics, latest));
+            }
+            self.mailbox.accept_metrics(team, st.metrics_seq + 1);
+        }
         let filter = log_filter
             .clone()
             .or_else(|| pos.and_then(|p| st.subscribers[p].log_filter.clone()));
@@ -95,19 +151,13 @@ impl SessionHandle {
                 continue;
             }
             if stream == Stream::Metrics {
-                if let Some(latest) = st.latest_metrics.clone() {
-                    self.mailbox.replay_metrics(replayed(team, stream, latest));
-                }
+                // Replayed above.
                 continue;
             }
             let filter = filter.as_ref().filter(|_| stream == Stream::Logs);
             let firing = (stream == Stream::Alerts).then(|| st.alerts.frames());
             last_seq[stream as usize] =
                 self.replay(team, stream, resume.get(&stream), filter, firing, &mut out);
-        }
-        if wanted & Stream::Metrics.bit() != 0 && current & Stream::Metrics.bit() == 0 {
-            // Live from the frame after the replayed one.
-            self.mailbox.accept_metrics(team, st.metrics_seq + 1);
         }
         match pos {
             Some(p) => {
@@ -117,6 +167,7 @@ impl SessionHandle {
                     sub.log_filter = log_filter;
                 }
                 sub.last_seq = last_seq;
+                sub.view = view;
             }
             None => st.subscribers_mut().push(Subscriber {
                 session: self.id,
@@ -124,6 +175,7 @@ impl SessionHandle {
                 streams: wanted,
                 log_filter,
                 last_seq,
+                view,
             }),
         }
         drop(st);
@@ -234,6 +286,10 @@ impl SessionHandle {
                     subscribers.swap_remove(p);
                 } else {
                     subscribers[p].streams = remaining;
+                    if remaining & Stream::Metrics.bit() == 0 {
+                        // Its view no longer takes a place (nor a frame).
+                        subscribers[p].view = View::Full;
+                    }
                 }
             }
         }

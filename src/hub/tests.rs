@@ -21,6 +21,7 @@ fn hub(queue: usize) -> Hub {
             fanout_threads: 1,
             max_firing_alerts: 3,
             max_hosts_per_team: 2,
+            views: Default::default(),
         },
         Arc::new(Metrics::new()),
     )
@@ -482,4 +483,150 @@ fn a_reload_in_a_new_epoch_lags_the_old_subscribers_and_keeps_the_firing_set() {
         [1, 4],
         "the log, then the firing alert"
     );
+}
+
+fn host(name: &str, cpu: f32) -> HostSnapshot {
+    HostSnapshot {
+        host: name.into(),
+        source: Default::default(),
+        sampled_at: now_micros(),
+        cpu: crate::protocol::CpuStats {
+            usage_pct: cpu,
+            ..Default::default()
+        },
+        memory: Default::default(),
+        disks: vec![],
+        network: vec![],
+        processes: 0,
+        uptime_s: 0,
+    }
+}
+
+/// The metrics frames a session holds, by pointer: equal pointers are one
+/// serialization shared.
+fn metrics_frames(s: &SessionHandle) -> Vec<(u64, *const u8, Frame)> {
+    queued(s)
+        .into_iter()
+        .filter(|d| d.stream == Stream::Metrics)
+        .map(|d| (d.seq, d.frame.as_ptr(), d.frame))
+        .collect()
+}
+
+#[test]
+fn a_view_frame_is_serialized_once_per_tick_for_all_its_subscribers() {
+    use crate::protocol::ViewSpec;
+    let h = hub(10);
+    h.update_host(0, &host("db-1", 10.0)).unwrap();
+    h.update_host(0, &host("pay-1", 20.0)).unwrap();
+    let hosts = |p: &[&str]| ViewSpec::Hosts(p.iter().map(|s| s.to_string()).collect());
+    let views = [
+        None,
+        Some(ViewSpec::Full),
+        Some(ViewSpec::Summary),
+        Some(ViewSpec::Summary),
+        Some(ViewSpec::Summary),
+        Some(hosts(&["pay-*", "db-9"])),
+        Some(hosts(&["db-9", "pay-*", "pay-*"])),
+    ];
+    let sessions: Vec<SessionHandle> = views
+        .iter()
+        .map(|v| {
+            let mut s = h.open_session();
+            s.subscribe_view(0, &[Stream::Metrics], &BTreeMap::new(), None, v.as_ref())
+                .unwrap();
+            s
+        })
+        .collect();
+    h.publish_metrics(0, now_micros());
+    let got: Vec<_> = sessions.iter().map(metrics_frames).collect();
+    for g in &got {
+        assert_eq!(g.len(), 1, "one frame each");
+        assert_eq!(g[0].0, 1);
+    }
+    let ptr = |i: usize| got[i][0].1;
+    // One serialization per view, shared by its subscribers.
+    assert_eq!(ptr(0), ptr(1), "full");
+    assert_eq!(ptr(2), ptr(3), "summary");
+    assert_eq!(ptr(3), ptr(4), "summary");
+    assert_eq!(ptr(5), ptr(6), "the same host set, named in another order");
+    assert_ne!(ptr(0), ptr(2));
+    assert_ne!(ptr(2), ptr(5));
+    let full: serde_json::Value = serde_json::from_str(&got[0][0].2).unwrap();
+    assert!(full["data"].get("view").is_none());
+    assert_eq!(full["data"]["hosts"].as_array().unwrap().len(), 2);
+    let named: serde_json::Value = serde_json::from_str(&got[5][0].2).unwrap();
+    assert_eq!(named["data"]["hosts"][0]["host"], "pay-1");
+    assert_eq!(named["data"]["hosts"].as_array().unwrap().len(), 1);
+    let summary: serde_json::Value = serde_json::from_str(&got[2][0].2).unwrap();
+    assert_eq!(summary["data"]["view"], "summary");
+    assert_eq!(summary["data"]["hosts"][1]["cpu"], 20.0);
+
+    // Late subscribers of a view nobody took at this tick: the first
+    // builds its frame, the next replays the same bytes.
+    let late: Vec<SessionHandle> = (0..2)
+        .map(|_| {
+            let mut s = h.open_session();
+            let v = hosts(&["db-*"]);
+            s.subscribe_view(0, &[Stream::Metrics], &BTreeMap::new(), None, Some(&v))
+                .unwrap();
+            s
+        })
+        .collect();
+    let a = metrics_frames(&late[0]);
+    let b = metrics_frames(&late[1]);
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0].0, 1, "the tick's seq");
+    assert_eq!(a[0].1, b[0].1, "built once");
+    assert!(a[0].2.contains(r#""host":"db-1""#) && !a[0].2.contains("pay-1"));
+}
+
+/// Not a check: what a metrics tick costs with 200 hosts and 5,000
+/// subscribers of one view (run with
+/// `cargo test --lib tick_cost -- --ignored --nocapture`; a debug build's
+/// numbers compare views with each other, not with production).
+#[test]
+#[ignore]
+fn tick_cost_by_view() {
+    use crate::protocol::ViewSpec;
+    let h = Hub::new(
+        &["a".into()],
+        HubSettings {
+            history_logs: 5,
+            history_alerts: 5,
+            queue_len: 10,
+            max_subscriptions: 8,
+            host_stale_after: Duration::from_secs(600),
+            fanout_threads: 1,
+            max_firing_alerts: 3,
+            max_hosts_per_team: 1000,
+            views: Default::default(),
+        },
+        Arc::new(Metrics::new()),
+    );
+    for i in 0..200 {
+        h.update_host(0, &host(&format!("web-{i:03}"), i as f32))
+            .unwrap();
+    }
+    for (label, view) in [
+        ("full", None),
+        ("summary", Some(ViewSpec::Summary)),
+        ("hosts web-0*", Some(ViewSpec::Hosts(vec!["web-0*".into()]))),
+    ] {
+        let sessions: Vec<SessionHandle> = (0..5000)
+            .map(|_| {
+                let mut s = h.open_session();
+                s.subscribe_view(0, &[Stream::Metrics], &BTreeMap::new(), None, view.as_ref())
+                    .unwrap();
+                s
+            })
+            .collect();
+        let ticks = 20;
+        let started = std::time::Instant::now();
+        for _ in 0..ticks {
+            h.publish_metrics(0, now_micros());
+        }
+        let per_tick = started.elapsed() / ticks;
+        let bytes = metrics_frames(&sessions[0])[0].2.len();
+        println!("{label}: {per_tick:?} per tick, {bytes} bytes per frame");
+    }
 }

@@ -189,13 +189,14 @@ impl Session {
         mut streams: Vec<Stream>,
         resume: &std::collections::BTreeMap<Stream, crate::protocol::ResumePoint>,
         filter: Option<crate::protocol::LogFilter>,
+        view: Option<&crate::protocol::ViewSpec>,
     ) -> Result<(Frame, crate::hub::Subscribed), (ErrorCode, String)> {
         let team_id = self.authorize(team)?;
         streams.sort();
         streams.dedup();
         let sub = self
             .hub
-            .subscribe(team_id, &streams, resume, filter)
+            .subscribe_view(team_id, &streams, resume, filter, view)
             .map_err(|e| match e {
                 crate::hub::HubError::Unavailable(m) => (ErrorCode::Unavailable, m),
                 other => (ErrorCode::BadRequest, other.to_string()),
@@ -205,6 +206,7 @@ impl Session {
             team,
             streams,
             recovered: sub.recovered.clone(),
+            view: sub.view.as_ref(),
         });
         Ok((reply, sub))
     }

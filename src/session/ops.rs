@@ -96,7 +96,8 @@ impl Session {
     fn on_subscribe(&mut self, id: Option<i64>, s: SubscribeOp) -> Outcome {
         let mailbox = self.hub.mailbox().clone();
         mailbox.hold();
-        match self.subscribe(id, &s.team, s.streams, &s.resume, s.filter.logs) {
+        let view = s.view.as_ref();
+        match self.subscribe(id, &s.team, s.streams, &s.resume, s.filter.logs, view) {
             Ok((reply, _)) => Outcome::reply(reply),
             Err((code, msg)) => {
                 mailbox.release();

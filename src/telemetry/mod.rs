@@ -89,13 +89,14 @@ fn report_failure(signal: usize, error: &dyn std::fmt::Display) {
     }
 }
 
-/// Wraps an exporter to count and report failures without flooding.
+/// Wraps an exporter to count and report failures without flooding, as
+/// the signal of that index in [`SIGNALS`].
 #[derive(Debug)]
-struct Reporting<E>(E);
+struct Reporting<E>(E, usize);
 
-/// A log exporter reporting as the team records' signal.
-#[derive(Debug)]
-struct TeamReporting<E>(E);
+const SPANS: usize = 0;
+const LOGS: usize = 1;
+const TEAM_LOGS: usize = 2;
 
 impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
     for Reporting<E>
@@ -108,7 +109,7 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
         async move {
             let r = fut.await;
             if let Err(e) = &r {
-                report_failure(0, e);
+                report_failure(SPANS, e);
             }
             r
         }
@@ -131,35 +132,11 @@ impl<E: opentelemetry_sdk::logs::LogExporter> opentelemetry_sdk::logs::LogExport
         &self,
         batch: LogBatch<'_>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let fut = self.0.export(batch);
+        let (fut, signal) = (self.0.export(batch), self.1);
         async move {
             let r = fut.await;
             if let Err(e) = &r {
-                report_failure(1, e);
-            }
-            r
-        }
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource)
-    }
-}
-
-impl<E: opentelemetry_sdk::logs::LogExporter> opentelemetry_sdk::logs::LogExporter
-    for TeamReporting<E>
-{
-    fn export(
-        &self,
-        batch: LogBatch<'_>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let fut = self.0.export(batch);
-        async move {
-            let r = fut.await;
-            if let Err(e) = &r {
-                report_failure(2, e);
+                report_failure(signal, e);
             }
             r
         }
@@ -307,7 +284,7 @@ pub fn init(log: &LogConfig, cfg: &TelemetryConfig) -> Result<Telemetry, Telemet
 
     let team_logger = if cfg.team_logs {
         Some(team_logs::install(
-            TeamReporting(build_log_exporter(&plan)?),
+            Reporting(build_log_exporter(&plan)?, TEAM_LOGS),
             resource.clone(),
             &cfg.team_logs_service_name,
             cfg.export_queue,
@@ -354,7 +331,7 @@ fn build_tracer_provider(
     let mut tracer_builder = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_span_processor(
-            BatchSpanProcessor::builder(Reporting(span_exporter))
+            BatchSpanProcessor::builder(Reporting(span_exporter, SPANS))
                 .with_batch_config(span_batch)
                 .build(),
         );
@@ -379,7 +356,7 @@ fn build_logger_provider(
     Ok(SdkLoggerProvider::builder()
         .with_resource(resource)
         .with_log_processor(
-            BatchLogProcessor::builder(Reporting(log_exporter))
+            BatchLogProcessor::builder(Reporting(log_exporter, LOGS))
                 .with_batch_config(log_batch)
                 .build(),
         )

@@ -1,5 +1,9 @@
 //! The SSE transport: `GET /sse?team=T&streams=metrics,logs,alerts`.
 //!
+//! `view=full|summary|hosts` and `hosts=<name or glob>,…` choose the
+//! metrics view (docs/protocol.md, "Views"); `hosts` alone means the
+//! named-hosts view.
+//!
 //! Each event carries the frame's JSON as `data:` and its `type` as
 //! `event:`. The `id:` of every event is the connection's position in each
 //! of its resumable streams (`logs:<epoch>:<seq>,alerts:<epoch>:<seq>`), so
@@ -17,7 +21,7 @@ use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::hub::{Delivery, Mailbox, Subscribed};
-use crate::protocol::{ErrorCode, Level, LogFilter, ResumePoint, Stream};
+use crate::protocol::{ErrorCode, Level, LogFilter, ResumePoint, Stream, ViewSpec};
 use crate::request::http_error;
 use crate::session::{self, admission, session_name, Session};
 
@@ -30,6 +34,10 @@ pub struct SseQuery {
     last_event_id: Option<String>,
     min_level: Option<String>,
     source: Option<String>,
+    /// The metrics view: `full` (default), `summary` or `hosts`.
+    view: Option<String>,
+    /// The named-hosts view's names or globs, comma-separated.
+    hosts: Option<String>,
 }
 
 /// Parses an event id of the form `logs:<epoch>:<seq>,alerts:<epoch>:<seq>`.
@@ -60,6 +68,35 @@ struct Wanted {
     streams: Vec<Stream>,
     filter: Option<LogFilter>,
     resume: BTreeMap<Stream, ResumePoint>,
+    view: Option<ViewSpec>,
+}
+
+/// The metrics view of `?view=` and `?hosts=`.
+fn view_of(query: &SseQuery) -> Result<Option<ViewSpec>, String> {
+    let hosts = query.hosts.as_deref().map(|h| {
+        h.split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+    });
+    match (query.view.as_deref(), hosts) {
+        (None, None) => Ok(None),
+        (None | Some("hosts"), Some(h)) => Ok(Some(ViewSpec::Hosts(h))),
+        (Some("hosts"), None) => Err(
+            "view `hosts` needs the query parameter `hosts` (names or globs, comma-separated)"
+                .into(),
+        ),
+        (Some(v @ ("full" | "summary")), Some(_)) => Err(format!(
+            "query parameter `hosts` is for view `hosts`, not `{v}`"
+        )),
+        (Some(v), None) => ViewSpec::from_json(serde_json::Value::String(v.to_owned()))
+            .map(Some)
+            .map_err(|e| format!("{e}; over SSE: view=full, view=summary or hosts=a,b*")),
+        (Some(v), Some(_)) => Err(format!(
+            "unknown view `{}` (expected full, summary or hosts)",
+            v.chars().take(64).collect::<String>()
+        )),
+    }
 }
 
 impl Wanted {
@@ -102,11 +139,13 @@ impl Wanted {
             .map(str::to_owned)
             .or_else(|| query.last_event_id.clone());
         let resume = last_id.as_deref().map(parse_event_id).unwrap_or_default();
+        let view = view_of(query)?;
         Ok(Wanted {
             team,
             streams,
             filter,
             resume,
+            view,
         })
     }
 }
@@ -146,6 +185,7 @@ pub async fn handler(
         wanted.streams.clone(),
         &wanted.resume,
         wanted.filter.clone(),
+        wanted.view.as_ref(),
     );
     let (subscribed, sub) = match subscribed {
         Ok(s) => s,

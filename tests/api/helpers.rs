@@ -600,3 +600,25 @@ impl TestCa {
 fn rand_suffix() -> String {
     format!("{:015x}", rand::random::<u64>() >> 4)
 }
+
+/// Starts Debian's Alertmanager on `127.0.0.1:port` with `config` (and
+/// `--web.config.file=web`, for TLS), its data under `dir`, clustering off.
+pub fn spawn_alertmanager(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    web: Option<&std::path::Path>,
+    port: u16,
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new("prometheus-alertmanager");
+    cmd.arg(format!("--config.file={}", config.display()));
+    if let Some(web) = web {
+        cmd.arg(format!("--web.config.file={}", web.display()));
+    }
+    cmd.arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus-alertmanager is installed")
+}

@@ -25,6 +25,7 @@ mod streaming;
 mod team_logs;
 mod telemetry;
 mod tls;
+mod views;
 mod web_assets;
 
 pub mod otlp_receiver;

@@ -1,7 +1,7 @@
 //! Sources: a real Alertmanager sending its webhook to opswire, silences
 //! created in it from the stream, and log ingest (JSON, OTLP).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -59,18 +59,7 @@ receivers:
             "{}",
             String::from_utf8_lossy(&check.stdout)
         );
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", path.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus-alertmanager is installed");
+        let child = spawn_alertmanager(dir.path(), &path, None, port);
         Alertmanager {
             child,
             url: format!("http://127.0.0.1:{port}"),

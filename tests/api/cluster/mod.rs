@@ -4,5 +4,5 @@
 
 mod delivery;
 mod failures;
-mod harness;
+pub(crate) mod harness;
 mod random;
