@@ -374,3 +374,42 @@ async fn rsv1_is_a_protocol_error_without_negotiation_and_on_control_frames() {
     assert!(reason.contains("not valid DEFLATE"), "{reason}");
     app.stop();
 }
+
+/// The figures: what a subscriber of a 200-host team receives per
+/// frame (one frame per second at the default tick) in each view, plain
+/// and with deflate. Prints them; holds deflate to its target for the
+/// summary view (≤ 8 KB per subscriber per second).
+#[tokio::test]
+async fn a_200_host_team_per_view_with_and_without_deflate() {
+    let app = spawn_app_with(|c| c.sampler.stale_after_ticks = 500);
+    let mut clients = Vec::new();
+    for (view, offer) in [
+        (json!("full"), ""),
+        (json!("full"), OFFER),
+        (json!("summary"), ""),
+        (json!("summary"), OFFER),
+    ] {
+        let mut c = Client::connect(&app, offer).await;
+        let op = json!({"op":"subscribe","id":1,"team":"alpha","streams":["metrics"],"view":view});
+        c.send(&frame(0x81, op.to_string().as_bytes())).await;
+        c.until_type("subscribed").await;
+        clients.push((view, !offer.is_empty(), c));
+    }
+    publish_hosts(&app, 199);
+    let mut sizes = BTreeMap::new();
+    for (view, deflate, c) in &mut clients {
+        let f = metrics_with(c, 200).await;
+        assert_eq!(f.rsv1, *deflate);
+        sizes.insert(
+            (view.as_str().unwrap().to_owned(), *deflate),
+            f.payload.len(),
+        );
+        println!(
+            "200-host team, view {view}, deflate {deflate}: {} bytes per frame",
+            f.payload.len()
+        );
+    }
+    assert!(sizes[&("summary".to_owned(), true)] <= 8_000, "{sizes:?}");
+    assert!(sizes[&("full".to_owned(), true)] * 3 < sizes[&("full".to_owned(), false)]);
+    app.stop();
+}
