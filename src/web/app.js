@@ -15,6 +15,13 @@
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 30000;
   const PING_EVERY_MS = 15000;
+  // Fleet view (docs/dashboard.md "Fleet view").
+  const SPARK_POINTS = 30; // per tile: 30 samples, half a minute at 1 Hz
+  const WARN_PCT = 80; // CPU, memory or the fullest disk at or above: warn
+  const CRIT_PCT = 90; // ... at or above: crit
+  const STALE_MIN_MS = 10000; // a sample older than max(this, 5 ticks) is stale
+  const AUTO_DETAIL_MAX = 4; // a team of at most this many hosts shows every host's charts too
+  const RANK = { crit: 4, stale: 3, warn: 2, ok: 1 };
 
   // ---- small DOM helpers -------------------------------------------------
   const $ = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
@@ -96,6 +103,13 @@
     lastMsgAt: 0,
     lastPingAt: 0,
     cards: new Map(), // host -> card of the team on screen
+    tiles: new Map(), // host -> fleet tile of the team on screen
+    detail: null, // null: the fleet; else the host names opened from it
+    view: "summary", // the metrics view asked of the server ("summary" or "hosts")
+    fleetSort: "worst",
+    fleetFilter: "",
+    fleetRaf: 0,
+    fleetOrder: "",
     alertEls: new Map(), // fingerprint -> <li> of the team on screen
     silenceUi: new Map(), // team/fingerprint -> {result, error, open}
   };
@@ -105,7 +119,9 @@
     if (!d) {
       d = {
         hosts: new Map(), // host -> {pts: [{t,cpu,mem,disk,rx,tx}], snap}
-        current: [], // host names in the newest metrics frame
+        current: [], // host names in the newest full or named-hosts frame
+        fleet: new Map(), // host -> {sum, cpu: [], mem: [], state, score, dirty}
+        fleetAt: 0, // ts of the newest fleet rows
         conns: null,
         newestTs: 0, // µs
         logs: [],
@@ -305,7 +321,7 @@
   function subscribe(team) {
     const epoch = S.welcome && S.welcome.epoch;
     const d = teamData(team);
-    const op = { op: "subscribe", team, streams: STREAMS, filter: { logs: logFilter() } };
+    const op = { op: "subscribe", team, streams: STREAMS, filter: { logs: logFilter() }, view: wantedView() };
     const meta = { kind: "subscribe", team, resume: null };
     if (epoch) {
       const resume = {};
@@ -386,9 +402,20 @@
   function onMetrics(f) {
     const d = teamData(f.team);
     const data = f.data || {};
+    const view = data.view || "full";
+    // A frame of the view we just left (sent before `subscribed`): skip it.
+    if (f.team === S.subTeam && view !== S.view) return;
     d.conns = data.connections || null;
     d.newestTs = Math.max(d.newestTs, f.ts || 0);
     const hosts = Array.isArray(data.hosts) ? data.hosts : [];
+    if (view === "summary") {
+      fleetRows(d, f.ts, hosts);
+      d.current = [];
+      if (f.team === S.team) { renderHosts(); renderCounts(); scheduleFleet(); autoDetail(hosts.length); }
+      return;
+    }
+    // Full snapshots: the tiles of a small team (auto detail) come from them.
+    if (!S.detail) fleetRows(d, f.ts, hosts.map((h) => summarize(h, f.ts)));
     d.current = hosts.map((h) => h.host);
     const t = f.ts / 1e6;
     for (const h of hosts) {
@@ -401,7 +428,7 @@
       while (hs.pts.length && hs.pts[0].t < t - WINDOW_S) hs.pts.shift();
       if (!hs.pts.length && !d.current.includes(name)) d.hosts.delete(name);
     }
-    if (f.team === S.team) { renderHosts(); renderCounts(); }
+    if (f.team === S.team) { renderHosts(); renderCounts(); scheduleFleet(); if (!S.detail) autoDetail(hosts.length); }
   }
 
   function point(t, h) {
@@ -432,7 +459,7 @@
     const box = $("hosts");
     const d = S.team ? teamData(S.team) : null;
     box.dataset.team = S.team || "";
-    const names = d ? [...d.current].sort() : [];
+    const names = d ? [...d.current].filter((n) => !S.detail || S.detail.includes(n)).sort() : [];
     for (const [name, card] of S.cards) {
       if (!names.includes(name)) { dropCard(card); S.cards.delete(name); }
     }
@@ -445,6 +472,208 @@
     $("hosts-empty").hidden = names.length > 0;
     if (names.length && !performance.getEntriesByName("opswire:first-host").length) performance.mark("opswire:first-host");
     $("hosts-empty").textContent = S.live ? "No hosts reporting for this team." : "Waiting for data…";
+  }
+
+  // ---- fleet view ----------------------------------------------------------
+  // Every host of the team as a tile fed by the `summary` view (a few dozen
+  // bytes per host per tick). Frames only update data and mark tiles dirty;
+  // one requestAnimationFrame then redraws the dirty tiles that are shown and
+  // reorders the grid only when the order changed. Clicking a tile re-subscribes
+  // the same connection with the named-hosts view of that host: its cards
+  // (the uPlot charts) replace the tiles until "Fleet" is pressed.
+  const staleMs = () => Math.max(STALE_MIN_MS, 5 * S.tickMs);
+  const num = (v) => (Number.isFinite(Number(v)) ? Number(v) : 0);
+
+  /// The `summary` row of a full snapshot (a small team in the auto detail).
+  function summarize(h, ts) {
+    const disks = Array.isArray(h.disks) ? h.disks : [];
+    const nets = Array.isArray(h.network) ? h.network : [];
+    const load = h.cpu && Array.isArray(h.cpu.load) ? h.cpu.load : [];
+    return {
+      host: h.host,
+      cpu: h.cpu ? num(h.cpu.usage_pct) : 0,
+      mem: h.memory ? num(h.memory.usage_pct) : 0,
+      disk: disks.length ? disks.reduce((m, x) => Math.max(m, num(x.usage_pct)), 0) : null,
+      rx: nets.reduce((a, x) => a + num(x.rx_bytes_per_s), 0),
+      tx: nets.reduce((a, x) => a + num(x.tx_bytes_per_s), 0),
+      load1: load.length ? num(load[0]) : 0,
+      sampled_at: h.sampled_at,
+      age_ms: Math.floor((ts - h.sampled_at) / 1000),
+    };
+  }
+
+  function hostState(r) {
+    if (num(r.age_ms) > staleMs()) return "stale";
+    const worst = Math.max(num(r.cpu), num(r.mem), num(r.disk));
+    return worst >= CRIT_PCT ? "crit" : worst >= WARN_PCT ? "warn" : "ok";
+  }
+
+  const ageText = (ms) => (ms < 3000 ? "now" : `${duration(ms / 1000)} ago`);
+
+  function fleetRows(d, ts, rows) {
+    const seen = new Set();
+    for (const r of rows) {
+      if (!r || typeof r.host !== "string") continue;
+      seen.add(r.host);
+      let e = d.fleet.get(r.host);
+      if (!e) { e = { sum: null, cpu: [], mem: [], state: "", score: 0, age: "", dirty: true }; d.fleet.set(r.host, e); }
+      if (!e.sum || e.sum.sampled_at !== r.sampled_at) {
+        e.cpu.push(num(r.cpu));
+        e.mem.push(num(r.mem));
+        if (e.cpu.length > SPARK_POINTS) { e.cpu.shift(); e.mem.shift(); }
+        e.dirty = true;
+      }
+      e.sum = r;
+      const state = hostState(r);
+      const age = ageText(num(r.age_ms));
+      if (state !== e.state || age !== e.age) e.dirty = true;
+      e.state = state;
+      e.age = age;
+      e.score = Math.max(num(r.cpu), num(r.mem), num(r.disk));
+    }
+    for (const name of d.fleet.keys()) if (!seen.has(name)) d.fleet.delete(name);
+    d.fleetAt = ts;
+  }
+
+  /// The view to ask for: the summary, every host (a small team) or the
+  /// hosts opened from the fleet (names, their glob characters escaped).
+  function wantedView() {
+    if (S.detail) return { hosts: S.detail.map((n) => n.replace(/[*?[\]{}]/g, "[$&]")) };
+    return S.view === "hosts" ? { hosts: ["*"] } : "summary";
+  }
+
+  /// Switches between the fleet (summary), all hosts' charts (a team of at
+  /// most AUTO_DETAIL_MAX hosts: the tiles come from the full snapshots) and
+  /// the detail of `detail` hosts; re-subscribes the team's metrics with it.
+  function setMode(detail, all) {
+    const view = detail || all ? "hosts" : "summary";
+    const same = view === S.view && String(detail || "") === String(S.detail || "");
+    S.detail = detail;
+    S.view = view;
+    if (same) return;
+    if (view === "summary" && S.team) teamData(S.team).current = [];
+    if (S.live && S.subTeam) {
+      send({ op: "subscribe", team: S.subTeam, streams: ["metrics"], view: wantedView() },
+        { kind: "subscribe", team: S.subTeam, resume: null, filterOnly: true });
+    }
+    renderFleetChrome();
+    renderHosts();
+    scheduleFleet();
+  }
+
+  function autoDetail(n) {
+    if (S.detail) return;
+    if (S.view === "summary" && n > 0 && n <= AUTO_DETAIL_MAX) setMode(null, true);
+    else if (S.view === "hosts" && n > AUTO_DETAIL_MAX) setMode(null, false);
+  }
+
+  function openDetail(names) {
+    setMode(names, false);
+    const back = $("fleet-back");
+    if (!back.hidden) back.focus();
+  }
+
+  function renderFleetChrome() {
+    const detail = !!S.detail;
+    document.body.dataset.mode = detail ? "detail" : S.view === "hosts" ? "all" : "fleet";
+    $("fleet-tiles").hidden = detail;
+    $("fleet-tools").hidden = detail;
+    $("fleet-back").hidden = !detail;
+    $("hosts-panel").hidden = !detail && S.view === "summary";
+    $("fleet-detail").textContent = detail ? `· ${S.detail.join(", ")}` : "";
+  }
+
+  function scheduleFleet() {
+    if (!S.fleetRaf) S.fleetRaf = requestAnimationFrame(renderFleet);
+  }
+
+  function fleetCompare(a, b) {
+    if (S.fleetSort === "worst") {
+      const r = RANK[b.e.state] - RANK[a.e.state];
+      if (r) return r;
+      // Buckets of 5 %: hosts a point apart do not swap places every tick.
+      const s = Math.floor(b.e.score / 5) - Math.floor(a.e.score / 5);
+      if (s) return s;
+    }
+    return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+  }
+
+  function renderFleet() {
+    S.fleetRaf = 0;
+    const grid = $("fleet-tiles");
+    const d = S.team ? teamData(S.team) : null;
+    const all = d ? [...d.fleet] : [];
+    for (const [name, t] of S.tiles) if (!d || !d.fleet.has(name)) { t.root.remove(); S.tiles.delete(name); }
+    const q = S.fleetFilter.toLowerCase();
+    const shown = [];
+    const counts = { crit: 0, warn: 0, stale: 0, ok: 0 };
+    for (const [name, e] of all) {
+      counts[e.state] = (counts[e.state] || 0) + 1;
+      if (!q || name.toLowerCase().includes(q)) shown.push({ name, e });
+    }
+    shown.sort(fleetCompare);
+    const order = shown.map((x) => x.name).join("\n");
+    const tiles = shown.map(({ name, e }) => {
+      let t = S.tiles.get(name);
+      if (!t) { t = fleetTile(name); S.tiles.set(name, t); e.dirty = true; }
+      return { t, e };
+    });
+    if (order !== S.fleetOrder) {
+      grid.replaceChildren(...tiles.map((x) => x.t.root));
+      S.fleetOrder = order;
+    }
+    if (!grid.hidden) for (const { t, e } of tiles) if (e.dirty) { updateTile(t, e); e.dirty = false; }
+    const n = all.length;
+    $("fleet-count").textContent = n
+      ? `${n} host${n === 1 ? "" : "s"}${shown.length < n ? `, ${shown.length} shown` : ""} · ${counts.crit} crit · ${counts.warn} warn · ${counts.stale} stale`
+      : "";
+    const empty = $("fleet-empty");
+    empty.hidden = shown.length > 0 || !!S.detail;
+    empty.textContent = n ? `No host name contains “${S.fleetFilter}”.` : S.live ? "No hosts reporting for this team." : "Waiting for data…";
+    if (shown.length && !performance.getEntriesByName("opswire:first-tile").length) performance.mark("opswire:first-tile");
+  }
+
+  function fleetTile(name) {
+    const t = {
+      age: el("span", { class: "tage" }),
+      spark: el("canvas", { class: "spark", width: "200", height: "24", "aria-hidden": "true" }),
+      v1: el("span", { class: "tv" }),
+      v2: el("span", { class: "tv" }),
+    };
+    t.root = el("button", { type: "button", class: "tile", testid: "fleet-tile", "data-host": name, title: `${name}: open its charts` },
+      el("span", { class: "tname", text: name }), t.age, t.spark, t.v1, t.v2);
+    return t;
+  }
+
+  function updateTile(t, e) {
+    const r = e.sum;
+    t.root.dataset.state = e.state;
+    t.age.textContent = e.age;
+    t.v1.textContent = `CPU ${pct(r.cpu)} · mem ${pct(r.mem)}`;
+    t.v2.textContent = `disk ${r.disk == null ? "–" : pct(r.disk)} · ↓${short(r.rx)} ↑${short(r.tx)}`;
+    drawSpark(t.spark, e);
+  }
+
+  function drawSpark(c, e) {
+    const ctx = c.getContext("2d");
+    if (!ctx) return;
+    const w = c.width, h = c.height;
+    ctx.clearRect(0, 0, w, h);
+    const step = w / (SPARK_POINTS - 1);
+    const line = (vals, stroke) => {
+      if (!vals.length) return;
+      ctx.beginPath();
+      const x0 = w - (vals.length - 1) * step;
+      vals.forEach((v, i) => {
+        const y = h - 1 - (Math.min(100, Math.max(0, v)) / 100) * (h - 2);
+        if (i) ctx.lineTo(x0 + i * step, y); else ctx.moveTo(x0, y);
+      });
+      ctx.strokeStyle = stroke;
+      ctx.lineWidth = 1.5;
+      ctx.stroke();
+    };
+    line(e.mem, color("--mem"));
+    line(e.cpu, color("--cpu"));
   }
 
   // ---- charts (uPlot) ----------------------------------------------------
@@ -1024,7 +1253,10 @@
     try { history.replaceState(null, "", `#team=${encodeURIComponent(team)}`); } catch { /* ignore */ }
     S.paused = false;
     S.unseen = 0;
+    S.detail = null;
+    S.view = "summary";
     renderPause();
+    renderFleetChrome();
     showTeam();
     renderTeams();
     if (S.live) {
@@ -1040,6 +1272,11 @@
     S.cards.clear();
     $("alerts").replaceChildren();
     S.alertEls.clear();
+    $("fleet-tiles").replaceChildren();
+    S.tiles.clear();
+    S.fleetOrder = "";
+    for (const e of S.team ? teamData(S.team).fleet.values() : []) e.dirty = true;
+    scheduleFleet();
     $("hosts-team").textContent = S.team ? `· ${S.team}` : "";
     document.body.dataset.team = S.team || "";
     renderHosts();
@@ -1067,6 +1304,9 @@
     S.teams = [];
     S.team = null;
     S.welcome = null;
+    S.detail = null;
+    S.view = "summary";
+    renderFleetChrome();
     renderTeams();
     showTeam();
     $("whoami").textContent = "";
@@ -1127,6 +1367,14 @@
       if (!S.paused) { S.unseen = 0; renderLogs(); }
       renderPause();
     });
+    $("fleet-filter").addEventListener("input", (ev) => { S.fleetFilter = ev.target.value.trim(); scheduleFleet(); });
+    $("fleet-sort").addEventListener("change", (ev) => { S.fleetSort = ev.target.value; scheduleFleet(); });
+    $("fleet-tiles").addEventListener("click", (ev) => {
+      const tile = ev.target.closest("[data-testid=\"fleet-tile\"]");
+      if (tile) openDetail([tile.dataset.host]);
+    });
+    $("fleet-back").addEventListener("click", () => { setMode(null, false); $("fleet-filter").focus(); });
+    renderFleetChrome();
     setInterval(tick, 250);
     setInterval(() => { if (S.team) renderAlerts(); }, 5000);
     loadInfo();
