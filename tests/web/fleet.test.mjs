@@ -86,6 +86,7 @@ describe("fleet view: hundreds of hosts", () => {
     const visible = await page.evaluate(() => [...document.querySelectorAll('[data-testid="fleet-tile"]')]
       .filter((t) => { const r = t.getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight && r.right <= innerWidth; }).length);
     console.log(`fleet: ${visible} tiles fully visible at 1920x1080`);
+    await page.screenshot({ path: path.join(H.artifactsDir(), "fleet.png") });
     assert.ok(visible >= 60, `only ${visible} tiles fully visible at 1920x1080`);
   });
 
