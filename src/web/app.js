@@ -663,8 +663,10 @@
     const line = (vals, stroke) => {
       if (!vals.length) return;
       ctx.beginPath();
-      const x0 = w - (vals.length - 1) * step;
-      vals.forEach((v, i) => {
+      // One sample: a short level line, so a new host shows where it is.
+      const pts = vals.length === 1 ? [vals[0], vals[0]] : vals;
+      const x0 = w - (pts.length - 1) * step;
+      pts.forEach((v, i) => {
         const y = h - 1 - (Math.min(100, Math.max(0, v)) / 100) * (h - 2);
         if (i) ctx.lineTo(x0 + i * step, y); else ctx.moveTo(x0, y);
       });

@@ -190,6 +190,7 @@ describe("fleet view: hundreds of hosts", () => {
       js_heap_mb: +(b.JSHeapUsedSize / 2 ** 20).toFixed(1), js_heap_delta_mb: +((b.JSHeapUsedSize - a.JSHeapUsedSize) / 2 ** 20).toFixed(1),
       canvases: await page.locator("canvas").count(),
     };
+    await page.screenshot({ path: path.join(H.artifactsDir(), "fleet-busy.png") });
     console.log(`fleet busy figures (${BUSY_HOSTS} hosts at 1 Hz, ${path.basename(H.CHROMIUM)} headless): ${JSON.stringify(fig)}`);
     assert.ok(frames >= BUSY_S / 2, `only ${frames} metrics frames in ${wall} s`);
     assert.equal(fig.hosts, BUSY_HOSTS);
