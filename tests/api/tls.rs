@@ -261,6 +261,23 @@ async fn await_served(addr: SocketAddr, ca: &Path, want: &[u8], what: &str) {
     }
 }
 
+/// Until `refused()` (the reload counted a failure), every connection
+/// still gets `kept`; fails after a deadline.
+async fn await_refused(
+    addr: SocketAddr,
+    ca: &Path,
+    kept: &[u8],
+    refused: impl Fn() -> bool,
+    what: &str,
+) {
+    let deadline = Instant::now() + 3 * WAIT;
+    while !refused() {
+        assert_eq!(served_cert(addr, ca).await, kept);
+        assert!(Instant::now() < deadline, "{what} was never looked at");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_and_a_broken_renewal_is_not() {
     let files = Files::new(LOCAL);
@@ -282,15 +299,14 @@ async fn a_renewed_certificate_is_served_and_a_broken_renewal_is_not() {
     let failed = || reloads.with_label_values(&["failed"]).get();
     let before = failed();
     std::fs::write(files.cert(), "not a certificate\n").unwrap();
-    let deadline = Instant::now() + 3 * WAIT;
-    while failed() == before {
-        assert_eq!(served_cert(app.addr, &ca).await, second);
-        assert!(
-            Instant::now() < deadline,
-            "the broken file was never looked at"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    await_refused(
+        app.addr,
+        &ca,
+        &second,
+        || failed() > before,
+        "the broken file",
+    )
+    .await;
     assert_eq!(served_cert(app.addr, &ca).await, second);
 
     // A renewal that writes the certificate, then the key: between the
@@ -301,15 +317,14 @@ async fn a_renewed_certificate_is_served_and_a_broken_renewal_is_not() {
     files.ca.issue("third", LOCAL, &cert3, &key3);
     let before = failed();
     std::fs::copy(&cert3, files.cert()).unwrap();
-    let deadline = Instant::now() + 3 * WAIT;
-    while failed() == before {
-        assert_eq!(served_cert(app.addr, &ca).await, second);
-        assert!(
-            Instant::now() < deadline,
-            "the mismatched pair was never looked at"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    await_refused(
+        app.addr,
+        &ca,
+        &second,
+        || failed() > before,
+        "the mismatched pair",
+    )
+    .await;
     std::fs::copy(&key3, files.key()).unwrap();
     await_served(app.addr, &ca, &der(&cert3), "the third certificate").await;
 }
