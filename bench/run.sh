@@ -26,6 +26,11 @@
 #                then the same load on one in-memory process
 #   clustercost  one process at 10k: the in-memory hub, then cluster mode
 #                (Redis), CPU per delivered frame side by side
+#   fleet        10 teams of $FLEET_HOSTS (50) synthetic hosts, published once a
+#                second by the generator (core 1), N = $NS_FLEET (10k): each
+#                view (full, summary, one host's detail) without and with
+#                permessage-deflate; then the 1-host-per-team run of the
+#                table (agents) at the same N, for comparison
 #   teamlogs     logs at 1,000/s (100/s per team) to N = $NS_TEAMLOGS (100,
 #                1000) subscribers, OTLP export on to a local sink: team
 #                records for Loki on, then off (telemetry.team_logs)
@@ -56,6 +61,8 @@ NS=${NS:-"1000 2000 5000 10000 19000"}
 NS_CLUSTER=${NS_CLUSTER:-50000}
 NS_CROSSNODE=${NS_CROSSNODE:-"100 1000"}
 NS_TEAMLOGS=${NS_TEAMLOGS:-"100 1000"}
+NS_FLEET=${NS_FLEET:-10000}
+FLEET_HOSTS=${FLEET_HOSTS:-50}
 # cluster: taskset lists for the servers, Redis and the generator.
 CLUSTER_CPUS=${CLUSTER_CPUS:-"0 0 1"}
 PORT=18090
@@ -109,6 +116,8 @@ start_opswire() { # [stagger] [extra env...]
         --bind 127.0.0.1:$PORT > "$WORK/server.log" 2>&1 &
     SERVER=$!; PIDS+=("$SERVER")
     wait_http healthz
+    # AGENTS=0: no agents (the fleet case publishes its own hosts).
+    [ "${AGENTS:-1}" = 1 ] || return 0
     start_agents $PORT
     local read; read=$($BIN/opswire token --config "$WORK/opswire.toml" --team '*' --ttl 1h)
     # Every team has a host before the load starts.
@@ -337,6 +346,19 @@ one_case() {
                 stop_all; kill $local_sink; wait $local_sink 2>/dev/null || true
                 tail -n 1 "$WORK/sink.log" > "$OUT/$label-sink-$n-r$rep.txt"
             done
+        done ;;
+    fleet)
+        for n in $NS_FLEET; do
+            for view in full summary 'hosts:*-web-000'; do
+                local label=${view%%:*}
+                AGENTS=0 start_opswire
+                run "fleet-$label-plain-$n-r$rep" "$n" "${TEN[@]}" --fleet-hosts "$FLEET_HOSTS" --view "$view"
+                stop_all
+                AGENTS=0 start_opswire
+                run "fleet-$label-deflate-$n-r$rep" "$n" "${TEN[@]}" --fleet-hosts "$FLEET_HOSTS" --view "$view" --deflate
+                stop_all
+            done
+            start_opswire; run "fleet-1host-plain-$n-r$rep" "$n" "${TEN[@]}"; stop_all
         done ;;
     clustercost)
         # Same N, same script run: the in-memory hub, then cluster mode

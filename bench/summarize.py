@@ -3,7 +3,8 @@
 
     python3 bench/summarize.py target/bench/<run>
 
-Files are named CASE-SERVER-N-rREP.json (e.g. table-opswire-10000-r1.json).
+Files are named CASE-SERVER-N-rREP.json (e.g. table-opswire-10000-r1.json),
+and the fleet case's fleet-VIEW-plain|deflate-N-rREP.json.
 """
 import glob
 import json
@@ -34,6 +35,50 @@ def load(d):
         rows.append((m["case"], m["server"], int(m["n"]), int(m["rep"]), r))
     rows.sort(key=lambda x: (x[0], SERVERS.get(x[1], 9), x[2], x[3]))
     return rows
+
+
+FLEET = re.compile(r"^fleet-(?P<view>[a-z0-9]+)-(?P<mode>plain|deflate)-(?P<n>\d+)-r(?P<rep>\d+)\.json$")
+VIEWS = {"1host": 0, "full": 1, "summary": 2, "hosts": 3}
+
+
+def fleet_table(d):
+    rows = []
+    for path in glob.glob(os.path.join(d, "fleet-*.json")):
+        m = FLEET.match(os.path.basename(path))
+        if not m:
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        fp = path[: -len(".json")] + ".foreign.json"
+        if os.path.exists(fp):
+            with open(fp) as f:
+                r["foreign"] = json.load(f)
+        rows.append((VIEWS.get(m["view"], 9), m["view"], m["mode"], int(m["n"]), int(m["rep"]), r))
+    if not rows:
+        return
+    rows.sort(key=lambda x: (x[3], x[0], x[2] == "deflate", x[4]))
+    print("\n### fleet\n")
+    print(
+        "| hosts per team | view | deflate | N | run | connected | metrics rx / expected | missing "
+        "| lag p50 ms | p99 ms | max ms | on the wire B / sub / s | JSON B / sub / s | server CPU % "
+        "| RSS / conn KiB | generator CPU % | other load % |"
+    )
+    print("| --- " * 17 + "|")
+    for _, view, mode, n, rep, r in rows:
+        h, s, c, b = r["healthy"], r.get("server") or {}, r["connect"], r.get("bytes") or {}
+        m = h["metrics"]
+        lag = h["lag_ms"]["all"]
+        hosts = (r.get("fleet") or {}).get("hosts_per_team") or 1
+        dfl = f"yes ({b.get('deflate_negotiated', 0):,})" if mode == "deflate" else "no"
+        print(
+            f"| {hosts} | {view} | {dfl} | {n:,} | {rep} | {c['connected']:,} | {m['received']:,} / {m['expected']:,} "
+            f"| {m['expected'] - m['received']:,} | {fmt(lag['p50'])} | {fmt(lag['p99'])} | {fmt(lag['max'])} "
+            f"| {b.get('wire_per_sub_s', 0):,.0f} | {b.get('text_per_sub_s', 0):,.0f} | {fmt(s.get('cpu_pct'))} "
+            f"| {fmt(s.get('rss_per_conn_kib'))} | {fmt(r['generator']['cpu_pct'])} | {foreign(r)} |"
+        )
+        f = r.get("fleet") or {}
+        if f.get("errors") or c["failed"]:
+            print(f"|  | fleet errors {f.get('errors')}, connect errors {c['errors']} |")
 
 
 def fmt(x, nd=1):
@@ -180,8 +225,10 @@ CLUSTER_CASES = {"cluster": cluster_table, "crossnode": crossnode_table, "cluste
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "."
     rows = load(d)
+    fleet_table(d)
     if not rows:
-        print(f"no reports in {d}")
+        if not glob.glob(os.path.join(d, "fleet-*.json")):
+            print(f"no reports in {d}")
         return
     for case in sorted({r[0] for r in rows}):
         print(f"\n### {case}\n")

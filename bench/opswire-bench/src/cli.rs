@@ -131,6 +131,25 @@ pub struct Args {
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=16_384))]
     pub log_bytes: u64,
 
+    /// What each subscriber asks for per team (opswire's `view`): `full`
+    /// (every host's whole snapshot, the server's default), `summary` (one
+    /// row per host), or `hosts:GLOB[,GLOB…]` (the whole snapshots of the
+    /// hosts the globs match).
+    #[arg(long, default_value = "full")]
+    pub view: String,
+
+    /// Offer permessage-deflate (RFC 7692) on every subscriber's handshake;
+    /// compressed frames are inflated by the generator, and the report gives
+    /// the bytes that crossed the wire.
+    #[arg(long)]
+    pub deflate: bool,
+
+    /// Publish this many synthetic hosts to every team, each once a second,
+    /// from before the ramp to the end of the window (0-1000; a fleet per
+    /// team; names `TEAM-web-000` …). Needs an ingest token as --log-rate.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub fleet_hosts: u64,
+
     /// Seconds to hold and measure, after the ramp (1-600).
     #[arg(short = 'd', long, alias = "hold", default_value_t = 10)]
     pub duration: u64,
@@ -212,6 +231,31 @@ pub struct Plan {
     pub publish_url: String,
     /// --watch-pid, parsed.
     pub watch: Vec<(String, u32)>,
+    /// The subscribe op's `view` (none: the server's default, `full`).
+    pub view: Option<serde_json::Value>,
+}
+
+/// `--view`, as the subscribe op's `view` value.
+pub fn parse_view(v: &str) -> Result<Option<serde_json::Value>, String> {
+    match v.trim() {
+        "full" => Ok(None),
+        "summary" => Ok(Some(serde_json::json!("summary"))),
+        other => {
+            let globs: Vec<&str> = other
+                .strip_prefix("hosts:")
+                .ok_or_else(|| {
+                    format!("--view `{other}`: expected full, summary or hosts:GLOB[,GLOB…]")
+                })?
+                .split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .collect();
+            if globs.is_empty() {
+                return Err("--view hosts: name at least one host or glob".into());
+            }
+            Ok(Some(serde_json::json!({ "hosts": globs })))
+        }
+    }
 }
 
 /// The server's address from a loopback `ws://` URL, and the URL to use.
@@ -300,6 +344,13 @@ pub fn plan(a: &Args, nofile: u64) -> Result<Plan, String> {
     if a.log_rate > 0.0 && a.token.is_some() && a.ingest_token.is_none() {
         return Err("--log-rate with --token needs an --ingest-token (scope ingest)".into());
     }
+    if a.fleet_hosts > 0 && a.token.is_some() && a.ingest_token.is_none() {
+        return Err("--fleet-hosts with --token needs an --ingest-token (scope ingest)".into());
+    }
+    let view = parse_view(&a.view)?;
+    if a.protocol == Protocol::Socketio && (view.is_some() || a.deflate || a.fleet_hosts > 0) {
+        return Err("--protocol socketio takes no --view, --deflate or --fleet-hosts".into());
+    }
     let workers = if a.workers == "auto" {
         a.subscribers.div_ceil(PER_WORKER_AUTO) as usize
     } else {
@@ -354,6 +405,7 @@ pub fn plan(a: &Args, nofile: u64) -> Result<Plan, String> {
         url,
         publish_url,
         watch,
+        view,
         workers,
         streams: if a.idle {
             [false; 3]
@@ -454,6 +506,32 @@ mod tests {
             vec!["t0", "t1", "t2"]
         );
         assert_eq!(teams(&args(&["--teams", "a,b"])), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn views_and_fleets() {
+        assert_eq!(plan(&args(&[]), 20_000).unwrap().view, None);
+        assert_eq!(
+            plan(&args(&["--view", "summary"]), 20_000).unwrap().view,
+            Some(serde_json::json!("summary"))
+        );
+        assert_eq!(
+            plan(&args(&["--view", "hosts:t0-web-000, *-01?"]), 20_000)
+                .unwrap()
+                .view,
+            Some(serde_json::json!({"hosts": ["t0-web-000", "*-01?"]}))
+        );
+        for bad in ["hosts:", "hosts: ,", "detail"] {
+            assert!(plan(&args(&["--view", bad]), 20_000).is_err(), "{bad}");
+        }
+        assert!(
+            plan(&args(&["--fleet-hosts", "50", "--token", "x"]), 20_000)
+                .unwrap_err()
+                .contains("--ingest-token")
+        );
+        assert!(Args::try_parse_from(["b", "--fleet-hosts", "1001"]).is_err());
+        let sio = ["--protocol", "socketio", "--teams", "t0", "--deflate"];
+        assert!(plan(&args(&sio), 20_000).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::cli::{self, Args, Plan};
+use super::fleet;
 use super::frame::{self, Kind, STREAMS};
 use super::procfs;
 use super::report::{
@@ -107,6 +108,15 @@ fn token_for(args: &Args, teams: Vec<String>, scope: &str) -> Result<Option<Stri
 }
 
 /// `GET /api/v1/info` (HTTP/1.0, so no chunking); None if it is not there.
+/// The token a publisher of `team` uses (logs, the synthetic fleet).
+fn ingest_token(args: &Args, team: &str) -> Result<Option<String>, String> {
+    match (&args.ingest_token, &args.jwt_secret) {
+        (Some(t), _) => Ok(Some(t.clone())),
+        (None, Some(_)) => token_for(args, vec![team.to_owned()], "ingest"),
+        (None, None) => Ok(None),
+    }
+}
+
 async fn server_info(server: SocketAddr) -> Option<serde_json::Value> {
     let get = async {
         let mut s = tokio::net::TcpStream::connect(server).await.ok()?;
@@ -393,6 +403,21 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         plan.workers,
         args.ramp_rate
     );
+    let fleet = if args.fleet_hosts > 0 {
+        let with_tokens = teams
+            .iter()
+            .map(|t| Ok((t.clone(), ingest_token(args, t)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let f = fleet::Fleet::start(&plan.publish_url, with_tokens, args.fleet_hosts).await?;
+        progress!(
+            quiet,
+            "fleet: {} hosts per team published, once a second",
+            args.fleet_hosts
+        );
+        Some(f)
+    } else {
+        None
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut workers = Vec::new();
     let mut first = 0u64;
@@ -416,6 +441,8 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
             read_buffer: args.read_buffer as usize,
             stalled_rcvbuf: args.stalled_rcvbuf,
             protocol: args.protocol,
+            view: plan.view.clone(),
+            deflate: args.deflate,
         };
         first += count;
         workers.push(spawn_worker(&spec, tx.clone()).await?);
@@ -473,12 +500,7 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         teams
             .iter()
             .map(|t| {
-                let token = match (&args.ingest_token, &args.jwt_secret) {
-                    (Some(t), _) => Ok(Some(t.clone())),
-                    (None, Some(_)) => token_for(args, vec![t.clone()], "ingest"),
-                    (None, None) => Ok(None),
-                };
-                token.map(|token| {
+                ingest_token(args, t).map(|token| {
                     tokio::spawn(publish_logs(
                         plan.publish_url.clone(),
                         t.clone(),
@@ -607,6 +629,13 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         tick_from: tick_from.into(),
         source_ips: args.source_ips,
         window_start_unix_s: start_us as f64 / 1e6,
+        view: args.view.trim().to_owned(),
+        deflate: args.deflate,
+        fleet_hosts: args.fleet_hosts,
+    };
+    let fleet = match fleet {
+        Some(f) => Some(f.finish().await),
+        None => None,
     };
     Ok(report::build(
         config,
@@ -614,6 +643,7 @@ async fn run(args: &Args, plan: &Plan) -> Result<report::Report, String> {
         Extra {
             server,
             publisher,
+            fleet,
             watched,
             machine,
         },

@@ -9,7 +9,9 @@
 //! the coordinator's `go` records every data frame whose `ts` falls in the
 //! measurement window: counts per (team, stream), seq ranges and gaps, and
 //! lag histograms ([`hist`]). The coordinator merges the workers' results
-//! into a [`report::Report`].
+//! into a [`report::Report`]. [`wire`] sits between each socket and
+//! tungstenite (permessage-deflate, bytes on the wire); [`fleet`] publishes
+//! synthetic hosts.
 //!
 //! Arrival is the kernel's receive timestamp of the subscriber's socket
 //! (`SO_TIMESTAMPNS`), so the lag a loaded generator adds while it gets
@@ -19,10 +21,12 @@
 pub mod cli;
 pub mod conn;
 pub mod coordinator;
+pub mod fleet;
 pub mod frame;
 pub mod hist;
 pub mod procfs;
 pub mod report;
+pub mod wire;
 pub mod worker;
 
 use std::process::ExitCode;

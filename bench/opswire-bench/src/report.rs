@@ -32,6 +32,15 @@ pub struct RunConfig {
     pub source_ips: u32,
     /// Unix seconds at the start of the window.
     pub window_start_unix_s: f64,
+    /// `--view`: `full`, `summary` or `hosts:…`.
+    #[serde(default)]
+    pub view: String,
+    /// Whether the subscribers offered permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
+    /// Synthetic hosts published per team (`--fleet-hosts`).
+    #[serde(default)]
+    pub fleet_hosts: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -194,6 +203,32 @@ pub struct GeneratorReport {
     pub unparsed_frames: u64,
 }
 
+/// What the subscribers read, in bytes, over the window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BytesReport {
+    /// Read from the healthy subscribers' sockets while the window was open:
+    /// WebSocket headers and control frames included, compressed as sent.
+    pub wire: u64,
+    /// `wire` per healthy subscriber per second.
+    pub wire_per_sub_s: f64,
+    /// The JSON text of the data frames counted (inflated), per healthy
+    /// subscriber per second.
+    pub text_per_sub_s: f64,
+    /// Subscribers whose handshake accepted permessage-deflate.
+    pub deflate_negotiated: u64,
+}
+
+/// The synthetic fleet (`--fleet-hosts`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FleetReport {
+    pub hosts_per_team: u64,
+    /// Rounds (one snapshot of every host of every team) sent.
+    pub rounds: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PublisherReport {
     pub rate_per_team: f64,
@@ -220,6 +255,10 @@ pub struct Report {
     pub generator: GeneratorReport,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub publisher: Option<PublisherReport>,
+    #[serde(default)]
+    pub bytes: BytesReport,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fleet: Option<FleetReport>,
 }
 
 /// What the coordinator measured itself.
@@ -227,6 +266,7 @@ pub struct Report {
 pub struct Extra {
     pub server: Option<ServerReport>,
     pub publisher: Option<PublisherReport>,
+    pub fleet: Option<FleetReport>,
     pub watched: BTreeMap<String, ProcessReport>,
     pub machine: Option<MachineReport>,
 }
@@ -298,6 +338,7 @@ pub fn build(config: RunConfig, workers: &[WorkerResult], extra: Extra) -> Repor
     let mut stalled = StalledReport::default();
     let mut unread = 0u64;
     let (mut cpu_s, mut window_s, mut rss, mut ramp_s) = (0.0, 0.0f64, 0, 0.0f64);
+    let (mut wire, mut text, mut negotiated) = (0u64, 0u64, 0u64);
     let tck = super::procfs::clk_tck() as f64;
     for w in workers {
         attempted += w.attempted;
@@ -339,6 +380,9 @@ pub fn build(config: RunConfig, workers: &[WorkerResult], extra: Extra) -> Repor
         window_s = window_s.max(w.window_s);
         rss += w.rss_kib;
         ramp_s = ramp_s.max(w.ramp_s);
+        wire += w.wire_bytes;
+        text += w.text_bytes;
+        negotiated += w.deflate_negotiated;
     }
     let nominal_per_sub =
         (config.duration_s as f64 * 1000.0 / config.tick_ms.max(1) as f64).round() as u64;
@@ -414,6 +458,19 @@ pub fn build(config: RunConfig, workers: &[WorkerResult], extra: Extra) -> Repor
             unparsed_frames: unparsed,
         },
         publisher: extra.publisher,
+        bytes: {
+            let per = |b: u64| {
+                let d = (healthy_n * config.duration_s).max(1) as f64;
+                (b as f64 / d).round()
+            };
+            BytesReport {
+                wire,
+                wire_per_sub_s: per(wire),
+                text_per_sub_s: per(text),
+                deflate_negotiated: negotiated,
+            }
+        },
+        fleet: extra.fleet,
         config,
     }
 }
@@ -611,6 +668,37 @@ pub fn render(r: &Report) -> String {
             }
         );
     }
+    if let Some(f) = &r.fleet {
+        let _ = writeln!(
+            o,
+            "fleet        {} hosts per team, once a second: {} rounds, {} sent, {} acked{}",
+            f.hosts_per_team,
+            f.rounds,
+            f.sent,
+            f.acked,
+            if f.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", errors {:?}", f.errors)
+            }
+        );
+    }
+    if !c.streams.is_empty() {
+        let b = &r.bytes;
+        let _ = writeln!(
+            o,
+            "bytes        view {}{}: {:.0} B on the wire per subscriber per second ({:.0} B of JSON){}",
+            if c.view.is_empty() { "full" } else { &c.view },
+            if c.deflate { ", deflate offered" } else { "" },
+            b.wire_per_sub_s,
+            b.text_per_sub_s,
+            if c.deflate {
+                format!(", deflate accepted by {}", b.deflate_negotiated)
+            } else {
+                String::new()
+            }
+        );
+    }
     if r.teams.len() > 1 && !c.streams.is_empty() {
         let logs_on = r.teams.iter().any(|t| t.logs.is_some());
         let _ = write!(
@@ -661,6 +749,9 @@ mod tests {
             tick_from: "flag".into(),
             source_ips: 253,
             window_start_unix_s: 0.0,
+            view: "full".into(),
+            deflate: false,
+            fleet_hosts: 0,
         }
     }
 

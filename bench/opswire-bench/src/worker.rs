@@ -27,10 +27,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::cli::Protocol;
-use super::conn::{self, TsStream};
+use super::conn;
 use super::frame::{self, Kind};
 use super::hist::{Hist, HistData};
 use super::procfs;
+use super::wire::{WireShared, WireStream, DEFLATE_OFFER};
 
 /// What one worker is to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +60,12 @@ pub struct WorkerSpec {
     /// SO_RCVBUF of stalled subscribers (0: the OS default).
     pub stalled_rcvbuf: u32,
     pub protocol: Protocol,
+    /// The subscribe op's `view` (none: the server's default).
+    #[serde(default)]
+    pub view: Option<serde_json::Value>,
+    /// Offer permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 /// The measurement window: frames whose `ts` is in `[start_us, end_us)`
@@ -279,6 +286,16 @@ pub struct WorkerResult {
     pub cpu_ticks: u64,
     pub window_s: f64,
     pub rss_kib: u64,
+    /// Bytes read from the healthy subscribers' sockets inside the window
+    /// (WebSocket headers and control frames included, compressed as sent).
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// JSON text of the data frames counted in the window (inflated).
+    #[serde(default)]
+    pub text_bytes: u64,
+    /// Connections whose handshake accepted permessage-deflate.
+    #[serde(default)]
+    pub deflate_negotiated: u64,
 }
 
 /// Whether subscriber `i` (global index) plays a stalled client: within
@@ -309,11 +326,14 @@ struct State {
     outside_window: u64,
     unparsed: u64,
     stalled_fds: Vec<RawFd>,
+    text_bytes: u64,
 }
 
 struct Ctx {
     spec: WorkerSpec,
     ws_config: WebSocketConfig,
+    /// The inflater and the wire-byte count, shared by every connection.
+    wire: Rc<WireShared>,
     state: RefCell<State>,
     /// Set by `go`.
     window: Cell<Option<(i64, i64)>>,
@@ -371,6 +391,7 @@ impl Ctx {
                         now
                     }
                 };
+                st.text_bytes += text.len() as u64;
                 st.lag[s].record(arrival - ts);
                 st.lag_app[s].record(now - ts);
                 let t = &mut st.teams[team];
@@ -437,7 +458,7 @@ enum SetupError {
     Closed(String),
 }
 
-type Ws = WebSocketStream<TsStream>;
+type Ws = WebSocketStream<WireStream>;
 
 /// Connects subscriber `i` and subscribes it; returns once `subscribed` came.
 async fn setup(ctx: &Ctx, i: u64, team: usize, stalled: bool) -> Result<Ws, SetupError> {
@@ -447,6 +468,7 @@ async fn setup(ctx: &Ctx, i: u64, team: usize, stalled: bool) -> Result<Ws, Setu
     let stream = conn::connect(spec.server, src, rcvbuf)
         .await
         .map_err(SetupError::Connect)?;
+    let stream = WireStream::new(stream, ctx.wire.clone(), spec.read_buffer);
     let mut req = spec
         .url
         .as_str()
@@ -457,6 +479,12 @@ async fn setup(ctx: &Ctx, i: u64, team: usize, stalled: bool) -> Result<Ws, Setu
             .parse()
             .map_err(|_| SetupError::Refused("token is not a valid header value".into()))?;
         req.headers_mut().insert("authorization", v);
+    }
+    if spec.deflate {
+        req.headers_mut().insert(
+            "sec-websocket-extensions",
+            tungstenite::http::HeaderValue::from_static(DEFLATE_OFFER),
+        );
     }
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ctx.ws_config))
         .await
@@ -475,7 +503,10 @@ async fn setup(ctx: &Ctx, i: u64, team: usize, stalled: bool) -> Result<Ws, Setu
         .zip(spec.streams)
         .filter_map(|(s, on)| on.then_some(*s))
         .collect();
-    let op = serde_json::json!({"op": "subscribe", "id": 1, "team": spec.teams[team], "streams": streams});
+    let mut op = serde_json::json!({"op": "subscribe", "id": 1, "team": spec.teams[team], "streams": streams});
+    if let Some(view) = &spec.view {
+        op["view"] = view.clone();
+    }
     ws.send(Message::text(op.to_string()))
         .await
         .map_err(SetupError::Ws)?;
@@ -738,6 +769,7 @@ async fn run(spec: WorkerSpec) -> ExitCode {
     let ctx = Rc::new(Ctx {
         spec,
         ws_config,
+        wire: Rc::new(WireShared::default()),
         state: RefCell::new(state),
         window: Cell::new(None),
         settled: Cell::new(0),
@@ -782,6 +814,7 @@ async fn run(spec: WorkerSpec) -> ExitCode {
         _ => return ExitCode::from(1),
     };
     ctx.window.set(Some((go.start_us, go.end_us)));
+    ctx.wire.set_window(go.start_us, go.end_us);
     tokio::time::sleep_until(instant_at(go.start_us)).await;
     let cpu0 = procfs::sample(None);
     tokio::time::sleep_until(instant_at(go.end_us)).await;
@@ -839,6 +872,9 @@ async fn run(spec: WorkerSpec) -> ExitCode {
         cpu_ticks,
         window_s,
         rss_kib,
+        wire_bytes: ctx.wire.window_bytes(),
+        text_bytes: st.text_bytes,
+        deflate_negotiated: ctx.wire.negotiated(),
     };
     emit(&WorkerMsg::Result(Box::new(result)));
     ExitCode::SUCCESS

@@ -194,3 +194,75 @@ async fn generator_refuses_a_non_loopback_url() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+/// A synthetic fleet per team, read in each view, with and without
+/// permessage-deflate: the generator asks for the view, inflates what the
+/// server compressed, and reports the bytes that crossed the wire.
+#[tokio::test]
+async fn generator_reads_views_of_a_fleet_with_and_without_deflate() {
+    let app = spawn_app();
+    app.wait_ready().await;
+    let common = [
+        "-n",
+        "12",
+        "-d",
+        "2",
+        "--grace-ms",
+        "1000",
+        "--fleet-hosts",
+        "30",
+    ];
+    let run_with = |extra: &[&str]| {
+        let mut args = common.to_vec();
+        args.extend_from_slice(extra);
+        run(bench(&app, &args))
+    };
+    let (full, summary, hosts) = tokio::join!(
+        run_with(&[]),
+        run_with(&["--view", "summary", "--deflate"]),
+        run_with(&["--view", "hosts:*-web-00?", "--deflate"]),
+    );
+    for r in [&full, &summary, &hosts] {
+        assert_eq!(r["connect"]["connected"], 12, "{r:#}");
+        let f = &r["fleet"];
+        assert_eq!(f["hosts_per_team"], 30, "{f}");
+        assert!(f["rounds"].as_u64().unwrap() >= 2, "{f}");
+        assert!(f["errors"].as_object().unwrap().is_empty(), "{f}");
+        assert!(f["acked"].as_u64().unwrap() >= 90, "{f}");
+        for t in r["teams"].as_array().unwrap() {
+            assert!(t["metrics"]["received"].as_u64().unwrap() > 0, "{t}");
+        }
+        assert_eq!(r["generator"]["unparsed_frames"], 0, "{r:#}");
+        assert_eq!(r["healthy"]["disconnected"], 0, "{r:#}");
+    }
+    for (name, r) in [
+        ("full", &full),
+        ("summary+deflate", &summary),
+        ("hosts+deflate", &hosts),
+    ] {
+        println!("30-host fleet, {name}: {}", r["bytes"]);
+    }
+    let b = |r: &Value, k: &str| r["bytes"][k].as_f64().unwrap();
+    // Plain: the wire carries the JSON and a little framing.
+    assert_eq!(full["bytes"]["deflate_negotiated"], 0);
+    assert!(
+        b(&full, "wire_per_sub_s") >= b(&full, "text_per_sub_s"),
+        "{:#}",
+        full["bytes"]
+    );
+    // Every subscriber negotiated deflate; frames arrive smaller than their
+    // JSON, which the generator read inflated.
+    for r in [&summary, &hosts] {
+        assert_eq!(r["bytes"]["deflate_negotiated"], 12, "{:#}", r["bytes"]);
+        assert!(
+            b(r, "wire_per_sub_s") * 2.0 < b(r, "text_per_sub_s"),
+            "{:#}",
+            r["bytes"]
+        );
+    }
+    // The views were asked for: a summary row and ten hosts are far less
+    // than thirty whole snapshots.
+    assert!(b(&summary, "text_per_sub_s") * 2.0 < b(&full, "text_per_sub_s"));
+    assert!(b(&hosts, "text_per_sub_s") * 2.0 < b(&full, "text_per_sub_s"));
+    assert_eq!(summary["config"]["view"], "summary");
+}
