@@ -274,10 +274,26 @@ pub struct MetricsData<'a> {
     pub connections: ConnectionCounts,
 }
 
+/// The names of a summary row's values, in order: `data.columns` of a
+/// summary frame. New columns are only ever added at the end.
+pub const SUMMARY_COLUMNS: [&str; 9] = [
+    "host",
+    "cpu",
+    "mem",
+    "disk",
+    "rx",
+    "tx",
+    "load1",
+    "sampled_at",
+    "age_ms",
+];
+
 /// One host of a summary view's `data.hosts` (docs/protocol.md, "Views"):
 /// what a fleet tile shows, a few dozen bytes instead of the whole
-/// snapshot.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// snapshot. It goes on the wire as an array in [`SUMMARY_COLUMNS`] order,
+/// the names said once per frame (as InfluxDB's `columns`/`values`): an
+/// object per host would spend more bytes on its keys than on its values.
+#[derive(Clone, Debug, PartialEq)]
 pub struct HostSummary<'a> {
     pub host: &'a str,
     /// CPU usage, % (one decimal).
@@ -298,10 +314,29 @@ pub struct HostSummary<'a> {
     pub age_ms: i64,
 }
 
+impl Serialize for HostSummary<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(SUMMARY_COLUMNS.len())?;
+        t.serialize_element(self.host)?;
+        t.serialize_element(&self.cpu)?;
+        t.serialize_element(&self.mem)?;
+        t.serialize_element(&self.disk)?;
+        t.serialize_element(&self.rx)?;
+        t.serialize_element(&self.tx)?;
+        t.serialize_element(&self.load1)?;
+        t.serialize_element(&self.sampled_at)?;
+        t.serialize_element(&self.age_ms)?;
+        t.end()
+    }
+}
+
 /// `data` of a summary view's metrics frame.
 #[derive(Serialize)]
 pub struct SummaryData<'a> {
     pub view: &'static str,
+    /// Always [`SUMMARY_COLUMNS`].
+    pub columns: &'static [&'static str],
     pub hosts: &'a [HostSummary<'a>],
     pub connections: ConnectionCounts,
 }

@@ -60,7 +60,7 @@ use view::{HostStats, View, ViewError, ViewLimits};
 use crate::metrics::Metrics;
 use crate::protocol::{
     to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, Frame, HostSnapshot,
-    HostSummary, Level, LogRecord, MetricsData, Stream, SummaryData,
+    HostSummary, Level, LogRecord, MetricsData, Stream, SummaryData, SUMMARY_COLUMNS,
 };
 use crate::telemetry::team_logs::ToTeamRecord;
 
@@ -962,6 +962,7 @@ impl FrameHead<'_> {
                     .collect();
                 self.data_frame(&SummaryData {
                     view: "summary",
+                    columns: &SUMMARY_COLUMNS,
                     hosts: &rows,
                     connections: self.connections,
                 })

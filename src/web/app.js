@@ -409,7 +409,7 @@
     d.newestTs = Math.max(d.newestTs, f.ts || 0);
     const hosts = Array.isArray(data.hosts) ? data.hosts : [];
     if (view === "summary") {
-      fleetRows(d, f.ts, hosts);
+      fleetRows(d, f.ts, summaryRows(data.columns, hosts));
       d.current = [];
       if (f.team === S.team) { renderHosts(); renderCounts(); scheduleFleet(); autoDetail(hosts.length); }
       return;
@@ -500,6 +500,12 @@
       sampled_at: h.sampled_at,
       age_ms: Math.floor((ts - h.sampled_at) / 1000),
     };
+  }
+
+  /// A summary frame's rows (arrays in `data.columns` order) as objects.
+  function summaryRows(columns, rows) {
+    const cols = Array.isArray(columns) ? columns : [];
+    return rows.map((r) => (Array.isArray(r) ? Object.fromEntries(cols.map((c, i) => [c, r[i]])) : r));
   }
 
   function hostState(r) {

@@ -126,25 +126,39 @@ fn names(frame: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| h["host"].as_str().unwrap().to_owned())
+        // A summary row is an array led by the name; a snapshot an object.
+        .map(|h| h.get(0).unwrap_or(&h["host"]).as_str().unwrap().to_owned())
         .collect()
 }
 
-/// What the summary of host `i` must say in a frame stamped `ts`.
+/// The names of a summary row's values (`data.columns`), in order.
+const COLUMNS: [&str; 9] = [
+    "host",
+    "cpu",
+    "mem",
+    "disk",
+    "rx",
+    "tx",
+    "load1",
+    "sampled_at",
+    "age_ms",
+];
+
+/// What the summary row of host `i` must say in a frame stamped `ts`.
 fn expected_summary(i: usize, ts: i64) -> Value {
     let f = i as f64;
     let sampled_at = sampled_at() + i as i64 * 1000;
-    json!({
-        "host": HOSTS[i],
-        "cpu": 10.5 + f,
-        "mem": 50.5,
-        "disk": 60.5 + f,
-        "rx": 1500 + i as u64,
-        "tx": 30 + i as u64,
-        "load1": 0.25 + f,
-        "sampled_at": sampled_at,
-        "age_ms": (ts - sampled_at).div_euclid(1000),
-    })
+    json!([
+        HOSTS[i],
+        10.5 + f,
+        50.5,
+        60.5 + f,
+        1500 + i as u64,
+        30 + i as u64,
+        0.25 + f,
+        sampled_at,
+        (ts - sampled_at).div_euclid(1000),
+    ])
 }
 
 #[tokio::test]
@@ -187,13 +201,14 @@ async fn each_view_shows_what_it_names_and_full_is_unchanged() {
     assert_eq!(s["data"]["view"], "summary");
     assert_eq!(s["data"]["connections"], f["data"]["connections"]);
     let ts = s["ts"].as_i64().unwrap();
+    assert_eq!(s["data"]["columns"], json!(COLUMNS), "{raw}");
     for (i, h) in s["data"]["hosts"].as_array().unwrap().iter().enumerate() {
         assert_eq!(*h, expected_summary(i, ts), "host {i}");
     }
     for h in s["data"]["hosts"].as_array().unwrap() {
-        // About 120 bytes besides the name (a whole snapshot: 400 and more).
-        let size = h.to_string().len() - h["host"].as_str().unwrap().len();
-        assert!(size < 125, "{size} bytes for one host: {h} in {raw}");
+        // About 60 bytes besides the name (a whole snapshot: 400 and more).
+        let size = h.to_string().len() - h[0].as_str().unwrap().len();
+        assert!(size < 70, "{size} bytes for one host: {h} in {raw}");
     }
 
     // Named hosts: whole snapshots of exactly the matching hosts.
@@ -473,19 +488,20 @@ async fn cluster_nodes_build_views_from_every_nodes_hosts() {
         let f = summary.next_of_type("metrics").await;
         assert_eq!(f["data"]["view"], "summary", "{f}");
         let hosts = f["data"]["hosts"].as_array().unwrap().clone();
-        if let Some(h) = hosts.iter().find(|h| h["host"] == "host-b") {
+        if let Some(h) = hosts.iter().find(|h| h[0] == "host-b") {
             break (h.clone(), f["ts"].as_i64().unwrap());
         }
         assert!(tokio::time::Instant::now() < deadline, "{f}");
     };
     let (h, ts) = remote;
-    let sampled_at = h["sampled_at"].as_i64().unwrap();
+    let col = |name: &str| &h[COLUMNS.iter().position(|c| *c == name).unwrap()];
+    let sampled_at = col("sampled_at").as_i64().unwrap();
     assert!(sampled_at > 0, "b's numbers, not defaults: {h}");
     assert_eq!(
-        h["age_ms"].as_i64().unwrap(),
+        col("age_ms").as_i64().unwrap(),
         (ts - sampled_at).div_euclid(1000)
     );
-    assert!(h["mem"].as_f64().unwrap() > 0.0, "{h}");
+    assert!(col("mem").as_f64().unwrap() > 0.0, "{h}");
 
     // Node b's named-hosts view holds a's host only.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
