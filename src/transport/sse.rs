@@ -418,7 +418,13 @@ impl SseOut {
             }
         }
         let id = encode_event_id(&self.epoch, &self.positions);
-        let mut prefix = BytesMut::with_capacity(id.len() + 32);
+        // Plain: the whole event is built here; gzip'ed: only its lines.
+        let text = if self.gzip.is_some() {
+            0
+        } else {
+            d.frame.len()
+        };
+        let mut prefix = BytesMut::with_capacity(text + id.len() + 32);
         if !id.is_empty() {
             prefix.put_slice(b"id: ");
             prefix.put_slice(id.as_bytes());
@@ -436,7 +442,6 @@ impl SseOut {
                 out
             }
             None => {
-                prefix.reserve(d.frame.len() + 2);
                 prefix.put_slice(d.frame.as_bytes());
                 prefix.put_slice(b"\n\n");
                 prefix

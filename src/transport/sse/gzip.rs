@@ -114,8 +114,9 @@ impl Member {
 fn write_event(out: &mut BytesMut, prefix: &[u8], text: &[u8], z: Option<&[u8]>, suffix: &[u8]) {
     match z {
         Some(z) => {
+            // Short lines: one block each.
+            out.reserve(prefix.len() + z.len() + SYNC_TAIL.len() + suffix.len() + 10);
             stored_blocks(out, prefix);
-            out.reserve(z.len() + SYNC_TAIL.len());
             out.put_slice(z);
             out.put_slice(&SYNC_TAIL);
             stored_blocks(out, suffix);
