@@ -49,5 +49,5 @@ fi
 
 log "browser tests ($(chromium --version 2>/dev/null | head -n1); node $(node --version), npm $(npm --version), playwright-core $(node -p 'require("playwright-core/package.json").version'))"
 mkdir -p test-artifacts
-node --test --test-reporter=spec tests/web/vendor.test.mjs tests/web/dashboard.test.mjs tests/web/deflate.test.mjs tests/web/fleet.test.mjs
+node --test --test-reporter=spec tests/web/vendor.test.mjs tests/web/dashboard.test.mjs tests/web/deflate.test.mjs tests/web/sse_gzip.test.mjs tests/web/fleet.test.mjs
 echo "screenshot: $(pwd)/test-artifacts/dashboard.png"

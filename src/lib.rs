@@ -20,8 +20,9 @@
 //!   history, hosts; [`hub::memory`] is the embedded one), alert state,
 //!   subscribers and fan-out into bounded mailboxes.
 //! * Shared state: [`app`] ([`app::AppState`], connection slots),
-//!   [`request`] (principal, origin, error answers), [`alertmanager`] (its
-//!   API, for silences), [`sampler`] (this host, and the metrics ticker).
+//!   [`request`] (principal, origin, error answers, `Accept-Encoding`),
+//!   [`alertmanager`] (its API, for silences), [`sampler`] (this host, and
+//!   the metrics ticker).
 //! * [`cluster`]: cluster mode, the Redis side of the hub (the
 //!   [`hub::Sequencer`], and the tasks that keep each process's replica of
 //!   the shared streams in step); `docs/cluster.md`.

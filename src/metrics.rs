@@ -35,6 +35,12 @@ pub struct Metrics {
     pub history_frames: IntGaugeVec,
     pub sampler_duration: Histogram,
     pub sse_active: IntGauge,
+    /// `opswire_compressed_connections{transport="ws"}`: WebSocket
+    /// connections that negotiated permessage-deflate.
+    pub compressed_ws: IntGauge,
+    /// `opswire_compressed_connections{transport="sse"}`: SSE streams
+    /// answered with `Content-Encoding: gzip`.
+    pub compressed_sse: IntGauge,
     pub open_connections: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -140,7 +146,14 @@ impl Metrics {
             "WebSocket messages by direction (in, out) and type (op or frame type).",
             &["direction", "type"],
         );
+        let compressed = gauge_vec(
+            "opswire_compressed_connections",
+            "Open connections whose frames go compressed, by transport (ws: permessage-deflate negotiated; sse: answered with Content-Encoding: gzip).",
+            &["transport"],
+        );
         let m = Metrics {
+            compressed_ws: compressed.with_label_values(&["ws"]),
+            compressed_sse: compressed.with_label_values(&["sse"]),
             data_frames_out: messages_total.with_label_values(&["out", "data"]),
             messages_total,
             delivery_lag: Stream::ALL.map(|s| delivery_lag_vec.with_label_values(&[s.as_str()])),
@@ -533,6 +546,23 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// One up on a gauge for as long as it lives (a connection's share of
+/// `opswire_sse_active_connections`, `opswire_compressed_connections`).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn inc(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

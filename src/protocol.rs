@@ -19,7 +19,10 @@ use serde_json::value::RawValue;
 /// that negotiated permessage-deflate puts it on the wire (compressed
 /// once, by the first such writer; see `transport::ws::deflate`), so
 /// every such subscriber writes the same bytes and no connection keeps a
-/// compressor. The cache stays empty for frames nobody needed compressed.
+/// compressor; an SSE stream answered with gzip writes the same
+/// compressed bytes, and folds the text's CRC-32 (also computed once,
+/// cached here) into its running checksum (`transport::sse::gzip`). The
+/// caches stay empty for frames nobody needed compressed.
 #[derive(Clone, Default)]
 pub struct Frame(Arc<FrameInner>);
 
@@ -27,6 +30,7 @@ pub struct Frame(Arc<FrameInner>);
 struct FrameInner {
     text: ByteString,
     deflated: OnceLock<Bytes>,
+    crc32: OnceLock<u32>,
 }
 
 impl Frame {
@@ -45,6 +49,15 @@ impl Frame {
     pub fn deflated(&self, build: impl FnOnce(&str) -> Bytes) -> &Bytes {
         self.0.deflated.get_or_init(|| build(&self.0.text))
     }
+
+    /// The CRC-32 (gzip's, ISO 3309) of the JSON text, computed once, by
+    /// the first gzip'ed SSE stream that writes the frame.
+    pub fn crc32(&self) -> u32 {
+        *self
+            .0
+            .crc32
+            .get_or_init(|| crc32fast::hash(self.0.text.as_bytes()))
+    }
 }
 
 impl std::ops::Deref for Frame {
@@ -59,6 +72,7 @@ impl From<ByteString> for Frame {
         Frame(Arc::new(FrameInner {
             text,
             deflated: OnceLock::new(),
+            crc32: OnceLock::new(),
         }))
     }
 }

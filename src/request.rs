@@ -1,6 +1,9 @@
 //! What every HTTP handler needs from a request, whatever it serves
 //! (transports, ingest, the API): the principal it authenticates as, the
-//! origin check, and the JSON error answer every refusal shares.
+//! origin check, the JSON error answer every refusal shares, and the
+//! content coding a compressible response is sent in ([`encoding`]).
+
+pub mod encoding;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};

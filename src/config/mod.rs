@@ -67,6 +67,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub limits: LimitsConfig,
     pub websocket: WebSocketConfig,
+    pub sse: SseConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub alertmanager: AlertmanagerConfig,
@@ -90,6 +91,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             limits: LimitsConfig::default(),
             websocket: WebSocketConfig::default(),
+            sse: SseConfig::default(),
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
@@ -356,6 +358,24 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// The SSE transport (`GET /sse`). Its keepalive interval is
+/// `websocket.heartbeat_s`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Answer a stream with `Content-Encoding: gzip` when the request
+    /// accepts it: frames from 512 bytes up go out as the same compressed
+    /// bytes permessage-deflate sends, with no compressor per stream
+    /// (`docs/protocol.md`, "SSE: gzip").
+    pub gzip: bool,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig { gzip: true }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -527,6 +547,7 @@ pub const SETTINGS: &[&str] = &[
     "history",
     "limits",
     "websocket",
+    "sse",
     "log",
     "telemetry",
     "alertmanager",

@@ -396,3 +396,18 @@ fn tls_connections_count_three_descriptors_each() {
     tls.validate().unwrap();
     assert_eq!(tls.max_connections(), (plain.max_connections() / 3).max(1));
 }
+
+#[test]
+fn sse_gzip_is_on_by_default_and_set_from_the_file_or_the_environment() {
+    assert!(Config::default().sse.gzip);
+    let (_dir, _path, r) = load_toml("[sse]\ngzip = false\n");
+    assert!(!r.unwrap().sse.gzip);
+    assert!(!load_env("OPSWIRE_SSE__GZIP", "false").unwrap().sse.gzip);
+    let e = load_env("OPSWIRE_SSE__GZIPP", "false")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("OPSWIRE_SSE__GZIPP: sse.gzipp: unknown field"),
+        "{e}"
+    );
+}

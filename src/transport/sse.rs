@@ -9,21 +9,32 @@
 //! of its resumable streams (`logs:<epoch>:<seq>,alerts:<epoch>:<seq>`), so
 //! the `Last-Event-ID` an EventSource sends on reconnect resumes all of
 //! them at once.
+//!
+//! A request that accepts gzip gets the stream as one gzip member made of
+//! independently decodable pieces, with no compressor per stream
+//! ([`gzip`]; `sse.gzip`).
+
+mod gzip;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::hub::{Delivery, Mailbox, Subscribed};
+use crate::metrics::GaugeGuard;
 use crate::protocol::{ErrorCode, Level, LogFilter, ResumePoint, Stream, ViewSpec};
+use crate::request::encoding::{self, Coding};
 use crate::request::http_error;
 use crate::session::{self, admission, session_name, Session};
+
+use gzip::Member;
 
 #[derive(Debug, Deserialize)]
 pub struct SseQuery {
@@ -192,12 +203,15 @@ pub async fn handler(
         Err((code, msg)) => return http_error(code, msg),
     };
     admission::count(&state, "accepted");
-    state.metrics.sse_active.inc();
+    let active = GaugeGuard::inc(&state.metrics.sse_active);
     let epoch = state
         .hub
         .epoch_of(team_id(&state, &wanted.team))
         .to_string();
-    let mut out = SseOut::new(epoch, &sub, &wanted.resume);
+    let gzip_on = state.config.sse.gzip;
+    let gzip = gzip_on && encoding::negotiate(&req, |c| c == Coding::Gzip) == Coding::Gzip;
+    let compressed = gzip.then(|| GaugeGuard::inc(&state.metrics.compressed_sse));
+    let mut out = SseOut::new(epoch, &sub, &wanted.resume, gzip);
     out.retry(3000);
     if let Some(welcome) = session.welcome(None) {
         out.control("welcome", &welcome);
@@ -211,18 +225,27 @@ pub async fn handler(
         // The stream lives no longer than its token.
         expires: session.token_expiry(),
         session,
-        _active: ActiveGauge(state.metrics.sse_active.clone()),
+        _active: active,
+        _compressed: compressed,
         state,
         out,
         heartbeat,
         batch: Vec::new(),
         done: false,
     };
-    HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(futures_util::stream::unfold(st, SseState::next))
+        .insert_header(("X-Accel-Buffering", "no"));
+    if gzip_on {
+        // The body depends on Accept-Encoding, plain or not.
+        response.insert_header((header::VARY, "Accept-Encoding"));
+    }
+    if gzip {
+        response.insert_header((header::CONTENT_ENCODING, "gzip"));
+    }
+    response.streaming(futures_util::stream::unfold(st, SseState::next))
 }
 
 /// The id of a team the session layer has just checked.
@@ -230,18 +253,12 @@ fn team_id(state: &AppState, team: &str) -> crate::hub::TeamId {
     state.hub.team_id(team).unwrap_or_default()
 }
 
-struct ActiveGauge(prometheus::IntGauge);
-
-impl Drop for ActiveGauge {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 struct SseState {
     mailbox: Arc<Mailbox>,
     session: Session,
-    _active: ActiveGauge,
+    _active: GaugeGuard,
+    /// The stream is gzip'ed (`opswire_compressed_connections`).
+    _compressed: Option<GaugeGuard>,
     state: Arc<AppState>,
     out: SseOut,
     heartbeat: tokio::time::Interval,
@@ -258,7 +275,8 @@ impl SseState {
                 return Some((Ok(b), self));
             }
             if self.done {
-                return None;
+                // The server ends the stream: a gzip member is finished.
+                return self.out.finish().map(|b| (Ok(b), self));
             }
             let expiry = self.expires.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
@@ -269,7 +287,7 @@ impl SseState {
                     self.out.control("error", &frame);
                     self.done = true;
                 }
-                _ = self.heartbeat.tick() => self.out.pending.push_back(Bytes::from_static(b": keepalive\n\n")),
+                _ = self.heartbeat.tick() => self.out.keepalive(),
                 _ = self.mailbox.ready() => self.drain(),
             }
         }
@@ -299,14 +317,22 @@ struct SseOut {
     /// to take once it is out.
     catch_up: BTreeMap<Stream, (u64, u64)>,
     pending: VecDeque<Bytes>,
+    /// The stream is one gzip member: its running CRC-32 and length, until
+    /// it is finished.
+    gzip: Option<Member>,
 }
 
 impl SseOut {
     /// Positions start at the resume point where frames are replayed,
     /// jumping to where the hub stood once the last replayed frame is out
     /// (frames a filter left out move the position too); else where the
-    /// hub stands.
-    fn new(epoch: String, sub: &Subscribed, resume: &BTreeMap<Stream, ResumePoint>) -> SseOut {
+    /// hub stands. With `gzip` the body starts with the gzip header.
+    fn new(
+        epoch: String,
+        sub: &Subscribed,
+        resume: &BTreeMap<Stream, ResumePoint>,
+        gzip: bool,
+    ) -> SseOut {
         let mut positions = BTreeMap::new();
         let mut catch_up = BTreeMap::new();
         for (&s, &now) in &sub.positions {
@@ -319,17 +345,38 @@ impl SseOut {
             };
             positions.insert(s, start);
         }
+        let mut pending = VecDeque::new();
+        if gzip {
+            pending.push_back(Bytes::from_static(&gzip::HEADER));
+        }
         SseOut {
             epoch,
             positions,
             catch_up,
-            pending: VecDeque::new(),
+            pending,
+            gzip: gzip.then(Member::default),
         }
     }
 
+    /// Queues bytes only this stream sends (stored blocks when gzip'ed).
+    fn own(&mut self, bytes: Bytes) {
+        let bytes = match &mut self.gzip {
+            Some(m) => {
+                let mut out = BytesMut::with_capacity(bytes.len() + 5);
+                m.stored(&mut out, &bytes);
+                out.freeze()
+            }
+            None => bytes,
+        };
+        self.pending.push_back(bytes);
+    }
+
     fn retry(&mut self, ms: u64) {
-        self.pending
-            .push_back(Bytes::from(format!("retry: {ms}\n\n")));
+        self.own(Bytes::from(format!("retry: {ms}\n\n")));
+    }
+
+    fn keepalive(&mut self) {
+        self.own(Bytes::from_static(b": keepalive\n\n"));
     }
 
     fn control(&mut self, event: &str, json: &str) {
@@ -339,7 +386,7 @@ impl SseOut {
         b.put_slice(b"\ndata: ");
         b.put_slice(json.as_bytes());
         b.put_slice(b"\n\n");
-        self.pending.push_back(b.freeze());
+        self.own(b.freeze());
     }
 
     /// A control event that also carries the current positions as `id:`,
@@ -357,7 +404,7 @@ impl SseOut {
         b.put_slice(b"\ndata: ");
         b.put_slice(json.as_bytes());
         b.put_slice(b"\n\n");
-        self.pending.push_back(b.freeze());
+        self.own(b.freeze());
     }
 
     fn data(&mut self, d: &Delivery) {
@@ -371,18 +418,45 @@ impl SseOut {
             }
         }
         let id = encode_event_id(&self.epoch, &self.positions);
-        let mut b = BytesMut::with_capacity(d.frame.len() + id.len() + 32);
+        // Plain: the whole event is built here; gzip'ed: only its lines.
+        let text = if self.gzip.is_some() {
+            0
+        } else {
+            d.frame.len()
+        };
+        let mut prefix = BytesMut::with_capacity(text + id.len() + 32);
         if !id.is_empty() {
-            b.put_slice(b"id: ");
-            b.put_slice(id.as_bytes());
-            b.put_slice(b"\n");
+            prefix.put_slice(b"id: ");
+            prefix.put_slice(id.as_bytes());
+            prefix.put_slice(b"\n");
         }
-        b.put_slice(b"event: ");
-        b.put_slice(d.stream.frame_type().as_bytes());
-        b.put_slice(b"\ndata: ");
-        b.put_slice(d.frame.as_bytes());
-        b.put_slice(b"\n\n");
-        self.pending.push_back(b.freeze());
+        prefix.put_slice(b"event: ");
+        prefix.put_slice(d.stream.frame_type().as_bytes());
+        prefix.put_slice(b"\ndata: ");
+        let event = match &mut self.gzip {
+            // The frame's shared compressed bytes (or the event stored),
+            // the CRC-32 folded in from the frame's own.
+            Some(m) => {
+                let mut out = BytesMut::new();
+                m.event(&mut out, &prefix, &d.frame, b"\n\n");
+                out
+            }
+            None => {
+                prefix.put_slice(d.frame.as_bytes());
+                prefix.put_slice(b"\n\n");
+                prefix
+            }
+        };
+        self.pending.push_back(event.freeze());
+    }
+
+    /// The end of a gzip'ed stream the server ends (the final block and
+    /// the trailer), once; None for a plain stream or once finished.
+    fn finish(&mut self) -> Option<Bytes> {
+        let m = self.gzip.take()?;
+        let mut out = BytesMut::with_capacity(10);
+        m.finish(&mut out);
+        Some(out.freeze())
     }
 }
 

@@ -12,21 +12,22 @@ use tokio::net::TcpStream;
 use crate::helpers::*;
 use crate::raw::frame;
 
-const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+pub(crate) const OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 const ANSWER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 
 /// One server frame as it came off the wire.
 #[derive(Debug)]
-struct Raw {
-    rsv1: bool,
-    opcode: u8,
-    payload: Vec<u8>,
+pub(crate) struct Raw {
+    pub rsv1: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
 }
 
 impl Raw {
     /// A text frame's JSON text: inflated when RSV1 is set.
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         assert_eq!(self.opcode, 1, "not a text frame: {self:?}");
         if self.rsv1 {
             String::from_utf8(inflate(&self.payload)).unwrap()
@@ -35,7 +36,7 @@ impl Raw {
         }
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.text()).unwrap()
     }
 
@@ -69,15 +70,15 @@ fn deflate(text: &[u8]) -> Vec<u8> {
     z
 }
 
-struct Client {
+pub(crate) struct Client {
     sock: TcpStream,
     buf: Vec<u8>,
     /// The `101`'s `Sec-WebSocket-Extensions`, if any.
-    extensions: Option<String>,
+    pub extensions: Option<String>,
 }
 
 impl Client {
-    async fn connect(app: &TestApp, extra: &str) -> Client {
+    pub async fn connect(app: &TestApp, extra: &str) -> Client {
         let mut sock = TcpStream::connect(app.addr).await.unwrap();
         let addr = app.addr;
         let req = format!(
@@ -144,14 +145,14 @@ impl Client {
         self.sock.write_all(bytes).await.unwrap();
     }
 
-    async fn subscribe(&mut self, team: &str) {
+    pub async fn subscribe(&mut self, team: &str) {
         let op = json!({"op":"subscribe","id":1,"team":team,"streams":["metrics"]});
         self.send(&frame(0x81, op.to_string().as_bytes())).await;
         self.until_type("subscribed").await;
     }
 
     /// Frames up to one of `kind`, that one returned.
-    async fn until_type(&mut self, kind: &str) -> Raw {
+    pub async fn until_type(&mut self, kind: &str) -> Raw {
         loop {
             let f = self.next().await.expect("connection open");
             if f.opcode == 1 && f.json()["type"] == kind {
@@ -197,7 +198,7 @@ fn parse(buf: &[u8]) -> Option<(Raw, usize)> {
 
 /// Publishes `n` hosts to `alpha` through the hub, with figures that
 /// vary like real ones (compression ratios depend on it).
-fn publish_hosts(app: &TestApp, n: usize) {
+pub(crate) fn publish_hosts(app: &TestApp, n: usize) {
     let team = app.state.hub.team_id("alpha").unwrap();
     let now = opswire::time::now_micros();
     for i in 0..n {
@@ -223,7 +224,7 @@ fn publish_hosts(app: &TestApp, n: usize) {
 }
 
 /// Metrics frames by `seq`, until one with at least `hosts` hosts.
-async fn metrics_with(c: &mut Client, hosts: usize) -> Raw {
+pub(crate) async fn metrics_with(c: &mut Client, hosts: usize) -> Raw {
     loop {
         let f = c.until_type("metrics").await;
         if f.json()["data"]["hosts"].as_array().unwrap().len() >= hosts {

@@ -21,6 +21,7 @@ mod session;
 mod slow_consumer;
 mod sources;
 mod sse;
+mod sse_gzip;
 mod streaming;
 mod team_logs;
 mod telemetry;

@@ -12,20 +12,20 @@ use crate::helpers::*;
 
 /// One dispatched block of an event stream (the lines up to a blank line).
 #[derive(Debug, Default, Clone, PartialEq)]
-struct SseEvent {
-    id: Option<String>,
-    event: Option<String>,
-    data: String,
-    retry: Option<u64>,
+pub(crate) struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
 }
 
 impl SseEvent {
     /// The event type (`message` when the block names none).
-    fn kind(&self) -> &str {
+    pub fn kind(&self) -> &str {
         self.event.as_deref().unwrap_or("message")
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.data)
             .unwrap_or_else(|e| panic!("data of {self:?} is not JSON: {e}"))
     }
@@ -33,7 +33,7 @@ impl SseEvent {
 
 /// Parses one block. Lines starting with ':' are comments; a block of
 /// comments only (a keepalive) yields None.
-fn parse_block(block: &str) -> Option<SseEvent> {
+pub(crate) fn parse_block(block: &str) -> Option<SseEvent> {
     let mut ev = SseEvent::default();
     let mut data: Vec<&str> = Vec::new();
     let mut any = false;
@@ -129,7 +129,7 @@ impl SseClient {
     }
 }
 
-fn bearer(token: &str) -> (&'static str, String) {
+pub(crate) fn bearer(token: &str) -> (&'static str, String) {
     ("Authorization", format!("Bearer {token}"))
 }
 

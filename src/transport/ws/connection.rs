@@ -20,6 +20,7 @@ use super::inbound::{Inbound, Message, ReadError};
 use super::outbound::{Ended, Outbound};
 use super::wire::WsWire;
 use crate::hub::Control;
+use crate::metrics::GaugeGuard;
 use crate::protocol::{close, ErrorCode};
 use crate::session::{Outcome, Session};
 
@@ -73,6 +74,8 @@ impl Connection {
     pub async fn run(mut self, io: TcpStream, buffered: BytesMut, origin_ok: bool, deflate: bool) {
         // Frames go out as they are made: no Nagle delay on a burst.
         let _ = io.set_nodelay(true);
+        let _compressed =
+            deflate.then(|| GaugeGuard::inc(&self.session.state.metrics.compressed_ws));
         let wire = Arc::new(WsWire::new(io, deflate));
         let mailbox = self.session.mailbox().clone();
         mailbox.attach_wire(wire.clone());

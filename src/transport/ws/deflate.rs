@@ -252,6 +252,26 @@ pub fn deflated(frame: &Frame) -> Option<&Bytes> {
     }))
 }
 
+/// The raw DEFLATE of `frame` (its trailing `00 00 ff ff` removed) as
+/// [`deflated`] caches it: the payload of that WebSocket frame, sliced
+/// out of the same allocation (no copy, no second compression). None for
+/// a frame that goes plain (under [`MIN_COMPRESSED_BYTES`], or it did not
+/// shrink). A gzip'ed SSE stream writes these bytes (`transport::sse::gzip`).
+pub fn raw_deflate(frame: &Frame) -> Option<Bytes> {
+    let ws = deflated(frame)?;
+    if ws[0] & 0x40 == 0 {
+        return None;
+    }
+    // The server's frames are unmasked: 2 bytes, then a 16- or 64-bit
+    // length when the 7-bit one says so.
+    let header = match ws[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    Some(ws.slice(header..))
+}
+
 /// Why a compressed message was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InflateError {
@@ -412,5 +432,24 @@ mod tests {
         // The same bytes (the same allocation) for the next writer.
         assert_eq!(deflated(&big).unwrap().as_ptr(), first.as_ptr());
         assert_eq!(deflated(&big.clone()).unwrap().as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn raw_deflate_is_the_websocket_payload_sliced_from_the_same_bytes() {
+        assert!(raw_deflate(&Frame::from("x".repeat(MIN_COMPRESSED_BYTES - 1))).is_none());
+        // 2-byte, 4-byte (126) and 10-byte (127) WebSocket headers.
+        for text in [
+            "{\"cpu\":12.5}".repeat(50),
+            "{\"cpu\":12.5}".repeat(5000),
+            (0..400_000u32).map(|i| format!("{i},")).collect::<String>(),
+        ] {
+            let big = Frame::from(text.clone());
+            let raw = raw_deflate(&big).unwrap();
+            let ws = deflated(&big).unwrap();
+            assert!(ws.ends_with(&raw));
+            assert_eq!(raw.as_ptr(), ws[ws.len() - raw.len()..].as_ptr(), "no copy");
+            assert_eq!(raw[..], compress(text.as_bytes())[..]);
+            assert_eq!(inflate(&raw, text.len()).unwrap(), text.as_bytes());
+        }
     }
 }
