@@ -5,10 +5,9 @@
 //! carries the current version is cached for a year (`immutable`); the page
 //! itself and unversioned asset URLs are revalidated on every load through
 //! their `ETag`. Every body is sent brotli- or gzip-compressed when the
-//! client accepts it ([`assets`], [`encoding`]). See `docs/dashboard.md`.
+//! client accepts it ([`assets`], with `request::encoding`). See `docs/dashboard.md`.
 
 mod assets;
-mod encoding;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;

@@ -6,9 +6,6 @@
 //! the codings a response can have is made here, because actix's own
 //! `AcceptEncoding::negotiate` never picks a coding for `*` and assumes nothing
 //! about which of two equally weighted codings the server prefers.
-//!
-//! `web::encoding` is the same logic, kept there for now; it can become a
-//! re-export of this module.
 
 use actix_web::http::header::{
     AcceptEncoding, ContentEncoding, Encoding, Header, Preference, Quality,
@@ -135,6 +132,15 @@ mod tests {
         assert_eq!(pick(Some("deflate")), Coding::Identity);
         assert_eq!(pick(Some("identity;q=0")), Coding::Identity);
         assert_eq!(pick(Some("gzip;q=nonsense")), Coding::Identity);
+    }
+
+    #[test]
+    fn only_available_codings() {
+        let req = TestRequest::default()
+            .insert_header(("accept-encoding", "br, gzip"))
+            .to_http_request();
+        assert_eq!(negotiate(&req, |c| c == Coding::Gzip), Coding::Gzip);
+        assert_eq!(negotiate(&req, |_| false), Coding::Identity);
     }
 
     #[test]

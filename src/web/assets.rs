@@ -17,7 +17,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 
-use super::encoding::{negotiate, Coding};
+use crate::request::encoding::{negotiate, Coding};
 
 /// One embedded file.
 pub struct Asset {
