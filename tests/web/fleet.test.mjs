@@ -17,7 +17,8 @@ const BUSY_S = Number(process.env.FLEET_BUSY_S || 20);
 
 const name = (i) => `fleet-${String(i).padStart(3, "0")}`;
 const tiles = (page) => page.getByTestId("fleet-tile");
-const tile = (page, host) => page.locator(`[data-testid="fleet-tile"][data-host="${host}"]`);
+/** A host's tile; `host` may hold any character (quoted for the CSS selector). */
+const tile = (page, host) => page.locator(`[data-testid="fleet-tile"][data-host="${host.replace(/["\\]/g, "\\$&")}"]`);
 
 /** An agent's snapshot; `round` moves the numbers a little each second. */
 function snapshot(host, i, round, sampledAt) {
@@ -138,6 +139,37 @@ describe("fleet view: hundreds of hosts", () => {
     await H.waitFor(async () => (await tiles(page).count()) === FLEET && (await page.getByTestId("fleet-tiles").isVisible()), { what: "tiles back" });
     assert.equal(rec.sent.slice(back).find((f) => f.op === "subscribe").view, "summary");
     await H.waitFor(async () => (await page.getByTestId("host-card").count()) === 0, { what: "no cards in the fleet" });
+    assert.deepEqual(rec.errors, []);
+  });
+
+  it("opens a host whose name has glob characters: exactly that host, not its look-alikes", T, async () => {
+    // Each name next to the names a wrong escape would also (or only) match.
+    const odd = ["db\\1", "tail\\", "a*b", "a?b", "x[1]", "{y}", "{p,q}", "[!x]"];
+    const alike = ["db1", "db\\\\1", "tail", "aXb", "a**b", "x1", "y", "p", "q", "p,q", "z", "!x"];
+    await publishAll(pub, "beta", [...odd, ...alike], 0);
+    const total = FLEET + odd.length + alike.length;
+    await H.waitFor(async () => (await tiles(page).count()) === total, { timeout: 10000, what: `${total} tiles` });
+    for (const host of odd) {
+      await page.getByTestId("fleet-filter").fill(host);
+      const from = rec.sent.length;
+      const seen = rec.received.length;
+      await tile(page, host).click();
+      const sub = await H.waitFor(() => rec.sent.slice(from).find((f) => f.op === "subscribe"), { what: `the subscribe for ${host}` });
+      const reply = await H.waitFor(() => rec.received.slice(seen).find((f) => f.id === sub.id), { what: `the reply for ${host}` });
+      assert.equal(reply.type, "subscribed", `${host}: ${JSON.stringify(sub.view)} refused: ${JSON.stringify(reply)}`);
+      // Every frame after `subscribed` is of the new view: exactly this host.
+      const after = () => rec.received.slice(rec.received.indexOf(reply) + 1).filter((f) => f.type === "metrics" && f.team === "beta");
+      await H.waitFor(() => after().length > 0, { what: `a named-hosts frame for ${host}` });
+      for (const f of after()) assert.deepEqual(f.data.hosts.map((h) => h.host), [host], `${host} as ${JSON.stringify(sub.view)}`);
+      const card = page.getByTestId("host-card");
+      await H.waitFor(async () => (await card.count()) === 1 && (await card.getAttribute("data-host")) === host, { what: `the card of ${host}` });
+      assert.equal(await page.getByTestId("fleet-detail").textContent(), `· ${host}`);
+      await page.getByTestId("fleet-back").click();
+      await H.waitFor(async () => await page.getByTestId("fleet-tiles").isVisible(), { what: "tiles back" });
+      await H.waitFor(async () => (await card.count()) === 0, { what: "no cards in the fleet" });
+    }
+    await page.getByTestId("fleet-filter").fill("");
+    await H.waitFor(async () => (await tiles(page).count()) === total, { what: "every tile back" });
     assert.deepEqual(rec.errors, []);
   });
 
