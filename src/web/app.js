@@ -544,8 +544,17 @@
   /// The view to ask for: the summary, every host (a small team) or the
   /// hosts opened from the fleet (names, their glob characters escaped).
   function wantedView() {
-    if (S.detail) return { hosts: S.detail.map((n) => n.replace(/[*?[\]{}]/g, "[$&]")) };
+    if (S.detail) return { hosts: S.detail.map(globLiteral) };
     return S.view === "hosts" ? { hosts: ["*"] } : "summary";
+  }
+
+  /// A glob (the server's globset) that matches exactly `name`: each of
+  /// `* ? [ ] { } \` alone in a class (`[*]`, `[[]`, `[]]`, `[\]`). In a class
+  /// a backslash is literal whether or not the server's globs take `\` as an
+  /// escape; `!`, `^`, `-` and `,` are literal outside a class and braces (and
+  /// `[!]` would open a negated class), so they stay as they are.
+  function globLiteral(name) {
+    return name.replace(/[*?[\]{}\\]/g, "[$&]");
   }
 
   /// Switches between the fleet (summary), all hosts' charts (a team of at
