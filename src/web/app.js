@@ -939,7 +939,7 @@
     const disks = Array.isArray(h.disks) ? h.disks : [];
     const full = disks.reduce((a, x) => (!a || (x.usage_pct || 0) > (a.usage_pct || 0) ? x : a), null);
     c.disk.value.textContent = full ? `${pct(full.usage_pct)} ${full.mount}` : "–";
-    c.disk.fig.title = disks.map((x) => `${x.mount} ${pct(x.usage_pct)} of ${bytes(x.total_bytes)}`).join("\n") || "no disks";
+    c.disk.fig.title = disks.map((x) => `${x.mount}${x.fs_type ? ` (${x.fs_type})` : ""} ${pct(x.usage_pct)} of ${bytes(x.total_bytes)}`).join("\n") || "no disks";
     const last = hs.pts[hs.pts.length - 1] || { rx: 0, tx: 0 };
     c.net.value.textContent = `↓${short(last.rx)} ↑${short(last.tx)}`;
     c.net.fig.title = `network: received ${bytes(last.rx)}/s, sent ${bytes(last.tx)}/s (all interfaces)`;

@@ -163,7 +163,8 @@ describe("dashboard in dev mode (no secret), with a real Alertmanager", () => {
       host, sampled_at: Date.now() * 1000,
       cpu: { usage_pct: v.cpu, cores_pct: [v.cpu, v.cpu], load: v.load },
       memory: { used_bytes: v.mem, total_bytes: 8 * GiB, usage_pct: (v.mem / (8 * GiB)) * 100, swap_used_bytes: 0, swap_total_bytes: 0 },
-      disks: [{ mount: "/", used_bytes: 10 * GiB, total_bytes: 40 * GiB, usage_pct: v.disk }],
+      disks: [{ mount: "/", fs_type: "ext4", used_bytes: 10 * GiB, total_bytes: 40 * GiB, usage_pct: v.disk },
+        { mount: "/data", fs_type: "xfs", used_bytes: 1 * GiB, total_bytes: 100 * GiB, usage_pct: 1 }],
       network: [{ iface: "eth0", rx_bytes_per_s: v.rx, tx_bytes_per_s: v.tx }],
       processes: 12, uptime_s: 3600,
     });
@@ -230,6 +231,9 @@ describe("dashboard in dev mode (no secret), with a real Alertmanager", () => {
       await page.mouse.move(0, 0);
       await tip.waitFor({ state: "hidden", timeout: 2000 });
     }
+    // Every disk in the disk chart's title, with its filesystem type.
+    assert.equal(await c.locator('[data-testid="chart"][data-chart="disk"]').getAttribute("title"),
+      "/ (ext4) 25.0% of 40.0 GiB\n/data (xfs) 1.0% of 100 GiB");
     await page.screenshot({ path: path.join(H.artifactsDir(), "charts.png"), clip: await c.boundingBox() });
     assertNoConsoleErrors(rec, errorsFrom);
   });

@@ -33,9 +33,13 @@ describe("SSE gzip in Chromium", () => {
     // What went over the wire, from Chromium's network stack.
     const cdp = await browser.context.newCDPSession(page);
     await cdp.send("Network.enable");
-    const net = { requestHeaders: null, responseHeaders: null, id: null, decoded: 0, encoded: 0 };
+    const net = { responseHeaders: null, id: null, decoded: 0, encoded: 0 };
     cdp.on("Network.requestWillBeSent", (e) => { if (e.request.url.includes("/sse?")) net.id = e.requestId; });
-    cdp.on("Network.requestWillBeSentExtraInfo", (e) => { if (e.requestId === net.id) net.requestHeaders = e.headers; });
+    // The raw headers (with what the network stack adds, Accept-Encoding)
+    // come in an ExtraInfo event that may arrive before or after
+    // requestWillBeSent: keep every request's, pick /sse's at the end.
+    const extra = new Map();
+    cdp.on("Network.requestWillBeSentExtraInfo", (e) => extra.set(e.requestId, e.headers));
     cdp.on("Network.responseReceived", (e) => { if (e.requestId === net.id) net.responseHeaders = e.response.headers; });
     cdp.on("Network.dataReceived", (e) => {
       if (e.requestId !== net.id) return;
@@ -99,7 +103,7 @@ describe("SSE gzip in Chromium", () => {
 
     // On the wire: asked for gzip, answered gzip, fewer bytes than decoded.
     const lower = (h) => Object.fromEntries(Object.entries(h || {}).map(([k, v]) => [k.toLowerCase(), v]));
-    const req = lower(net.requestHeaders);
+    const req = lower(extra.get(net.id));
     const res = lower(net.responseHeaders);
     assert.match(req["accept-encoding"] || "", /\bgzip\b/, JSON.stringify(req));
     assert.equal(res["content-encoding"], "gzip", JSON.stringify(res));
