@@ -17,7 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::cli::{self, Args, Plan};
 use super::fleet;
-use super::frame::{self, Kind, STREAMS};
+use super::frame::STREAMS;
+use super::ingest;
 use super::procfs;
 use super::report::{
     self, Extra, MachineReport, ProcessReport, PublisherReport, RunConfig, ServerReport,
@@ -256,22 +257,10 @@ async fn publish_logs(
         rate_per_team: rate,
         ..Default::default()
     };
-    let mut req = match url.as_str().into_client_request() {
-        Ok(r) => r,
+    let ws = match ingest::connect(&url, token.as_deref()).await {
+        Ok(ws) => ws,
         Err(e) => {
-            rep.errors.insert(format!("request: {e}"), 1);
-            return rep;
-        }
-    };
-    if let Some(t) = &token {
-        if let Ok(v) = format!("Bearer {t}").parse() {
-            req.headers_mut().insert("authorization", v);
-        }
-    }
-    let ws = match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => ws,
-        Err(e) => {
-            rep.errors.insert(format!("connect: {e}"), 1);
+            rep.errors.insert(e, 1);
             return rep;
         }
     };
@@ -280,10 +269,10 @@ async fn publish_logs(
         let (mut acked, mut errors) = (0u64, BTreeMap::<String, u64>::new());
         while let Some(Ok(m)) = rx.next().await {
             if let Message::Text(t) = m {
-                match frame::head(&t).map(|h| h.kind) {
-                    Some(Kind::Error) => *errors.entry(frame::error_code(&t)).or_default() += 1,
-                    Some(Kind::Other) if t.contains("\"published\"") => acked += 1,
-                    _ => {}
+                match ingest::answer(&t) {
+                    Some(Ok(())) => acked += 1,
+                    Some(Err(code)) => *errors.entry(code).or_default() += 1,
+                    None => {}
                 }
             }
         }

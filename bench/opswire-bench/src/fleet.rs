@@ -14,10 +14,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::frame::{self, Kind};
+use super::ingest;
 use super::report::FleetReport;
 
 /// Host `i` of `team`.
@@ -60,22 +59,10 @@ pub async fn publish(
         hosts_per_team: hosts,
         ..Default::default()
     };
-    let mut req = match url.as_str().into_client_request() {
-        Ok(r) => r,
+    let ws = match ingest::connect(&url, token.as_deref()).await {
+        Ok(ws) => ws,
         Err(e) => {
-            let _ = ready.send(Err(format!("fleet {team}: request: {e}")));
-            return rep;
-        }
-    };
-    if let Some(t) = &token {
-        if let Ok(v) = format!("Bearer {t}").parse() {
-            req.headers_mut().insert("authorization", v);
-        }
-    }
-    let ws = match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => ws,
-        Err(e) => {
-            let _ = ready.send(Err(format!("fleet {team}: connect: {e}")));
+            let _ = ready.send(Err(format!("fleet {team}: {e}")));
             return rep;
         }
     };
@@ -86,10 +73,10 @@ pub async fn publish(
         let (mut acked, mut errors) = (0u64, BTreeMap::<String, u64>::new());
         while let Some(Ok(m)) = rx.next().await {
             let Message::Text(t) = m else { continue };
-            match frame::head(&t).map(|h| h.kind) {
-                Some(Kind::Error) => *errors.entry(frame::error_code(&t)).or_default() += 1,
-                Some(Kind::Other) if t.contains("\"published\"") => acked += 1,
-                _ => continue,
+            match ingest::answer(&t) {
+                Some(Ok(())) => acked += 1,
+                Some(Err(code)) => *errors.entry(code).or_default() += 1,
+                None => continue,
             }
             let answered = acked + errors.values().sum::<u64>();
             if answered >= hosts {

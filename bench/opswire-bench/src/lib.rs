@@ -24,6 +24,7 @@ pub mod coordinator;
 pub mod fleet;
 pub mod frame;
 pub mod hist;
+pub mod ingest;
 pub mod procfs;
 pub mod report;
 pub mod wire;
