@@ -105,6 +105,15 @@ struct AgentArgs {
         value_parser = clap::value_parser!(u64).range(50..=60_000)
     )]
     tick_ms: u64,
+    /// Milliseconds one disk's statvfs may take; past it the disk is left
+    /// out until the call returns (a hung NFS mount).
+    #[arg(
+        long,
+        env = "OPSWIRE_AGENT_MOUNT_TIMEOUT_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(10..=60_000)
+    )]
+    mount_timeout_ms: u64,
     /// Log lines kept while the hub is unreachable (oldest dropped first).
     #[arg(
         long,
@@ -127,6 +136,7 @@ fn main() -> ExitCode {
             tail: args.tail,
             host_root: args.host_root,
             tick: Duration::from_millis(args.tick_ms),
+            mount_timeout: Duration::from_millis(args.mount_timeout_ms),
             buffer_lines: args.buffer_lines,
         }),
         // Flags may come before or after `serve`; after wins.

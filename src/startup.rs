@@ -164,6 +164,7 @@ impl Application {
             tick: Duration::from_millis(state.config.sampler.tick_ms),
             stagger: state.config.sampler.stagger,
             host_root: state.config.sampler.host_root.clone(),
+            mount_timeout: Duration::from_millis(state.config.sampler.mount_timeout_ms),
             phase: match self.cluster {
                 Some(_) => {
                     Duration::from_millis(rand::random::<u64>() % state.config.sampler.tick_ms)

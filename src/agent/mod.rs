@@ -72,6 +72,8 @@ pub struct AgentConfig {
     pub host_root: Option<PathBuf>,
     /// `--tick-ms`: time between samples.
     pub tick: Duration,
+    /// `--mount-timeout-ms`: how long one disk's `statvfs` may take.
+    pub mount_timeout: Duration,
     /// `--buffer-lines`: log lines kept while the hub is unreachable.
     pub buffer_lines: usize,
 }
@@ -199,6 +201,12 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             "--tick-ms {tick_ms} is out of range 50..=60000"
         )));
     }
+    let mount_ms = config.mount_timeout.as_millis();
+    if !(10..=60_000).contains(&mount_ms) {
+        return Err(AgentError::Config(format!(
+            "--mount-timeout-ms {mount_ms} is out of range 10..=60000"
+        )));
+    }
     if config.buffer_lines == 0 {
         return Err(AgentError::Config(
             "--buffer-lines must be at least 1".into(),
@@ -230,7 +238,12 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         .map(Follower::new)
         .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared::new(config.buffer_lines));
-    let (metrics, sampler) = spawn_sampler(host.clone(), config.host_root.clone(), config.tick)?;
+    let (metrics, sampler) = spawn_sampler(
+        host.clone(),
+        config.host_root.clone(),
+        config.tick,
+        config.mount_timeout,
+    )?;
     let (tailer, drained) = spawn_tailer(followers, shared.clone(), host.clone())?;
     tracing::info!(
         hub = %url,
@@ -350,6 +363,7 @@ mod tests {
             tail: vec![],
             host_root: None,
             tick: Duration::from_millis(1000),
+            mount_timeout: Duration::from_millis(1000),
             buffer_lines: 10,
         };
         let cases = [
@@ -376,6 +390,10 @@ mod tests {
             },
             AgentConfig {
                 buffer_lines: 0,
+                ..base.clone()
+            },
+            AgentConfig {
+                mount_timeout: Duration::from_millis(5),
                 ..base.clone()
             },
             AgentConfig {

@@ -59,6 +59,7 @@ pub fn spawn_sampler(
     host: String,
     host_root: Option<std::path::PathBuf>,
     tick: Duration,
+    mount_timeout: Duration,
 ) -> Result<(Snapshots, Worker), AgentError> {
     let (tx, rx) = watch::channel(None);
     let (stop_tx, stop_rx) = mpsc::channel();
@@ -69,7 +70,7 @@ pub fn spawn_sampler(
             let mut sampler = match Sampler::new(host, host_root) {
                 Ok(s) => {
                     let _ = init_tx.send(Ok(()));
-                    s
+                    s.with_mount_timeout(mount_timeout)
                 }
                 Err(e) => {
                     let _ = init_tx.send(Err(e));

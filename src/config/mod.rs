@@ -186,6 +186,10 @@ pub struct SamplerConfig {
     /// (e.g. `/host`): disks and processes are the host's, read under it.
     /// Unset: this process's own view.
     pub host_root: Option<std::path::PathBuf>,
+    /// Milliseconds one disk's `statvfs` may take; past it the disk is
+    /// left out of the snapshots until the call returns (a hard NFS mount
+    /// whose server is gone blocks it for ever).
+    pub mount_timeout_ms: u64,
 }
 
 impl Default for SamplerConfig {
@@ -199,6 +203,7 @@ impl Default for SamplerConfig {
             stagger: true,
             fanout_threads: 0,
             host_root: None,
+            mount_timeout_ms: 1000,
         }
     }
 }

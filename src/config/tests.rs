@@ -411,3 +411,16 @@ fn sse_gzip_is_on_by_default_and_set_from_the_file_or_the_environment() {
         "{e}"
     );
 }
+
+#[test]
+fn the_mount_timeout_is_bounded() {
+    let mut c = Config::default();
+    assert_eq!(c.sampler.mount_timeout_ms, 1000);
+    for bad in [0, 9, 60_001] {
+        c.sampler.mount_timeout_ms = bad;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("sampler.mount_timeout_ms"), "{e}");
+    }
+    c.sampler.mount_timeout_ms = 250;
+    c.validate().unwrap();
+}

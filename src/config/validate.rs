@@ -118,6 +118,9 @@ impl Config {
                 format!("{} is out of range 50..=60000", self.sampler.tick_ms),
             ));
         }
+        if !(10..=60_000).contains(&self.sampler.mount_timeout_ms) {
+            return Err(invalid("sampler.mount_timeout_ms", "must be 10-60000"));
+        }
         if self.sampler.stale_after_ticks == 0 {
             return Err(invalid("sampler.stale_after_ticks", "must be at least 1"));
         }

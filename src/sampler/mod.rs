@@ -19,7 +19,7 @@ pub mod ticker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, Networks, RefreshKind, System};
 
@@ -48,6 +48,8 @@ pub struct Sampler {
     /// The filesystems to report, re-read from the mount table every 60
     /// samples.
     disks: Vec<mounts::Disk>,
+    /// `statvfs` of each disk, with a deadline (a hung NFS mount).
+    probe: mounts::UsageProbe,
     networks: Networks,
     /// Previous cumulative (rx, tx) byte counters per interface.
     net_prev: HashMap<String, (u64, u64)>,
@@ -81,11 +83,19 @@ impl Sampler {
             host_root,
             system,
             disks,
+            probe: mounts::UsageProbe::new(mounts::DEFAULT_MOUNT_TIMEOUT),
             networks,
             net_prev,
             net_at: Instant::now(),
             samples: 0,
         })
+    }
+
+    /// How long one disk's `statvfs` may take before the disk is left out
+    /// of the snapshot (until the call returns).
+    pub fn with_mount_timeout(mut self, timeout: Duration) -> Sampler {
+        self.probe = mounts::UsageProbe::new(timeout);
+        self
     }
 
     /// The OS host name, or "localhost" when it cannot be read.
@@ -130,7 +140,11 @@ impl Sampler {
             .disks
             .iter()
             .filter_map(|d| {
-                let (total, available) = mounts::usage(&mounts::under_root(root, &d.mount))?;
+                let mounts::Usage::Bytes(total, available) =
+                    self.probe.usage(&mounts::under_root(root, &d.mount))
+                else {
+                    return None;
+                };
                 let used = total.saturating_sub(available);
                 (total > 0).then(|| DiskStats {
                     mount: d.mount.clone(),

@@ -22,9 +22,20 @@
 //! When the table has no `/` (a chroot whose root is not a mount point),
 //! the root is added from `statfs("/")`, so a sampler always reports the
 //! filesystem it runs on.
+//!
+//! Usage comes from `statvfs`, through a [`UsageProbe`] with a deadline:
+//! on a hard NFS mount whose server is gone, `statvfs` blocks in the
+//! kernel, for ever. node_exporter's `--collector.filesystem.mount-timeout`
+//! is the model: the call runs on a thread of its own; past the timeout the
+//! mount is left out of the snapshot and marked **stuck**, and it is not
+//! asked again until that call returns, so a hung mount costs the sampler
+//! one timeout once and one parked thread, not one thread per tick.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 /// Filesystem types that are not disks an operator cares about.
 pub const PSEUDO_FS: &[&str] = &[
@@ -195,6 +206,113 @@ pub fn usage(path: &Path) -> Option<(u64, u64)> {
     Some((s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
 }
 
+/// How long a filesystem's `statvfs` may take before the mount is left out
+/// (`sampler.mount_timeout_ms`, the agent's `--mount-timeout-ms`).
+pub const DEFAULT_MOUNT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What [`UsageProbe::usage`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    /// Total and available bytes.
+    Bytes(u64, u64),
+    /// `statvfs` failed (the mount went away, no permission).
+    Unavailable,
+    /// `statvfs` did not return within the timeout, now or on an earlier
+    /// call that is still blocked: the mount is skipped until it returns.
+    Stuck,
+}
+
+type StatFn = dyn Fn(&Path) -> Option<(u64, u64)> + Send + Sync;
+
+/// `statvfs` with a deadline; see the module docs.
+pub struct UsageProbe {
+    timeout: Duration,
+    /// Mounts whose call is still blocked.
+    stuck: Arc<Mutex<HashSet<PathBuf>>>,
+    stat: Arc<StatFn>,
+}
+
+impl UsageProbe {
+    pub fn new(timeout: Duration) -> UsageProbe {
+        UsageProbe::with(timeout, usage)
+    }
+
+    /// A probe over another stat function (the tests' hung mount).
+    pub fn with(
+        timeout: Duration,
+        stat: impl Fn(&Path) -> Option<(u64, u64)> + Send + Sync + 'static,
+    ) -> UsageProbe {
+        UsageProbe {
+            timeout,
+            stuck: Arc::new(Mutex::new(HashSet::new())),
+            stat: Arc::new(stat),
+        }
+    }
+
+    /// Whether `path`'s last call is still blocked.
+    pub fn is_stuck(&self, path: &Path) -> bool {
+        self.stuck.lock().is_ok_and(|s| s.contains(path))
+    }
+
+    /// The usage of the filesystem at `path`, within the timeout.
+    pub fn usage(&self, path: &Path) -> Usage {
+        if self.is_stuck(path) {
+            return Usage::Stuck;
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let finished = Arc::new(AtomicBool::new(false));
+        let spawned = {
+            let (path, stuck, stat, finished) = (
+                path.to_owned(),
+                self.stuck.clone(),
+                self.stat.clone(),
+                finished.clone(),
+            );
+            std::thread::Builder::new()
+                .name("opswire-statvfs".into())
+                .spawn(move || {
+                    let got = stat(&path);
+                    let _ = tx.send(got);
+                    // Under the lock the prober decides on, so that a call
+                    // that ends just after its timeout is never left stuck.
+                    if let Ok(mut s) = stuck.lock() {
+                        finished.store(true, Ordering::SeqCst);
+                        if s.remove(&path) {
+                            tracing::info!(mount = %path.display(), "statvfs returned: the mount is reported again");
+                        }
+                    }
+                })
+        };
+        if spawned.is_err() {
+            // No thread to spare: ask directly rather than report nothing.
+            return (self.stat)(path).map_or(Usage::Unavailable, |(t, a)| Usage::Bytes(t, a));
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(Some((total, available))) => Usage::Bytes(total, available),
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Usage::Unavailable,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(mut s) = self.stuck.lock() {
+                    if finished.load(Ordering::SeqCst) {
+                        // It returned as the timeout fired.
+                        return rx
+                            .try_recv()
+                            .ok()
+                            .flatten()
+                            .map_or(Usage::Unavailable, |(t, a)| Usage::Bytes(t, a));
+                    }
+                    s.insert(path.to_owned());
+                }
+                tracing::warn!(
+                    mount = %path.display(),
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "statvfs did not return in time (a hung network filesystem?): the mount is left out until it does"
+                );
+                Usage::Stuck
+            }
+        }
+    }
+}
+
 /// Elsewhere the sampler reports no disks (opswire targets Linux).
 #[cfg(not(target_os = "linux"))]
 pub fn read(_host_root: Option<&Path>) -> std::io::Result<Vec<Disk>> {
@@ -327,6 +445,64 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = read(Some(empty.path())).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_hung_statvfs_leaves_its_mount_out_until_it_returns() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Condvar;
+        // A mount whose stat blocks until the gate opens, as statvfs on a
+        // hard NFS mount whose server is gone; the others answer at once.
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let probe = {
+            let (gate, calls) = (gate.clone(), calls.clone());
+            UsageProbe::with(Duration::from_millis(50), move |p| {
+                if p == Path::new("/hung") {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let (open, cv) = &*gate;
+                    let mut g = open.lock().unwrap();
+                    while !*g {
+                        g = cv.wait(g).unwrap();
+                    }
+                }
+                (p != Path::new("/gone")).then_some((100, 40))
+            })
+        };
+        assert_eq!(probe.usage(Path::new("/ok")), Usage::Bytes(100, 40));
+        assert_eq!(probe.usage(Path::new("/gone")), Usage::Unavailable);
+        let t = std::time::Instant::now();
+        assert_eq!(probe.usage(Path::new("/hung")), Usage::Stuck);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(probe.is_stuck(Path::new("/hung")));
+        // Skipped while its call is blocked: no second call, no waiting.
+        let t = std::time::Instant::now();
+        assert_eq!(probe.usage(Path::new("/hung")), Usage::Stuck);
+        assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(probe.usage(Path::new("/ok")), Usage::Bytes(100, 40));
+
+        // The server comes back: the blocked call returns, and the mount
+        // is asked (and reported) again.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while probe.is_stuck(Path::new("/hung")) {
+            assert!(std::time::Instant::now() < deadline, "never unstuck");
+            std::thread::yield_now();
+        }
+        assert_eq!(probe.usage(Path::new("/hung")), Usage::Bytes(100, 40));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_real_probe_reads_the_root() {
+        let probe = UsageProbe::new(DEFAULT_MOUNT_TIMEOUT);
+        match probe.usage(Path::new("/")) {
+            Usage::Bytes(total, available) => assert!(total > 0 && available <= total),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[cfg(target_os = "linux")]

@@ -54,6 +54,8 @@ pub struct Ticker {
     /// The host's `/` as seen from here, when the sampler runs in a
     /// container (`sampler.host_root`).
     pub host_root: Option<std::path::PathBuf>,
+    /// `sampler.mount_timeout_ms`.
+    pub mount_timeout: Duration,
     /// Where in the tick this process's cycle starts. Cluster mode picks
     /// one at random: processes started together (a deploy, several on
     /// one port) then do not send every team's frame in the same instant,
@@ -69,7 +71,7 @@ pub fn spawn(t: Ticker) -> std::io::Result<std::thread::JoinHandle<()>> {
     let tick = t.tick;
     let mut sampler = if t.sample {
         match Sampler::new(t.local_host.clone(), t.host_root.clone()) {
-            Ok(s) => Some(s),
+            Ok(s) => Some(s.with_mount_timeout(t.mount_timeout)),
             Err(e) => {
                 tracing::error!(error = %e, "sampler unavailable; serving without local metrics");
                 None
