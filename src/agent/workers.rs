@@ -70,7 +70,7 @@ pub fn spawn_sampler(
             let mut sampler = match Sampler::new(host, host_root) {
                 Ok(s) => {
                     let _ = init_tx.send(Ok(()));
-                    s.with_mount_timeout(mount_timeout)
+                    s.with_mount_timeout(mount_timeout, tick)
                 }
                 Err(e) => {
                     let _ = init_tx.send(Err(e));

@@ -91,10 +91,11 @@ impl Sampler {
         })
     }
 
-    /// How long one disk's `statvfs` may take before the disk is left out
-    /// of the snapshot (until the call returns).
-    pub fn with_mount_timeout(mut self, timeout: Duration) -> Sampler {
-        self.probe = mounts::UsageProbe::new(timeout);
+    /// How long the disks' `statvfs` calls may take (all at once) before a
+    /// disk is left out of the snapshot (until its call returns); at most
+    /// half of `tick`, so a hung mount never costs a whole tick.
+    pub fn with_mount_timeout(mut self, timeout: Duration, tick: Duration) -> Sampler {
+        self.probe = mounts::UsageProbe::new(timeout.min(tick / 2));
         self
     }
 
@@ -136,13 +137,18 @@ impl Sampler {
         let used = self.system.used_memory();
 
         let root = self.host_root.as_deref();
+        let paths: Vec<PathBuf> = self
+            .disks
+            .iter()
+            .map(|d| mounts::under_root(root, &d.mount))
+            .collect();
+        let usage = self.probe.usage_all(&paths);
         let disks: Vec<DiskStats> = self
             .disks
             .iter()
-            .filter_map(|d| {
-                let mounts::Usage::Bytes(total, available) =
-                    self.probe.usage(&mounts::under_root(root, &d.mount))
-                else {
+            .zip(usage)
+            .filter_map(|(d, u)| {
+                let mounts::Usage::Bytes(total, available) = u else {
                     return None;
                 };
                 let used = total.saturating_sub(available);

@@ -34,8 +34,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Filesystem types that are not disks an operator cares about.
 pub const PSEUDO_FS: &[&str] = &[
@@ -251,57 +251,84 @@ impl UsageProbe {
 
     /// Whether `path`'s last call is still blocked.
     pub fn is_stuck(&self, path: &Path) -> bool {
-        self.stuck.lock().is_ok_and(|s| s.contains(path))
+        self.stuck().contains(path)
+    }
+
+    /// The set of stuck mounts; a poisoned lock is still the set (a panic
+    /// elsewhere must not make every hung mount look fresh again).
+    fn stuck(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.stuck.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The usage of the filesystem at `path`, within the timeout.
     pub fn usage(&self, path: &Path) -> Usage {
+        self.usage_all(&[path.to_owned()])[0]
+    }
+
+    /// The usage of each filesystem, asked all at once and waited for
+    /// until one deadline: N hung mounts cost one timeout, not N.
+    pub fn usage_all(&self, paths: &[PathBuf]) -> Vec<Usage> {
+        let deadline = Instant::now() + self.timeout;
+        let pending: Vec<_> = paths.iter().map(|p| self.start(p)).collect();
+        pending
+            .into_iter()
+            .zip(paths)
+            .map(|(call, path)| match call {
+                Call::Done(u) => u,
+                Call::Pending { rx, finished } => self.finish(path, rx, &finished, deadline),
+            })
+            .collect()
+    }
+
+    /// Starts `path`'s call on a thread of its own.
+    fn start(&self, path: &Path) -> Call {
         if self.is_stuck(path) {
-            return Usage::Stuck;
+            return Call::Done(Usage::Stuck);
         }
         let (tx, rx) = mpsc::sync_channel(1);
         let finished = Arc::new(AtomicBool::new(false));
-        let spawned = {
-            let (path, stuck, stat, finished) = (
-                path.to_owned(),
-                self.stuck.clone(),
-                self.stat.clone(),
-                finished.clone(),
-            );
-            std::thread::Builder::new()
-                .name("opswire-statvfs".into())
-                .spawn(move || {
-                    let got = stat(&path);
-                    let _ = tx.send(got);
-                    // Under the lock the prober decides on, so that a call
-                    // that ends just after its timeout is never left stuck.
-                    if let Ok(mut s) = stuck.lock() {
-                        finished.store(true, Ordering::SeqCst);
-                        if s.remove(&path) {
-                            tracing::info!(mount = %path.display(), "statvfs returned: the mount is reported again");
-                        }
-                    }
-                })
-        };
-        if spawned.is_err() {
-            // No thread to spare: ask directly rather than report nothing.
-            return (self.stat)(path).map_or(Usage::Unavailable, |(t, a)| Usage::Bytes(t, a));
-        }
-        match rx.recv_timeout(self.timeout) {
-            Ok(Some((total, available))) => Usage::Bytes(total, available),
-            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Usage::Unavailable,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Ok(mut s) = self.stuck.lock() {
-                    if finished.load(Ordering::SeqCst) {
-                        // It returned as the timeout fired.
-                        return rx
-                            .try_recv()
-                            .ok()
-                            .flatten()
-                            .map_or(Usage::Unavailable, |(t, a)| Usage::Bytes(t, a));
-                    }
-                    s.insert(path.to_owned());
+        let (p, stuck, stat, done) = (
+            path.to_owned(),
+            self.stuck.clone(),
+            self.stat.clone(),
+            finished.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("opswire-statvfs".into())
+            .spawn(move || {
+                let got = stat(&p);
+                let _ = tx.send(got);
+                // Under the lock the prober decides on, so that a call that
+                // ends just after its timeout is never left stuck.
+                let mut s = stuck.lock().unwrap_or_else(PoisonError::into_inner);
+                done.store(true, Ordering::SeqCst);
+                if s.remove(&p) {
+                    tracing::info!(mount = %p.display(), "statvfs returned: the mount is reported again");
                 }
+            });
+        match spawned {
+            Ok(_) => Call::Pending { rx, finished },
+            // No thread to spare: skip the disk this time rather than ask
+            // on the sampler's own thread, which a hung mount would block.
+            Err(_) => Call::Done(Usage::Unavailable),
+        }
+    }
+
+    /// Waits for a started call until `deadline`.
+    fn finish(&self, path: &Path, rx: StatRx, finished: &AtomicBool, deadline: Instant) -> Usage {
+        let bytes =
+            |r: Option<(u64, u64)>| r.map_or(Usage::Unavailable, |(t, a)| Usage::Bytes(t, a));
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(r) => bytes(r),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Usage::Unavailable,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let mut s = self.stuck();
+                if finished.load(Ordering::SeqCst) {
+                    // It returned as the deadline passed.
+                    return bytes(rx.try_recv().ok().flatten());
+                }
+                s.insert(path.to_owned());
+                drop(s);
                 tracing::warn!(
                     mount = %path.display(),
                     timeout_ms = self.timeout.as_millis() as u64,
@@ -311,6 +338,17 @@ impl UsageProbe {
             }
         }
     }
+}
+
+type StatRx = mpsc::Receiver<Option<(u64, u64)>>;
+
+/// One filesystem's call, started.
+enum Call {
+    Done(Usage),
+    Pending {
+        rx: StatRx,
+        finished: Arc<AtomicBool>,
+    },
 }
 
 /// Elsewhere the sampler reports no disks (opswire targets Linux).
@@ -346,6 +384,7 @@ fn fs_type_of(path: &Path) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Condvar;
 
     fn table(name: &str) -> Vec<Disk> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -450,7 +489,6 @@ mod tests {
     #[test]
     fn a_hung_statvfs_leaves_its_mount_out_until_it_returns() {
         use std::sync::atomic::AtomicUsize;
-        use std::sync::Condvar;
         // A mount whose stat blocks until the gate opens, as statvfs on a
         // hard NFS mount whose server is gone; the others answer at once.
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
@@ -493,6 +531,37 @@ mod tests {
         }
         assert_eq!(probe.usage(Path::new("/hung")), Usage::Bytes(100, 40));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn several_hung_mounts_cost_one_timeout_together() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let probe = {
+            let gate = gate.clone();
+            UsageProbe::with(Duration::from_millis(300), move |p| {
+                if p.starts_with("/nfs") {
+                    let (open, cv) = &*gate;
+                    let mut g = open.lock().unwrap();
+                    while !*g {
+                        g = cv.wait(g).unwrap();
+                    }
+                }
+                Some((10, 5))
+            })
+        };
+        let paths: Vec<PathBuf> = ["/", "/nfs/a", "/nfs/b", "/nfs/c", "/data"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let t = std::time::Instant::now();
+        let got = probe.usage_all(&paths);
+        let took = t.elapsed();
+        use Usage::*;
+        assert_eq!(got, [Bytes(10, 5), Stuck, Stuck, Stuck, Bytes(10, 5)]);
+        // One shared deadline: about 300 ms, not 900.
+        assert!(took < Duration::from_millis(800), "{took:?}");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
     }
 
     #[cfg(target_os = "linux")]

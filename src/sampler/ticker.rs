@@ -71,7 +71,7 @@ pub fn spawn(t: Ticker) -> std::io::Result<std::thread::JoinHandle<()>> {
     let tick = t.tick;
     let mut sampler = if t.sample {
         match Sampler::new(t.local_host.clone(), t.host_root.clone()) {
-            Ok(s) => Some(s.with_mount_timeout(t.mount_timeout)),
+            Ok(s) => Some(s.with_mount_timeout(t.mount_timeout, tick)),
             Err(e) => {
                 tracing::error!(error = %e, "sampler unavailable; serving without local metrics");
                 None

@@ -108,7 +108,6 @@ fn token_for(args: &Args, teams: Vec<String>, scope: &str) -> Result<Option<Stri
         .map_err(|e| format!("minting a token: {e}"))
 }
 
-/// `GET /api/v1/info` (HTTP/1.0, so no chunking); None if it is not there.
 /// The token a publisher of `team` uses (logs, the synthetic fleet).
 fn ingest_token(args: &Args, team: &str) -> Result<Option<String>, String> {
     match (&args.ingest_token, &args.jwt_secret) {
@@ -118,6 +117,7 @@ fn ingest_token(args: &Args, team: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// `GET /api/v1/info` (HTTP/1.0, so no chunking); None if it is not there.
 async fn server_info(server: SocketAddr) -> Option<serde_json::Value> {
     let get = async {
         let mut s = tokio::net::TcpStream::connect(server).await.ok()?;

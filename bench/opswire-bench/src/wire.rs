@@ -29,6 +29,10 @@ use super::conn::TsStream;
 /// What the permessage-deflate offer asks for.
 pub const DEFLATE_OFFER: &str = "permessage-deflate; client_no_context_takeover";
 
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The largest message the generator inflates (as tungstenite's own cap).
 const MAX_MESSAGE: usize = 16 << 20;
 
@@ -113,6 +117,9 @@ fn bad(msg: String) -> io::Error {
 enum State {
     /// The handshake response, up to its blank line.
     Http,
+    /// The handshake was refused (not `101`): the rest (the error body)
+    /// goes to tungstenite as it is, which reports it (`http 503`, …).
+    Refused,
     /// A frame header, `hdr_len` bytes of it so far.
     Header,
     /// `remaining` payload bytes of the current frame.
@@ -134,7 +141,7 @@ impl WireStream {
             inner,
             frames: Frames::new(shared.clone()),
             shared,
-            chunk: chunk.max(512),
+            chunk: chunk.clamp(512, 1 << 20),
         }
     }
 
@@ -153,11 +160,15 @@ struct Frames {
     hdr: [u8; 14],
     hdr_len: usize,
     remaining: u64,
-    /// The current frame's payload, when it is compressed.
+    /// The current frame's payload, when it is compressed, and its opcode.
     compressed: Option<Vec<u8>>,
+    opcode: u8,
     /// What tungstenite has yet to read, from `out_at`.
     out: Vec<u8>,
     out_at: usize,
+    /// An error found in bytes after what `out` holds: reported once
+    /// `out` is handed on.
+    error: Option<io::Error>,
 }
 
 impl Frames {
@@ -170,8 +181,10 @@ impl Frames {
             hdr_len: 0,
             remaining: 0,
             compressed: None,
+            opcode: 0,
             out: Vec::new(),
             out_at: 0,
+            error: None,
         }
     }
 
@@ -189,13 +202,21 @@ impl Frames {
                         return Err(bad("a handshake response over 16 KiB".into()));
                     }
                     if end.is_some() {
-                        if accepts_deflate(&self.http) {
-                            let s = &self.shared.negotiated;
-                            s.set(s.get() + 1);
-                        }
+                        self.state = if !switching(&self.http) {
+                            State::Refused
+                        } else {
+                            if accepts_deflate(&self.http) {
+                                let s = &self.shared.negotiated;
+                                s.set(s.get() + 1);
+                            }
+                            State::Header
+                        };
                         self.http = Vec::new();
-                        self.state = State::Header;
                     }
+                }
+                State::Refused => {
+                    self.out.extend_from_slice(data);
+                    data = &[];
                 }
                 State::Header => {
                     let need = header_len(&self.hdr[..self.hdr_len]);
@@ -233,12 +254,17 @@ impl Frames {
         let len = payload_len(h);
         let (fin, rsv1, opcode) = (h[0] & 0x80 != 0, h[0] & 0x40 != 0, h[0] & 0x0f);
         if rsv1 {
-            if opcode >= 8 || !fin {
+            if opcode >= 8 || opcode == 0 || !fin {
                 return Err(bad(format!(
                     "RSV1 on a {} frame (the server does not fragment compressed messages)",
-                    if opcode >= 8 { "control" } else { "non-final" }
+                    match opcode {
+                        0 => "continuation",
+                        8.. => "control",
+                        _ => "non-final",
+                    }
                 )));
             }
+            self.opcode = opcode;
             if len as usize > MAX_MESSAGE {
                 return Err(bad("a compressed frame over 16 MiB".into()));
             }
@@ -262,9 +288,9 @@ impl Frames {
             return Ok(());
         };
         let plain = self.shared.inflate(z)?;
-        // FIN and the opcode of a text frame (the only compressed kind here).
+        // FIN and the compressed frame's opcode, RSV1 cleared.
         let mut h = [0u8; 10];
-        h[0] = 0x81;
+        h[0] = 0x80 | self.opcode;
         let hl = match plain.len() {
             n if n < 126 => {
                 h[1] = n as u8;
@@ -341,6 +367,11 @@ fn head_end(before: &[u8], data: &[u8]) -> Option<usize> {
         .map(|p| p + 4 - tail.len())
 }
 
+/// Whether the response head's status is `101 Switching Protocols`.
+fn switching(head: &[u8]) -> bool {
+    head.split(|b| *b == b' ').nth(1) == Some(b"101")
+}
+
 /// Whether the response head carries `Sec-WebSocket-Extensions:
 /// permessage-deflate…`.
 fn accepts_deflate(head: &[u8]) -> bool {
@@ -371,17 +402,34 @@ impl AsyncRead for WireStream {
             if this.frames.drain_into(buf) {
                 return Poll::Ready(Ok(()));
             }
-            let mut scratch = [0u8; 16 << 10];
-            let cap = this.chunk.min(scratch.len());
-            let mut rb = ReadBuf::new(&mut scratch[..cap]);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
-            if n == 0 {
+            if let Some(e) = this.frames.error.take() {
+                return Poll::Ready(Err(e));
+            }
+            // One read buffer per worker thread (workers are single-threaded),
+            // not one per connection.
+            let got = SCRATCH.with_borrow_mut(|scratch| {
+                scratch.resize(this.chunk, 0);
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n > 0 {
+                            this.shared.count(n);
+                            if let Err(e) = this.frames.take(&scratch[..n]) {
+                                // What came before the bad bytes goes first.
+                                this.frames.error = Some(e);
+                            }
+                        }
+                        Poll::Ready(Ok(n))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            if ready!(got)? == 0 {
                 // EOF.
                 return Poll::Ready(Ok(()));
             }
-            this.shared.count(n);
-            this.frames.take(&scratch[..n])?;
         }
     }
 }
@@ -471,6 +519,19 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_handshake_and_its_body_go_through_unchanged() {
+        // A 503 whose head and JSON body come in one read: the body's `{`
+        // would read as a frame header with RSV1 and opcode 0xB.
+        let input = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 42\r\n\r\n\
+            {\"type\":\"error\",\"code\":\"unavailable\"}";
+        for step in [1, 7, input.len()] {
+            let (out, negotiated) = run(input, step);
+            assert_eq!(out, input.to_vec(), "chunks of {step}");
+            assert_eq!(negotiated, 0);
+        }
+    }
+
+    #[test]
     fn a_plain_handshake_is_not_counted_as_deflate_and_bad_frames_fail() {
         let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
         let mut input = head.to_vec();
@@ -486,6 +547,10 @@ mod tests {
         let mut f = Frames::new(Rc::new(WireShared::default()));
         f.take(head).unwrap();
         assert!(f.take(&frame(0x41, b"x")).is_err());
+        // RSV1 on a continuation frame.
+        let mut f = Frames::new(Rc::new(WireShared::default()));
+        f.take(head).unwrap();
+        assert!(f.take(&frame(0xc0, b"x")).is_err());
         // Not DEFLATE.
         let mut f = Frames::new(Rc::new(WireShared::default()));
         f.take(head).unwrap();
