@@ -302,56 +302,16 @@ pub const SUMMARY_COLUMNS: [&str; 9] = [
     "age_ms",
 ];
 
-/// One host of a summary view's `data.hosts` (docs/protocol.md, "Views"):
-/// what a fleet tile shows, a few dozen bytes instead of the whole
-/// snapshot. It goes on the wire as an array in [`SUMMARY_COLUMNS`] order,
-/// the names said once per frame (as InfluxDB's `columns`/`values`): an
-/// object per host would spend more bytes on its keys than on its values.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostSummary<'a> {
-    pub host: &'a str,
-    /// CPU usage, % (one decimal).
-    pub cpu: f32,
-    /// Memory usage, % (one decimal).
-    pub mem: f32,
-    /// The fullest disk's usage, % (one decimal); null without disks.
-    pub disk: Option<f32>,
-    /// Bytes/s received, summed over interfaces (whole bytes).
-    pub rx: u64,
-    /// Bytes/s sent, summed over interfaces (whole bytes).
-    pub tx: u64,
-    /// 1-minute load average (two decimals).
-    pub load1: f64,
-    /// Unix µs of the sample.
-    pub sampled_at: i64,
-    /// The frame's `ts` minus `sampled_at`, ms: how old the sample is.
-    pub age_ms: i64,
-}
-
-impl Serialize for HostSummary<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let mut t = s.serialize_tuple(SUMMARY_COLUMNS.len())?;
-        t.serialize_element(self.host)?;
-        t.serialize_element(&self.cpu)?;
-        t.serialize_element(&self.mem)?;
-        t.serialize_element(&self.disk)?;
-        t.serialize_element(&self.rx)?;
-        t.serialize_element(&self.tx)?;
-        t.serialize_element(&self.load1)?;
-        t.serialize_element(&self.sampled_at)?;
-        t.serialize_element(&self.age_ms)?;
-        t.end()
-    }
-}
-
-/// `data` of a summary view's metrics frame.
+/// `data` of a summary view's metrics frame: one row per host (an array in
+/// [`SUMMARY_COLUMNS`] order, the names said once per frame, as InfluxDB's
+/// `columns`/`values`: objects would spend more bytes on their keys than on
+/// their values). The hub serializes its rows (`hub::view::SummaryRow`).
 #[derive(Serialize)]
-pub struct SummaryData<'a> {
+pub struct SummaryData<'a, R: Serialize> {
     pub view: &'static str,
     /// Always [`SUMMARY_COLUMNS`].
     pub columns: &'static [&'static str],
-    pub hosts: &'a [HostSummary<'a>],
+    pub hosts: &'a [R],
     pub connections: ConnectionCounts,
 }
 

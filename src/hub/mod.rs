@@ -55,12 +55,12 @@ use fanout::{fan_out_event, fan_out_metrics, EventFanout, Published};
 use memory::MemoryBroker;
 use serde_json::value::RawValue;
 use topic::{Targets, TeamState};
-use view::{HostStats, View, ViewError, ViewLimits};
+use view::{HostStats, SummaryRow, View, ViewError, ViewLimits};
 
 use crate::metrics::Metrics;
 use crate::protocol::{
-    to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, Frame, HostSnapshot,
-    HostSummary, Level, LogRecord, MetricsData, Stream, SummaryData, SUMMARY_COLUMNS,
+    to_frame, AlertRecord, AlertStatus, ConnectionCounts, DataFrame, Frame, HostSnapshot, Level,
+    LogRecord, MetricsData, Stream, SummaryData, SUMMARY_COLUMNS,
 };
 use crate::telemetry::team_logs::ToTeamRecord;
 
@@ -956,7 +956,7 @@ impl FrameHead<'_> {
                 })
             }
             View::Summary => {
-                let rows: Vec<HostSummary<'_>> = hosts
+                let rows: Vec<SummaryRow<'_>> = hosts
                     .iter()
                     .map(|(name, h)| h.stats.summary(name, self.ts))
                     .collect();

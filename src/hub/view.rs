@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::protocol::{HostSnapshot, HostSummary, ViewSpec};
+use crate::protocol::{HostSnapshot, ViewSpec, SUMMARY_COLUMNS};
 
 /// The bounds of named-hosts views.
 #[derive(Clone, Copy, Debug)]
@@ -192,19 +192,40 @@ impl HostStats {
         }
     }
 
-    /// The summary of this host in a frame stamped `ts` (unix µs).
-    pub fn summary<'a>(&self, host: &'a str, ts: i64) -> HostSummary<'a> {
-        HostSummary {
+    /// The summary row of this host in a frame stamped `ts` (unix µs).
+    pub fn summary<'a>(&'a self, host: &'a str, ts: i64) -> SummaryRow<'a> {
+        SummaryRow {
             host,
-            cpu: self.cpu,
-            mem: self.mem,
-            disk: self.disk,
-            rx: self.rx,
-            tx: self.tx,
-            load1: self.load1,
-            sampled_at: self.sampled_at,
+            stats: self,
             age_ms: (ts - self.sampled_at).div_euclid(1000),
         }
+    }
+}
+
+/// One host of a summary frame's `data.hosts` (docs/protocol.md, "Views"):
+/// on the wire an array in [`SUMMARY_COLUMNS`] order.
+pub struct SummaryRow<'a> {
+    pub host: &'a str,
+    pub stats: &'a HostStats,
+    /// The frame's `ts` minus `sampled_at`, ms: how old the sample is.
+    pub age_ms: i64,
+}
+
+impl serde::Serialize for SummaryRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let st = self.stats;
+        let mut t = s.serialize_tuple(SUMMARY_COLUMNS.len())?;
+        t.serialize_element(self.host)?;
+        t.serialize_element(&st.cpu)?;
+        t.serialize_element(&st.mem)?;
+        t.serialize_element(&st.disk)?;
+        t.serialize_element(&st.rx)?;
+        t.serialize_element(&st.tx)?;
+        t.serialize_element(&st.load1)?;
+        t.serialize_element(&st.sampled_at)?;
+        t.serialize_element(&self.age_ms)?;
+        t.end()
     }
 }
 
